@@ -1,0 +1,9 @@
+//! HTTP only: extract -> call one domain function -> render. No SQL, no rules here.
+
+pub mod extractors;
+pub mod health;
+pub mod intake;
+pub mod openapi;
+pub mod routes;
+
+pub use routes::configure;

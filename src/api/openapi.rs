@@ -1,0 +1,87 @@
+//! `GET /api/v1/openapi.json`: generated from the handlers' `#[utoipa::path]` annotations and
+//! the session JSON Schema file, so neither can drift from the code.
+
+use actix_web::{HttpResponse, get, web};
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::startup::AppState;
+
+/// The generated document (before the session schema is added).
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "wellness-gateway", description = "Submit school counselling sessions; read them back. Every error is a FHIR R4 OperationOutcome."),
+    paths(
+        super::health::live,
+        super::health::ready,
+        super::intake::post_session,
+        super::intake::post_batch,
+        super::intake::get_session,
+        super::intake::get_session_version,
+        super::intake::get_session_raw,
+        super::intake::list_sessions,
+        openapi_json,
+    ),
+    components(schemas(crate::fhir::OperationOutcome, crate::intake::receipt::BatchReceipt, crate::intake::receipt::SessionReceipt)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// Rewrites `#/$defs/x` references of the embedded schema to `#/components/schemas/Session_x`.
+fn rebase_refs(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get_mut("$ref") {
+                if let Some(name) = r.strip_prefix("#/$defs/") {
+                    *r = format!("#/components/schemas/Session_{name}");
+                }
+            }
+            map.values_mut().for_each(rebase_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(rebase_refs),
+        _ => {}
+    }
+}
+
+/// The full document: utoipa's output plus `components.schemas.Session` from the schema file.
+pub fn document(session_schema: &Value) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    let mut schema = session_schema.clone();
+    let defs = schema.as_object_mut().and_then(|m| m.remove("$defs"));
+    if let Some(m) = schema.as_object_mut() {
+        m.remove("$schema");
+        m.remove("$id");
+    }
+    rebase_refs(&mut schema);
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["Session"] = schema;
+    if let Some(Value::Object(defs)) = defs {
+        for (name, mut def) in defs {
+            rebase_refs(&mut def);
+            schemas[format!("Session_{name}")] = def;
+        }
+    }
+    let session_ref = json!({ "$ref": "#/components/schemas/Session" });
+    doc["paths"]["/api/v1/sessions"]["post"]["requestBody"]["content"]["application/json"]["schema"] = session_ref.clone();
+    let batch = &mut doc["paths"]["/api/v1/sessions/$batch"]["post"]["requestBody"]["content"];
+    batch["application/json"]["schema"] = json!({ "type": "array", "maxItems": 10000, "items": session_ref });
+    batch["application/x-ndjson"]["schema"] = json!({ "type": "string", "description": "one session record (JSON) per line" });
+    doc
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3.1 document")))]
+#[get("/api/v1/openapi.json")]
+pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.openapi.as_ref())
+}

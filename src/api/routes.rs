@@ -1,0 +1,31 @@
+//! The one table of every route. Guards: health is open; everything else extracts a
+//! [`crate::auth::Principal`] (401 without a valid token) and checks its role/organisation.
+
+use actix_web::web;
+
+use super::{extractors, health, intake, openapi};
+use crate::error::ApiError;
+
+/// Registers every route, the query/path error renderers and the 404/405 fallbacks.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(extractors::query_error))
+        .app_data(web::PathConfig::default().error_handler(extractors::path_error))
+        .service(health::live) // open
+        .service(health::ready) // open
+        .service(openapi::openapi_json) // open: describes the API, holds no data
+        .service(intake::post_batch) // submitter (own LEA), admin
+        .service(intake::post_session) // submitter (own LEA), admin
+        .service(intake::list_sessions) // submitter (own LEA), admin
+        .service(intake::get_session_raw) // submitter (own LEA), admin
+        .service(intake::get_session_version) // submitter (own LEA), admin
+        .service(intake::get_session) // submitter (own LEA), admin
+        .default_service(web::to(not_found));
+}
+
+async fn not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(if req.match_pattern().is_some() {
+        ApiError::MethodNotAllowed
+    } else {
+        ApiError::NotFound(format!("no endpoint at {}", req.path()))
+    })
+}

@@ -1,0 +1,152 @@
+//! Value types parsed once at the door. Each has a private field and a `parse` that explains,
+//! in a sentence a county data clerk understands, why a value is not acceptable.
+
+use std::fmt;
+
+/// A 10-digit National Provider Identifier whose last digit is a valid Luhn check digit computed
+/// with the `80840` health-industry prefix (45 CFR 162.406).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Npi(String);
+
+impl Npi {
+    /// Parses and verifies the check digit.
+    pub fn parse(s: &str) -> Result<Npi, String> {
+        let b = s.as_bytes();
+        if b.len() != 10 || !b.iter().all(u8::is_ascii_digit) {
+            return Err("an NPI has exactly 10 digits".into());
+        }
+        if !matches!(b[0], b'1' | b'2') {
+            return Err("an NPI starts with 1 (individual) or 2 (organisation)".into());
+        }
+        // Luhn over "80840" + first nine digits; the prefix contributes a constant 24.
+        let mut sum = 24u32;
+        for (i, d) in b[..9].iter().rev().enumerate() {
+            let mut v = u32::from(d - b'0');
+            if i % 2 == 0 {
+                v *= 2;
+                if v > 9 {
+                    v -= 9;
+                }
+            }
+            sum += v;
+        }
+        let check = (10 - (sum % 10)) % 10;
+        if u32::from(b[9] - b'0') != check {
+            return Err(format!("the NPI check digit is wrong (expected {check} as the last digit); check for a typo"));
+        }
+        Ok(Npi(s.to_owned()))
+    }
+
+    /// The 10 digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An ICD-10-CM code, stored without the dot (`F411`), displayed with it (`F41.1`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Icd10(String);
+
+impl Icd10 {
+    /// Checks the shape of an ICD-10-CM code: a letter, a digit, an alphanumeric character, then
+    /// up to four more alphanumerics after an optional dot. Whether the code exists in the code
+    /// set is a mapping concern.
+    pub fn parse(s: &str) -> Result<Icd10, String> {
+        let upper = s.trim().to_ascii_uppercase();
+        let compact: String = match upper.split_once('.') {
+            Some((head, tail)) if head.len() == 3 && !tail.is_empty() => format!("{head}{tail}"),
+            Some(_) => return Err("in an ICD-10-CM code the dot comes after the third character (F41.1)".into()),
+            None => upper,
+        };
+        let b = compact.as_bytes();
+        let shape_ok = (3..=7).contains(&b.len())
+            && b[0].is_ascii_uppercase()
+            && b[0] != b'U'
+            && b[1].is_ascii_digit()
+            && b[2..].iter().all(u8::is_ascii_alphanumeric);
+        if !shape_ok {
+            return Err(format!(
+                "{s:?} is not an ICD-10-CM code: expected a letter, a digit and 1-5 more letters or digits, like F41.1 or Z63.8"
+            ));
+        }
+        Ok(Icd10(compact))
+    }
+
+    /// Without the dot, as X12 HI segments carry it.
+    pub fn compact(&self) -> &str {
+        &self.0
+    }
+
+    /// With the dot, as FHIR `http://hl7.org/fhir/sid/icd-10-cm` codes carry it.
+    pub fn dotted(&self) -> String {
+        if self.0.len() > 3 { format!("{}.{}", &self.0[..3], &self.0[3..]) } else { self.0.clone() }
+    }
+}
+
+impl fmt::Display for Icd10 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.dotted())
+    }
+}
+
+/// A Medi-Cal Client Index Number: eight digits and a check letter (`91234567A`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MediCalCin(String);
+
+impl MediCalCin {
+    /// Checks the shape.
+    pub fn parse(s: &str) -> Result<MediCalCin, String> {
+        let b = s.as_bytes();
+        if b.len() == 9 && b[..8].iter().all(u8::is_ascii_digit) && b[8].is_ascii_alphabetic() {
+            Ok(MediCalCin(s.to_ascii_uppercase()))
+        } else {
+            Err("a Medi-Cal CIN is 8 digits followed by a letter, like 91234567A (not the 14-character BIC id)".into())
+        }
+    }
+
+    /// The nine characters.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// CALPADS Statewide Student Identifier: ten digits.
+pub fn check_ssid(s: &str) -> Result<(), String> {
+    if s.len() == 10 && s.bytes().all(|b| b.is_ascii_digit()) { Ok(()) } else { Err("a CALPADS SSID has exactly 10 digits".into()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npi_check_digit() {
+        // CMS's published example NPI.
+        assert!(Npi::parse("1234567893").is_ok());
+        assert!(Npi::parse("1234567890").unwrap_err().contains("check digit"));
+        assert!(Npi::parse("123456789").is_err());
+        assert!(Npi::parse("12345678a3").is_err());
+        assert!(Npi::parse("3234567893").is_err());
+        assert!(Npi::parse("1245319599").is_ok());
+    }
+
+    #[test]
+    fn icd10_shapes() {
+        for ok in ["F41.1", "F411", "Z63.8", "F32.A", "F43.10", "R45.851", "f90.0", "F91"] {
+            assert!(Icd10::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["41.1", "F4", "F41.", "U07.1", "F4.11", "F41.12345", "F41-1", ""] {
+            assert!(Icd10::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Icd10::parse("F43.10").unwrap().compact(), "F4310");
+        assert_eq!(Icd10::parse("F4310").unwrap().dotted(), "F43.10");
+    }
+
+    #[test]
+    fn cin_shape() {
+        assert!(MediCalCin::parse("91234567A").is_ok());
+        assert!(MediCalCin::parse("91234567").is_err());
+        assert!(MediCalCin::parse("91234567A12345").is_err());
+        assert!(MediCalCin::parse("9123456AA").is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! Stage 1, the door: body limits, content types, splitting JSON / NDJSON / CSV bodies into
+//! numbered raw records, receipts, and file import.
+
+pub mod batch;
+pub mod csv;
+pub mod file;
+pub mod receipt;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::fhir::OutcomeIssue;
+
+/// The media type of a record's submitted bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawFormat {
+    /// A JSON object (single POST, JSON array element, NDJSON line).
+    Json,
+    /// A CSV row (file import).
+    Csv,
+}
+
+impl RawFormat {
+    /// Stored media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            RawFormat::Json => "application/json",
+            RawFormat::Csv => "text/csv",
+        }
+    }
+}
+
+/// One record as received: its position, its exact bytes and its parse result.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Zero-based position in the request or file.
+    pub index: usize,
+    /// One-based line (NDJSON) or row line (CSV), when meaningful.
+    pub line: Option<u64>,
+    /// Exact submitted bytes.
+    pub raw: Vec<u8>,
+    /// What the bytes are.
+    pub format: RawFormat,
+    /// Parsed JSON value, or why it could not be parsed.
+    pub parsed: Result<Value, OutcomeIssue>,
+}
+
+/// SHA-256, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Canonical JSON: object keys sorted at every level, no insignificant whitespace. Two records
+/// with the same content have the same canonical bytes whatever their key order or spacing.
+pub fn canonical_json(value: &Value) -> Vec<u8> {
+    fn write(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                out.push(b'{');
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    // Serialising a string cannot fail.
+                    out.extend_from_slice(&serde_json::to_vec(k).unwrap_or_default());
+                    out.push(b':');
+                    write(v, out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out);
+                }
+                out.push(b']');
+            }
+            scalar => out.extend_from_slice(&serde_json::to_vec(scalar).unwrap_or_default()),
+        }
+    }
+    let mut out = Vec::with_capacity(1024);
+    write(value, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_ignores_key_order_and_space() {
+        let a: Value = serde_json::from_str(r#"{"b": [1, {"y": 2, "x": 1}], "a": "é"}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":"é","b":[1,{"x":1,"y":2}]}"#).unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(String::from_utf8(canonical_json(&a)).unwrap(), r#"{"a":"é","b":[1,{"x":1,"y":2}]}"#);
+    }
+}

@@ -1,0 +1,36 @@
+//! # wellness-gateway
+//!
+//! Schools get paid for the counselling they already do: county offices of education and
+//! school districts submit counselling sessions; the gateway validates them, stores them exactly
+//! once, and (in later stages) maps them to FHIR R4, shares them with FQHC partners under
+//! consent, and bills and reconciles them.
+//!
+//! ## The path of a session
+//!
+//! ```text
+//! county office ── POST /api/v1/sessions (or $batch, or `import FILE`)
+//!   │
+//!   ▼ api::intake        HTTP only: auth (auth::Principal), content type, body limit
+//!   ▼ intake::batch      split the body into numbered RawRecords, exact bytes kept
+//!   ▼ pipeline::prepare  validate::Validator: JSON Schema (schemas/) then semantic rules
+//!   │                     -> ValidSession, or issues (JSON pointer + sentence)
+//!   ▼ pipeline::commit   store::Store::write_intake: one transaction; identical = duplicate,
+//!                        changed = new version; rejected records go to the rejected lane
+//! ```
+//!
+//! Every rejection is a FHIR `OperationOutcome` ([`error::ApiError`]). SQL lives only in
+//! [`store`]; rules live in `schemas/` and `config/`.
+
+pub mod api;
+pub mod auth;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod fhir;
+pub mod intake;
+pub mod pipeline;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod validate;

@@ -1,0 +1,158 @@
+//! Command line: parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use wellness_gateway::auth::{self, Role};
+use wellness_gateway::intake::file::{self, FileFormat, ImportOptions};
+use wellness_gateway::settings::Settings;
+use wellness_gateway::startup::{self, Application};
+use wellness_gateway::validate::Validator;
+use wellness_gateway::{demo, telemetry};
+
+#[derive(Parser)]
+#[command(name = "wellness-gateway", version, about = "School counselling sessions -> FHIR records and Medi-Cal claims")]
+struct Cli {
+    /// Configuration file (default: config/default.toml); WG__SECTION__KEY variables override it.
+    #[arg(long, global = true, env = "WG_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the HTTP(S) server.
+    Serve {
+        /// Seed demo clients (fixed, public tokens) and synthetic sessions; loopback only.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Load configuration and compile schemas without serving; exit non-zero on any error.
+    Check,
+    /// Manage API clients.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// Submit a CSV or NDJSON file of sessions through the intake pipeline.
+    Import {
+        /// The file (.csv, .ndjson or .jsonl).
+        file: PathBuf,
+        /// Override the format guessed from the extension.
+        #[arg(long, value_enum)]
+        format: Option<FileFormat>,
+        /// Refuse rows of any other LEA.
+        #[arg(long)]
+        lea: Option<String>,
+        /// Records per transaction.
+        #[arg(long, default_value_t = 1000)]
+        chunk_size: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Register a client; prints its secret once, alone on the last line.
+    Add {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Role.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Organisation: the LEA of a submitter, the FQHC of a partner.
+        #[arg(long)]
+        org: Option<String>,
+    },
+}
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    telemetry::init(&settings.log);
+    match cli.command {
+        Command::Serve { demo } => {
+            let settings = Arc::new(settings);
+            let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
+            let store = startup::open_store(&settings).await?;
+            if demo {
+                for line in demo::seed(&settings, &store, &validator).await? {
+                    println!("{line}");
+                }
+            }
+            let app = Application::build_with(settings.clone(), store, validator)?;
+            let scheme = if settings.server.tls.enabled { "https" } else { "http" };
+            println!("wellness-gateway listening on {scheme}://{}:{}", settings.server.host, app.port());
+            app.run_until_stopped().await?;
+        }
+        Command::Migrate => {
+            let store = wellness_gateway::store::Store::connect(&settings.database).await?;
+            store.migrate().await?;
+            println!("migrations applied ({})", store.backend());
+        }
+        Command::Check => {
+            let settings = Arc::new(settings);
+            Validator::new(&settings.rules.schemas_dir, settings.clone())?;
+            println!(
+                "configuration OK: {} organisations, {} sites, {} partnerships; schemas compiled",
+                settings.organizations.len(),
+                settings.sites.len(),
+                settings.partnerships.len()
+            );
+        }
+        Command::Clients { command: ClientsCommand::Add { name, role, org } } => {
+            let store = startup::open_store(&settings).await?;
+            let client = auth::register_client(&store, &settings, &name, role, org.as_deref()).await?;
+            println!("client_id: {}", client.client_id);
+            println!("role: {}{}", role.as_str(), org.map(|o| format!(" ({o})")).unwrap_or_default());
+            println!("The secret below is shown once; store it now. Use it as 'Authorization: Bearer <secret>'.");
+            println!("{}", client.secret);
+        }
+        Command::Import { file: path, format, lea, chunk_size, quiet, json } => {
+            let settings = Arc::new(settings);
+            let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
+            let store = startup::open_store(&settings).await?;
+            let options = ImportOptions { format, chunk_size, lea, progress: !quiet };
+            let summary =
+                file::import_file(&validator, &store, &path, &options).await.with_context(|| format!("importing {}", path.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "{} records: {} created, {} amended, {} duplicate, {} rejected (report: {})",
+                    summary.received,
+                    summary.created,
+                    summary.amended,
+                    summary.duplicate,
+                    summary.rejected,
+                    summary.report.display()
+                );
+            }
+            store.close().await;
+        }
+    }
+    Ok(())
+}

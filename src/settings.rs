@@ -1,0 +1,516 @@
+//! Typed settings: built-in defaults, then one TOML file (`config/default.toml`, or the file given
+//! with `--config`), then environment variables `WG__SECTION__KEY`.
+//!
+//! Every struct denies unknown fields, so a typo is an error that names the key and the file it
+//! came from (figment's metadata). After deserialising, [`Settings::check`] verifies the cross
+//! references (a site's LEA exists, a partnership names an FQHC, TLS files exist, plain HTTP only
+//! on loopback) and names the offending key.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// The file used when no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file or an environment variable did not deserialise; figment names key and source.
+    #[error("configuration error: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is well-formed but wrong (a dangling reference, a missing TLS file...).
+    #[error("configuration error in {source_name}: {key}: {message}")]
+    Invalid {
+        /// The file (or "environment") the value came from.
+        source_name: String,
+        /// Dotted key of the offending value.
+        key: String,
+        /// What is wrong, in one sentence.
+        message: String,
+    },
+    /// The configuration file does not exist.
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+/// All settings of the gateway.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// HTTP listener.
+    pub server: ServerSettings,
+    /// Storage.
+    pub database: DatabaseSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// Intake limits and semantic-check thresholds.
+    pub intake: IntakeSettings,
+    /// Local educational agencies and FQHCs.
+    pub organizations: Vec<Organization>,
+    /// School sites.
+    pub sites: Vec<Site>,
+    /// Which FQHC serves which school sites.
+    pub partnerships: Vec<Partnership>,
+    /// Roster of clinicians per LEA (used by the demo and, later, by billing and reports).
+    pub clinicians: Vec<Clinician>,
+    /// Where the rule files live.
+    pub rules: RulesSettings,
+    /// Where the settings came from (not a key; filled in by the loader).
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to bind. Plain HTTP is refused on non-loopback addresses unless allowed below.
+    pub host: String,
+    /// Port to bind; 0 picks a free port (tests).
+    pub port: u16,
+    /// Worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Allow plain HTTP on a non-loopback address (for a TLS-terminating proxy in front).
+    pub allow_insecure_http: bool,
+    /// Largest request body accepted, in bytes (a 10,000-record batch is about 10 MB).
+    pub max_body_bytes: usize,
+    /// TLS with rustls.
+    pub tls: TlsSettings,
+}
+
+/// Locations of the rule files compiled at start-up.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesSettings {
+    /// Folder of the JSON Schemas (`session.schema.json`).
+    pub schemas_dir: PathBuf,
+}
+
+impl Default for RulesSettings {
+    fn default() -> Self {
+        Self { schemas_dir: PathBuf::from("schemas") }
+    }
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// Serve HTTPS.
+    pub enabled: bool,
+    /// PEM certificate chain.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<PathBuf>,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite://path/to/file.db` (embedded default) or `postgres://user@host/db`.
+    #[serde(serialize_with = "serialize_secret")]
+    pub url: SecretString,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long a SQLite writer waits for the lock, in milliseconds.
+    pub sqlite_busy_timeout_ms: u64,
+    /// Run migrations when the server starts.
+    pub migrate_on_start: bool,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `pretty` (development) or `json` (production).
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `wellness_gateway=debug,info`. `RUST_LOG` wins.
+    pub level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, coloured on a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Intake limits and semantic thresholds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeSettings {
+    /// Most records in one `$batch` request.
+    pub max_batch_records: usize,
+    /// Shortest plausible session, in minutes.
+    pub min_session_minutes: i64,
+    /// Longest plausible session, in minutes.
+    pub max_session_minutes: i64,
+    /// How far in the future a timestamp may lie (clock skew), in seconds.
+    pub future_tolerance_secs: i64,
+    /// Youngest plausible student age at the date of service, in years.
+    pub min_student_age_years: i64,
+    /// Oldest plausible student age at the date of service, in years (CYBHI serves students under 26).
+    pub max_student_age_years: i64,
+    /// Minimum age for a minor to consent to counselling themself (California Family Code 6924).
+    pub minor_self_consent_min_age_years: i64,
+    /// Default page size of session listings.
+    pub page_size_default: u32,
+    /// Largest page size of session listings.
+    pub page_size_max: u32,
+}
+
+/// Kind of organisation.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum OrgKind {
+    /// Local educational agency: county office of education or school district.
+    Lea,
+    /// Federally Qualified Health Center.
+    Fqhc,
+}
+
+impl OrgKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgKind::Lea => "lea",
+            OrgKind::Fqhc => "fqhc",
+        }
+    }
+}
+
+/// An LEA or FQHC.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Organization {
+    /// Stable id used in API records (`lea-demo`).
+    pub id: String,
+    /// `lea` or `fqhc`.
+    pub kind: OrgKind,
+    /// Display name.
+    pub name: String,
+    /// County-District-School code of an LEA (14 digits, school part zero).
+    #[serde(default)]
+    pub cds_code: Option<String>,
+    /// Organisation NPI (FQHC billing provider).
+    #[serde(default)]
+    pub npi: Option<String>,
+    /// Federal tax id.
+    #[serde(default)]
+    pub tin: Option<String>,
+}
+
+/// A school site.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Stable id used in API records (`site-demo-hs`).
+    pub id: String,
+    /// The LEA the site belongs to.
+    pub lea: String,
+    /// Display name.
+    pub name: String,
+    /// 14-digit California CDS code.
+    #[serde(default)]
+    pub cds_code: Option<String>,
+    /// 12-digit NCES school id.
+    #[serde(default)]
+    pub nces_id: Option<String>,
+    /// Monthly clinician cost of the site in cents (sustainability reports).
+    #[serde(default)]
+    pub clinician_cost_cents_per_month: Option<i64>,
+}
+
+/// An FQHC that serves school sites as satellite sites.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partnership {
+    /// The FQHC organisation id.
+    pub fqhc: String,
+    /// Site ids in the FQHC's scope of project.
+    pub sites: Vec<String>,
+    /// First day of the partnership (YYYY-MM-DD).
+    #[serde(default)]
+    pub effective_from: Option<chrono::NaiveDate>,
+    /// Last day of the partnership, if ended.
+    #[serde(default)]
+    pub effective_to: Option<chrono::NaiveDate>,
+}
+
+/// A clinician on an LEA's roster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clinician {
+    /// 10-digit NPI.
+    pub npi: String,
+    /// The employing LEA.
+    pub lea: String,
+    /// Given name (synthetic in the demo).
+    pub given_name: String,
+    /// Family name.
+    pub family_name: String,
+    /// Credential as in the session schema.
+    pub credential: String,
+}
+
+fn serialize_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose_secret())
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            log: LogSettings::default(),
+            intake: IntakeSettings::default(),
+            organizations: Vec::new(),
+            sites: Vec::new(),
+            partnerships: Vec::new(),
+            clinicians: Vec::new(),
+            rules: RulesSettings::default(),
+            source_file: None,
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            workers: 0,
+            allow_insecure_http: false,
+            max_body_bytes: 16 * 1024 * 1024,
+            tls: TlsSettings::default(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("sqlite://data/wellness-gateway.db"),
+            max_connections: 8,
+            sqlite_busy_timeout_ms: 5_000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, level: "info".into() }
+    }
+}
+
+impl Default for IntakeSettings {
+    fn default() -> Self {
+        Self {
+            max_batch_records: 10_000,
+            min_session_minutes: 1,
+            max_session_minutes: 240,
+            future_tolerance_secs: 300,
+            min_student_age_years: 2,
+            max_student_age_years: 26,
+            minor_self_consent_min_age_years: 12,
+            page_size_default: 100,
+            page_size_max: 1_000,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (or [`DEFAULT_CONFIG_FILE`] when it exists), then `WG__*`
+    /// environment variables, and checks the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        let chosen = match file {
+            Some(path) if !path.exists() => return Err(SettingsError::MissingFile(path.into())),
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        if let Some(path) = &chosen {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("WG__").split("__"));
+        Self::from_figment(figment, chosen)
+    }
+
+    /// Extracts and checks settings from an already-layered figment (used by tests).
+    pub fn from_figment(figment: Figment, source: Option<PathBuf>) -> Result<Settings, SettingsError> {
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.source_file = source;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn source_name(&self) -> String {
+        self.source_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults / environment".into())
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> SettingsError {
+        SettingsError::Invalid { source_name: self.source_name(), key: key.into(), message: message.into() }
+    }
+
+    /// Cross-field checks; every error names the key.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        let mut org_ids = BTreeSet::new();
+        for (i, org) in self.organizations.iter().enumerate() {
+            if org.id.trim().is_empty() {
+                return Err(self.invalid(format!("organizations[{i}].id"), "must not be empty"));
+            }
+            if !org_ids.insert(org.id.as_str()) {
+                return Err(self.invalid(format!("organizations[{i}].id"), format!("duplicate organisation id {:?}", org.id)));
+            }
+        }
+        let kind_of = |id: &str| self.organizations.iter().find(|o| o.id == id).map(|o| o.kind);
+        let mut site_ids = BTreeSet::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            if !site_ids.insert(site.id.as_str()) {
+                return Err(self.invalid(format!("sites[{i}].id"), format!("duplicate site id {:?}", site.id)));
+            }
+            if kind_of(&site.lea) != Some(OrgKind::Lea) {
+                return Err(self.invalid(
+                    format!("sites[{i}].lea"),
+                    format!("{:?} is not an organisation of kind \"lea\" in [[organizations]]", site.lea),
+                ));
+            }
+        }
+        for (i, p) in self.partnerships.iter().enumerate() {
+            if kind_of(&p.fqhc) != Some(OrgKind::Fqhc) {
+                return Err(self.invalid(
+                    format!("partnerships[{i}].fqhc"),
+                    format!("{:?} is not an organisation of kind \"fqhc\" in [[organizations]]", p.fqhc),
+                ));
+            }
+            for (j, s) in p.sites.iter().enumerate() {
+                if !site_ids.contains(s.as_str()) {
+                    return Err(self.invalid(format!("partnerships[{i}].sites[{j}]"), format!("{s:?} is not a configured site")));
+                }
+            }
+            if let (Some(from), Some(to)) = (p.effective_from, p.effective_to) {
+                if to < from {
+                    return Err(self.invalid(format!("partnerships[{i}].effective_to"), "is before effective_from"));
+                }
+            }
+        }
+        for (i, c) in self.clinicians.iter().enumerate() {
+            if kind_of(&c.lea) != Some(OrgKind::Lea) {
+                return Err(self.invalid(format!("clinicians[{i}].lea"), format!("{:?} is not a configured LEA", c.lea)));
+            }
+            if crate::domain::Npi::parse(&c.npi).is_err() {
+                return Err(self.invalid(format!("clinicians[{i}].npi"), "is not a valid NPI (10 digits with a Luhn check digit)"));
+            }
+        }
+        let intake = &self.intake;
+        if intake.min_session_minutes < 1 || intake.max_session_minutes < intake.min_session_minutes {
+            return Err(self.invalid("intake.max_session_minutes", "must be >= intake.min_session_minutes >= 1"));
+        }
+        if intake.max_batch_records == 0 {
+            return Err(self.invalid("intake.max_batch_records", "must be at least 1"));
+        }
+        if intake.page_size_default == 0 || intake.page_size_default > intake.page_size_max {
+            return Err(self.invalid("intake.page_size_default", "must be between 1 and intake.page_size_max"));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(self.invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        let url = self.database.url.expose_secret();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(self.invalid("database.url", "must start with sqlite: or postgres://"));
+        }
+        if self.server.tls.enabled {
+            for (key, path) in [("server.tls.cert_path", &self.server.tls.cert_path), ("server.tls.key_path", &self.server.tls.key_path)] {
+                match path {
+                    None => return Err(self.invalid(key, "is required when server.tls.enabled = true")),
+                    Some(p) if !p.exists() => return Err(self.invalid(key, format!("file {} does not exist", p.display()))),
+                    Some(_) => {}
+                }
+            }
+        } else {
+            let ip: Option<IpAddr> = self.server.host.parse().ok();
+            let loopback = self.server.host == "localhost" || ip.is_some_and(|ip| ip.is_loopback());
+            if !loopback && !self.server.allow_insecure_http {
+                return Err(self.invalid(
+                    "server.host",
+                    format!(
+                        "plain HTTP on {} is refused: enable server.tls or set server.allow_insecure_http = true behind a TLS-terminating proxy",
+                        self.server.host
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The organisation with this id.
+    pub fn organization(&self, id: &str) -> Option<&Organization> {
+        self.organizations.iter().find(|o| o.id == id)
+    }
+
+    /// The site with this id.
+    pub fn site(&self, id: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.id == id)
+    }
+
+    /// `true` when the database URL selects PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.database.url.expose_secret().starts_with("postgres")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Settings, SettingsError> {
+        let figment = Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(text));
+        Settings::from_figment(figment, Some("test.toml".into()))
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = from_toml("[server]\nprot = 1\n").unwrap_err().to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = from_toml("[server]\nport = \"eighty\"\n").unwrap_err().to_string();
+        assert!(err.contains("server.port"), "{err}");
+    }
+
+    #[test]
+    fn dangling_site_lea_is_named() {
+        let err = from_toml("[[sites]]\nid = \"s\"\nlea = \"nope\"\nname = \"S\"\n").unwrap_err().to_string();
+        assert!(err.contains("sites[0].lea") && err.contains("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_refused_off_loopback() {
+        let err = from_toml("[server]\nhost = \"0.0.0.0\"\n").unwrap_err().to_string();
+        assert!(err.contains("server.host"), "{err}");
+        assert!(from_toml("[server]\nhost = \"0.0.0.0\"\nallow_insecure_http = true\n").is_ok());
+    }
+
+    #[test]
+    fn shipped_default_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+        let figment = Figment::from(Serialized::defaults(Settings::default())).merge(Toml::file_exact(&path));
+        let s = Settings::from_figment(figment, Some(path)).expect("config/default.toml is valid");
+        assert!(s.site("site-demo-hs").is_some_and(|s| s.lea == "lea-demo"));
+        assert!(s.site("site-other-es").is_some_and(|s| s.lea == "lea-other"));
+        assert!(s.partnerships.iter().any(|p| p.fqhc == "fqhc-demo" && p.sites.contains(&"site-demo-ms".to_string())));
+    }
+}

@@ -1,0 +1,113 @@
+//! `Application::build(settings)`: used by `serve` and by the tests alike. Connects and migrates
+//! the store, compiles the schemas, binds the listener (HTTP on loopback or HTTPS with rustls) and
+//! exposes the bound port.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::settings::Settings;
+use crate::store::Store;
+use crate::validate::Validator;
+
+/// Shared, read-only application state handed to every handler.
+pub struct AppState {
+    /// Settings as loaded at start-up.
+    pub settings: Arc<Settings>,
+    /// Storage.
+    pub store: Store,
+    /// Compiled schemas and semantic rules.
+    pub validator: Validator,
+    /// The OpenAPI document, built once.
+    pub openapi: Arc<serde_json::Value>,
+}
+
+/// A built, bound, not yet running server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    store: Store,
+}
+
+/// Connects the store, runs migrations when configured, and copies the organisation directory
+/// from configuration into the database.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::connect(&settings.database).await.context("connecting to the database")?;
+    if settings.database.migrate_on_start {
+        store.migrate().await.context("applying migrations")?;
+    }
+    store.sync_directory(settings).await.context("seeding organisations and sites from configuration")?;
+    Ok(store)
+}
+
+fn tls_config(settings: &Settings) -> anyhow::Result<rustls::ServerConfig> {
+    let tls = &settings.server.tls;
+    let cert_path = tls.cert_path.as_ref().context("server.tls.cert_path is required")?;
+    let key_path = tls.key_path.as_ref().context("server.tls.key_path is required")?;
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .with_context(|| format!("reading server.tls.cert_path {}", cert_path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificates in {}", cert_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| format!("reading the private key in {}", key_path.display()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match or are unsupported")
+}
+
+impl Application {
+    /// Builds the application from settings.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let settings = Arc::new(settings);
+        let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
+        let store = open_store(&settings).await?;
+        Self::build_with(settings, store, validator)
+    }
+
+    /// Builds from parts (used by `serve --demo` after seeding).
+    pub fn build_with(settings: Arc<Settings>, store: Store, validator: Validator) -> anyhow::Result<Application> {
+        let openapi = Arc::new(crate::api::openapi::document(validator.schemas().session_document()));
+        let state = web::Data::new(AppState { settings: settings.clone(), store: store.clone(), validator, openapi });
+        let address = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
+        let port = listener.local_addr()?.port();
+        let mut server = HttpServer::new(move || {
+            App::new().wrap(from_fn(crate::telemetry::request_span)).app_data(state.clone()).configure(crate::api::configure)
+        });
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = if settings.server.tls.enabled {
+            server.listen_rustls_0_23(listener, tls_config(&settings)?)?
+        } else {
+            server.listen(listener)?
+        };
+        tracing::info!(port, tls = settings.server.tls.enabled, database = store.backend(), "gateway listening");
+        Ok(Application { port, server: server.run(), store })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that can stop the server.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Runs until stopped (Ctrl-C or [`actix_web::dev::ServerHandle::stop`]), then closes the pool.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.store.close().await;
+        result
+    }
+}

@@ -1,0 +1,292 @@
+//! Stage 4: the only module with SQL.
+//!
+//! One [`Store`] over either backend: SQLite (embedded default, a file) or PostgreSQL
+//! (production, several instances). The SQL is written once in the portable subset both accept
+//! (`$n` parameters, `ON CONFLICT`, row-value comparison) and compiled for each backend by the
+//! [`with_db!`] macro; where the dialects differ (row locks) the code says so. sqlx's
+//! compile-time macros cannot check two dialects in one crate, so queries are runtime
+//! `query`/`query_as` and the shared test suite, run on both backends, is the query check.
+
+mod sessions;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+pub use sessions::{
+    IntakeRecord, ListFilter, NewVersion, Rejection, SessionSummary, StoredSession, VersionMeta, WriteOutcome, WriteStatus,
+};
+
+use crate::settings::{DatabaseSettings, Settings};
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A database error.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Stored data could not be decoded (a bug or a hand-edited row).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// `true` when retrying later may succeed (pool timeout, connection lost, database locked).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(db) => {
+                    // SQLITE_BUSY (5) / SQLITE_LOCKED (6); PostgreSQL class 08 (connection), 57P (shutdown), 53 (resources)
+                    let code = db.code().unwrap_or_default();
+                    matches!(code.as_ref(), "5" | "6" | "517")
+                        || code.starts_with("08")
+                        || code.starts_with("57P")
+                        || code.starts_with("53")
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// The two backends.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// Embedded default.
+    Sqlite(SqlitePool),
+    /// Production store.
+    Postgres(PgPool),
+}
+
+/// Runs the same body against whichever pool the store holds; `$pool` is bound to it.
+macro_rules! with_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_db;
+
+/// Storage handle; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Db,
+}
+
+/// Timestamps are stored with microsecond precision on both backends, so values round-trip
+/// exactly and SQLite's RFC 3339 text sorts like PostgreSQL's `timestamptz`.
+pub fn now_micros() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// An API client row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClientRow {
+    /// Client id (UUID).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `submitter`, `partner`, `finance` or `admin`.
+    pub role: String,
+    /// Bound organisation.
+    pub org_id: Option<String>,
+    /// Set when the client was disabled.
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Connects (creating the SQLite file and its folder when needed).
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Store, StoreError> {
+        let url = settings.url.expose_secret();
+        let db = if url.starts_with("postgres") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options)
+                .await?;
+            Db::Postgres(pool)
+        } else {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                // WAL: readers never block the writer and vice versa.
+                .journal_mode(SqliteJournalMode::Wal)
+                // NORMAL is durable against application crashes in WAL mode; an OS crash can lose
+                // the last commits but never corrupts the file.
+                .synchronous(SqliteSynchronous::Normal)
+                // Writers queue for the lock instead of failing at once.
+                .busy_timeout(Duration::from_millis(settings.sqlite_busy_timeout_ms))
+                .foreign_keys(true);
+            if let Some(dir) = std::path::Path::new(options.get_filename()).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+                }
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options)
+                .await?;
+            Db::Sqlite(pool)
+        };
+        Ok(Store { db })
+    }
+
+    /// Which backend this store uses ("sqlite" or "postgres").
+    pub fn backend(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Round trip to the database (readiness probe).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_db!(&self.db, pool => { sqlx::query("SELECT 1").execute(pool).await?; });
+        Ok(())
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        with_db!(&self.db, pool => pool.close().await);
+    }
+
+    /// Copies organisations, sites and partnerships from configuration into their tables
+    /// (upsert; partnerships are replaced), in one transaction.
+    pub async fn sync_directory(&self, settings: &Settings) -> Result<(), StoreError> {
+        with_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for org in &settings.organizations {
+                sqlx::query(
+                    "INSERT INTO organizations (id, kind, name, cds_code, npi, tin) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, name = excluded.name, cds_code = excluded.cds_code, \
+                     npi = excluded.npi, tin = excluded.tin",
+                )
+                .bind(&org.id)
+                .bind(org.kind.as_str())
+                .bind(&org.name)
+                .bind(&org.cds_code)
+                .bind(&org.npi)
+                .bind(&org.tin)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for site in &settings.sites {
+                sqlx::query(
+                    "INSERT INTO sites (id, lea_id, name, cds_code, nces_id) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (id) DO UPDATE SET lea_id = excluded.lea_id, name = excluded.name, \
+                     cds_code = excluded.cds_code, nces_id = excluded.nces_id",
+                )
+                .bind(&site.id)
+                .bind(&site.lea)
+                .bind(&site.name)
+                .bind(&site.cds_code)
+                .bind(&site.nces_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("DELETE FROM partnerships").execute(&mut *tx).await?;
+            for p in &settings.partnerships {
+                for site in &p.sites {
+                    sqlx::query("INSERT INTO partnerships (fqhc_id, site_id, effective_from, effective_to) VALUES ($1, $2, $3, $4)")
+                        .bind(&p.fqhc)
+                        .bind(site)
+                        .bind(p.effective_from)
+                        .bind(p.effective_to)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Registers an API client (only the secret's hash is stored).
+    pub async fn insert_client(
+        &self,
+        id: &str,
+        name: &str,
+        role: &str,
+        org_id: Option<&str>,
+        secret_sha256: &str,
+    ) -> Result<(), StoreError> {
+        with_db!(&self.db, pool => {
+            sqlx::query(
+                "INSERT INTO api_clients (id, name, role, org_id, secret_sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(role)
+            .bind(org_id)
+            .bind(secret_sha256)
+            .bind(now_micros())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Inserts a client unless one with this secret hash exists (demo seeding is idempotent).
+    pub async fn ensure_client(
+        &self,
+        id: &str,
+        name: &str,
+        role: &str,
+        org_id: Option<&str>,
+        secret_sha256: &str,
+    ) -> Result<(), StoreError> {
+        with_db!(&self.db, pool => {
+            sqlx::query(
+                "INSERT INTO api_clients (id, name, role, org_id, secret_sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(role)
+            .bind(org_id)
+            .bind(secret_sha256)
+            .bind(now_micros())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Finds a client by the SHA-256 of its secret.
+    pub async fn client_by_secret_hash(&self, secret_sha256: &str) -> Result<Option<ClientRow>, StoreError> {
+        let row = with_db!(&self.db, pool => {
+            sqlx::query_as::<_, ClientRow>(
+                "SELECT id, name, role, org_id, disabled_at FROM api_clients WHERE secret_sha256 = $1",
+            )
+            .bind(secret_sha256)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row)
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+}

@@ -1,0 +1,386 @@
+//! Sessions and their versions: exactly-once writes, history, keyset listing, rejected lane.
+
+use chrono::{DateTime, Utc};
+
+use super::{Db, Store, StoreError, with_db};
+
+/// A validated record ready to be stored.
+#[derive(Debug, Clone)]
+pub struct IntakeRecord {
+    /// Deterministic session id derived from (LEA, source id).
+    pub session_id: String,
+    /// Submitting LEA.
+    pub lea: String,
+    /// The LEA's id of the session.
+    pub source_id: String,
+    /// School site.
+    pub site: String,
+    /// Start of the session (UTC).
+    pub service_start: DateTime<Utc>,
+    /// SHA-256 of the canonical JSON (sorted keys): identical content <=> identical hash.
+    pub content_sha256: String,
+    /// SHA-256 of the exact submitted bytes.
+    pub raw_sha256: String,
+    /// The exact submitted bytes.
+    pub raw: Vec<u8>,
+    /// `application/json` or `text/csv`.
+    pub raw_format: &'static str,
+    /// Canonical JSON of the record.
+    pub record: String,
+}
+
+/// A refused record for the rejected lane.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// LEA of the record when it could be read.
+    pub lea: Option<String>,
+    /// Position in the request (0 for a single POST).
+    pub record_index: i64,
+    /// Source id when it could be read.
+    pub source_id: Option<String>,
+    /// SHA-256 of the submitted bytes.
+    pub raw_sha256: String,
+    /// The submitted bytes.
+    pub raw: Vec<u8>,
+    /// The issues as OperationOutcome JSON.
+    pub issues_json: String,
+}
+
+/// Who wrote, when, as part of what.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    /// API client id (or `cli:import`).
+    pub client_id: String,
+    /// Request id, when over HTTP.
+    pub request_id: Option<String>,
+    /// Batch id, for `$batch` and imports.
+    pub batch_id: Option<String>,
+    /// Time of receipt (microseconds).
+    pub received_at: DateTime<Utc>,
+}
+
+/// What happened to a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteStatus {
+    /// First version of a new session.
+    Created,
+    /// A changed record: a new version was stored, earlier ones kept.
+    Amended,
+    /// Identical to the current version: nothing changed.
+    Duplicate,
+}
+
+/// Result of writing one record.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    /// Session id.
+    pub id: String,
+    /// Current version after the write.
+    pub version: i64,
+    /// Created, amended or duplicate.
+    pub status: WriteStatus,
+    /// When the current version was received.
+    pub received_at: DateTime<Utc>,
+}
+
+/// Metadata of one stored version.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VersionMeta {
+    /// Version number, from 1.
+    pub version: i64,
+    /// SHA-256 of the canonical record.
+    pub content_sha256: String,
+    /// SHA-256 of the submitted bytes.
+    pub raw_sha256: String,
+    /// Media type of the submitted bytes.
+    pub raw_format: String,
+    /// Time of receipt.
+    pub received_at: DateTime<Utc>,
+    /// Submitting client.
+    pub client_id: String,
+    /// Batch, if any.
+    pub batch_id: Option<String>,
+}
+
+/// A session with one of its versions.
+#[derive(Debug, Clone)]
+pub struct StoredSession {
+    /// Session id.
+    pub id: String,
+    /// LEA.
+    pub lea: String,
+    /// LEA's session id.
+    pub source_id: String,
+    /// Site of the current version.
+    pub site: String,
+    /// Latest version number.
+    pub current_version: i64,
+    /// First receipt.
+    pub created_at: DateTime<Utc>,
+    /// The requested version's metadata.
+    pub version: VersionMeta,
+    /// The requested version's canonical record (JSON text).
+    pub record: String,
+    /// Every version, oldest first.
+    pub history: Vec<VersionMeta>,
+}
+
+/// A row of a session listing.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionSummary {
+    /// Session id.
+    pub id: String,
+    /// LEA.
+    pub lea_id: String,
+    /// LEA's session id.
+    pub source_id: String,
+    /// Site.
+    pub site_id: String,
+    /// Latest version.
+    pub current_version: i64,
+    /// Start of the session.
+    pub service_start: DateTime<Utc>,
+    /// Receipt of the latest version (listing order).
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Filters of a session listing; `after` is the keyset cursor (exclusive).
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this LEA.
+    pub lea: Option<String>,
+    /// Only this site.
+    pub site: Option<String>,
+    /// Only sessions changed at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Continue after this (updated_at, id).
+    pub after: Option<(DateTime<Utc>, String)>,
+    /// Page size.
+    pub limit: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct CurrentRow {
+    id: String,
+    current_version: i64,
+    current_content_sha256: String,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    id: String,
+    lea_id: String,
+    source_id: String,
+    site_id: String,
+    current_version: i64,
+    created_at: DateTime<Utc>,
+}
+
+const SELECT_CURRENT: &str =
+    "SELECT id, current_version, current_content_sha256, updated_at FROM sessions WHERE lea_id = $1 AND source_id = $2";
+// PostgreSQL: lock the row so concurrent amendments of one session serialise. SQLite already
+// holds the database write lock after the INSERT that precedes this SELECT.
+const SELECT_CURRENT_FOR_UPDATE: &str =
+    "SELECT id, current_version, current_content_sha256, updated_at FROM sessions WHERE lea_id = $1 AND source_id = $2 FOR UPDATE";
+
+impl Store {
+    /// Stores valid records and rejections in one transaction; all or nothing. For each record:
+    /// identical to the current version -> `Duplicate` (nothing written); otherwise a new version.
+    /// Records are applied in order, so a batch may amend a session it created.
+    pub async fn write_intake(
+        &self,
+        who: &NewVersion,
+        records: &[IntakeRecord],
+        rejections: &[Rejection],
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let select = match self.db() {
+            Db::Sqlite(_) => SELECT_CURRENT,
+            Db::Postgres(_) => SELECT_CURRENT_FOR_UPDATE,
+        };
+        let mut outcomes = Vec::with_capacity(records.len());
+        with_db!(self.db(), pool => {
+            let mut tx = pool.begin().await?;
+            for r in records {
+                // Insert first: on SQLite this takes the write lock at the start of the transaction.
+                sqlx::query(
+                    "INSERT INTO sessions (id, lea_id, source_id, site_id, current_version, current_content_sha256, \
+                     service_start, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, '', $5, $6, $6) ON CONFLICT DO NOTHING",
+                )
+                .bind(&r.session_id)
+                .bind(&r.lea)
+                .bind(&r.source_id)
+                .bind(&r.site)
+                .bind(r.service_start)
+                .bind(who.received_at)
+                .execute(&mut *tx)
+                .await?;
+                let current: CurrentRow = sqlx::query_as(select).bind(&r.lea).bind(&r.source_id).fetch_one(&mut *tx).await?;
+                if current.current_version > 0 && current.current_content_sha256 == r.content_sha256 {
+                    outcomes.push(WriteOutcome {
+                        id: current.id,
+                        version: current.current_version,
+                        status: WriteStatus::Duplicate,
+                        received_at: current.updated_at,
+                    });
+                    continue;
+                }
+                let version = current.current_version + 1;
+                sqlx::query(
+                    "INSERT INTO session_versions (session_id, version, content_sha256, raw_sha256, raw, raw_format, record, \
+                     received_at, client_id, request_id, batch_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(&current.id)
+                .bind(version)
+                .bind(&r.content_sha256)
+                .bind(&r.raw_sha256)
+                .bind(&r.raw)
+                .bind(r.raw_format)
+                .bind(&r.record)
+                .bind(who.received_at)
+                .bind(&who.client_id)
+                .bind(&who.request_id)
+                .bind(&who.batch_id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE sessions SET current_version = $1, current_content_sha256 = $2, site_id = $3, service_start = $4, \
+                     updated_at = $5 WHERE id = $6",
+                )
+                .bind(version)
+                .bind(&r.content_sha256)
+                .bind(&r.site)
+                .bind(r.service_start)
+                .bind(who.received_at)
+                .bind(&current.id)
+                .execute(&mut *tx)
+                .await?;
+                let status = if version == 1 { WriteStatus::Created } else { WriteStatus::Amended };
+                outcomes.push(WriteOutcome { id: current.id, version, status, received_at: who.received_at });
+            }
+            for rej in rejections {
+                sqlx::query(
+                    "INSERT INTO intake_rejections (id, lea_id, client_id, batch_id, request_id, record_index, source_id, \
+                     raw_sha256, raw, issues, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(&rej.lea)
+                .bind(&who.client_id)
+                .bind(&who.batch_id)
+                .bind(&who.request_id)
+                .bind(rej.record_index)
+                .bind(&rej.source_id)
+                .bind(&rej.raw_sha256)
+                .bind(&rej.raw)
+                .bind(&rej.issues_json)
+                .bind(who.received_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(outcomes)
+    }
+
+    /// A session with the given version (or the current one) and its version history.
+    pub async fn session(&self, id: &str, version: Option<i64>) -> Result<Option<StoredSession>, StoreError> {
+        with_db!(self.db(), pool => {
+            let Some(row) = sqlx::query_as::<_, SessionRow>(
+                "SELECT id, lea_id, source_id, site_id, current_version, created_at FROM sessions WHERE id = $1 AND current_version > 0",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let history: Vec<VersionMeta> = sqlx::query_as(
+                "SELECT version, content_sha256, raw_sha256, raw_format, received_at, client_id, batch_id \
+                 FROM session_versions WHERE session_id = $1 ORDER BY version",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+            let wanted = version.unwrap_or(row.current_version);
+            let Some(meta) = history.iter().find(|v| v.version == wanted).cloned() else {
+                return Ok(None);
+            };
+            let record: String = sqlx::query_scalar("SELECT record FROM session_versions WHERE session_id = $1 AND version = $2")
+                .bind(id)
+                .bind(wanted)
+                .fetch_one(pool)
+                .await?;
+            Ok(Some(StoredSession {
+                id: row.id,
+                lea: row.lea_id,
+                source_id: row.source_id,
+                site: row.site_id,
+                current_version: row.current_version,
+                created_at: row.created_at,
+                version: meta,
+                record,
+                history,
+            }))
+        })
+    }
+
+    /// The exact bytes submitted for a version.
+    pub async fn session_raw(&self, id: &str, version: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let raw = with_db!(self.db(), pool => {
+            sqlx::query_scalar("SELECT raw FROM session_versions WHERE session_id = $1 AND version = $2")
+                .bind(id)
+                .bind(version)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(raw)
+    }
+
+    /// One page of sessions ordered by (updated_at, id), after the cursor.
+    pub async fn list_sessions(&self, f: &ListFilter) -> Result<Vec<SessionSummary>, StoreError> {
+        let (after_ts, after_id) = match &f.after {
+            Some((ts, id)) => (Some(*ts), Some(id.clone())),
+            None => (None, None),
+        };
+        let rows = with_db!(self.db(), pool => {
+            sqlx::query_as::<_, SessionSummary>(
+                "SELECT id, lea_id, source_id, site_id, current_version, service_start, updated_at FROM sessions \
+                 WHERE current_version > 0 \
+                   AND ($1 IS NULL OR lea_id = $1) \
+                   AND ($2 IS NULL OR site_id = $2) \
+                   AND ($3 IS NULL OR updated_at >= $3) \
+                   AND ($4 IS NULL OR (updated_at, id) > ($4, $5)) \
+                 ORDER BY updated_at, id LIMIT $6",
+            )
+            .bind(&f.lea)
+            .bind(&f.site)
+            .bind(f.since)
+            .bind(after_ts)
+            .bind(after_id)
+            .bind(f.limit)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+
+    /// Number of rejected records stored for an LEA (tests and operators).
+    pub async fn count_rejections(&self, lea: Option<&str>) -> Result<i64, StoreError> {
+        let n = with_db!(self.db(), pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM intake_rejections WHERE ($1 IS NULL OR lea_id = $1)")
+                .bind(lea)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(n)
+    }
+
+    /// Number of stored versions across all sessions (tests and operators).
+    pub async fn count_versions(&self) -> Result<i64, StoreError> {
+        let n = with_db!(self.db(), pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM session_versions").fetch_one(pool).await?
+        });
+        Ok(n)
+    }
+}
