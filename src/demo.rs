@@ -29,10 +29,10 @@ pub async fn seed(settings: &Settings, store: &Store, validator: &Validator) -> 
     }
     let mut lines = vec!["Demo clients (development only; tokens are public):".to_string()];
     for (id, role, org, token) in DEMO_CLIENTS {
-        if let Some(org) = org {
-            if settings.organization(org).is_none() {
-                continue;
-            }
+        if let Some(org) = org
+            && settings.organization(org).is_none()
+        {
+            continue;
         }
         store.ensure_client(id, id, role, *org, &hash_secret(token)).await?;
         lines.push(format!("  {role:<9} {:<10} Authorization: Bearer {token}", org.unwrap_or("-")));

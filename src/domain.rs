@@ -55,7 +55,7 @@ impl Icd10 {
         let upper = s.trim().to_ascii_uppercase();
         let compact: String = match upper.split_once('.') {
             Some((head, tail)) if head.len() == 3 && !tail.is_empty() => format!("{head}{tail}"),
-            Some(_) => return Err("in an ICD-10-CM code the dot comes after the third character (F41.1)".into()),
+            Some(_) => return Err("not an ICD-10-CM code: the dot comes after the third character, as in F41.1".into()),
             None => upper,
         };
         let b = compact.as_bytes();
@@ -65,9 +65,7 @@ impl Icd10 {
             && b[1].is_ascii_digit()
             && b[2..].iter().all(u8::is_ascii_alphanumeric);
         if !shape_ok {
-            return Err(format!(
-                "{s:?} is not an ICD-10-CM code: expected a letter, a digit and 1-5 more letters or digits, like F41.1 or Z63.8"
-            ));
+            return Err("not an ICD-10-CM code: expected a letter, a digit and 1 to 5 more letters or digits, like F41.1 or Z63.8".into());
         }
         Ok(Icd10(compact))
     }

@@ -57,8 +57,10 @@ impl Prepared {
     }
 }
 
+/// A top-level text field, without NUL characters (PostgreSQL text cannot store them) and cut
+/// to 200 characters, for receipts and the rejected lane.
 fn text_field(v: &serde_json::Value, key: &str) -> Option<String> {
-    v.get(key).and_then(serde_json::Value::as_str).map(str::to_owned)
+    v.get(key).and_then(serde_json::Value::as_str).map(|s| s.chars().filter(|c| *c != '\0').take(200).collect())
 }
 
 /// Validation (CPU only): parse result -> LEA scope -> schema + semantic rules -> canonical form.
@@ -77,12 +79,12 @@ pub fn prepare(validator: &Validator, who: &Submitter, records: Vec<RawRecord>, 
 }
 
 fn check_one(validator: &Validator, who: &Submitter, value: &serde_json::Value, rec: &RawRecord, now: DateTime<Utc>) -> Checked {
-    if let (Some(scope), Some(lea)) = (&who.lea, value.get("lea").and_then(serde_json::Value::as_str)) {
-        if lea != scope {
-            return Checked::Rejected(vec![
-                OutcomeIssue::error(IssueCode::Security, format!("this client submits for LEA {scope:?} only")).at_pointer("/lea"),
-            ]);
-        }
+    if let (Some(scope), Some(lea)) = (&who.lea, value.get("lea").and_then(serde_json::Value::as_str))
+        && lea != scope
+    {
+        return Checked::Rejected(vec![
+            OutcomeIssue::error(IssueCode::Security, format!("this client submits for LEA {scope:?} only")).at_pointer("/lea"),
+        ]);
     }
     match validator.validate(value, now) {
         Err(issues) => Checked::Rejected(issues),

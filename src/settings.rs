@@ -22,8 +22,9 @@ pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// The file or an environment variable did not deserialise; figment names key and source.
+    /// (The figment error is shown, not chained, so it appears once.)
     #[error("configuration error: {0}")]
-    Load(#[from] Box<figment::Error>),
+    Load(Box<figment::Error>),
     /// A value is well-formed but wrong (a dangling reference, a missing TLS file...).
     #[error("configuration error in {source_name}: {key}: {message}")]
     Invalid {
@@ -42,6 +43,7 @@ pub enum SettingsError {
 /// All settings of the gateway.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct Settings {
     /// HTTP listener.
     pub server: ServerSettings,
@@ -267,23 +269,6 @@ fn serialize_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S:
     ser.serialize_str(s.expose_secret())
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            server: ServerSettings::default(),
-            database: DatabaseSettings::default(),
-            log: LogSettings::default(),
-            intake: IntakeSettings::default(),
-            organizations: Vec::new(),
-            sites: Vec::new(),
-            partnerships: Vec::new(),
-            clinicians: Vec::new(),
-            rules: RulesSettings::default(),
-            source_file: None,
-        }
-    }
-}
-
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
@@ -330,6 +315,12 @@ impl Default for IntakeSettings {
     }
 }
 
+impl From<figment::Error> for SettingsError {
+    fn from(e: figment::Error) -> Self {
+        SettingsError::Load(Box::new(e))
+    }
+}
+
 impl Settings {
     /// Loads defaults, then `file` (or [`DEFAULT_CONFIG_FILE`] when it exists), then `WG__*`
     /// environment variables, and checks the result.
@@ -349,7 +340,7 @@ impl Settings {
 
     /// Extracts and checks settings from an already-layered figment (used by tests).
     pub fn from_figment(figment: Figment, source: Option<PathBuf>) -> Result<Settings, SettingsError> {
-        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        let mut settings: Settings = figment.extract()?;
         settings.source_file = source;
         settings.check()?;
         Ok(settings)
@@ -399,10 +390,10 @@ impl Settings {
                     return Err(self.invalid(format!("partnerships[{i}].sites[{j}]"), format!("{s:?} is not a configured site")));
                 }
             }
-            if let (Some(from), Some(to)) = (p.effective_from, p.effective_to) {
-                if to < from {
-                    return Err(self.invalid(format!("partnerships[{i}].effective_to"), "is before effective_from"));
-                }
+            if let (Some(from), Some(to)) = (p.effective_from, p.effective_to)
+                && to < from
+            {
+                return Err(self.invalid(format!("partnerships[{i}].effective_to"), "is before effective_from"));
             }
         }
         for (i, c) in self.clinicians.iter().enumerate() {

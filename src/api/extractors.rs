@@ -44,10 +44,10 @@ pub fn body_kind(req: &HttpRequest, accepted: &[BodyKind]) -> Result<BodyKind, A
 /// Reads the whole body, refusing more than `limit` bytes (checked against Content-Length first).
 pub async fn read_body(req: &HttpRequest, payload: Payload, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::PayloadTooLarge(format!("the request body is larger than the {limit} bytes allowed; split the batch"));
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        if len > limit as u64 {
-            return Err(too_large());
-        }
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
     }
     match payload.to_bytes_limited(limit).await {
         Err(_) => Err(too_large()),

@@ -367,10 +367,10 @@ pub async fn list_sessions(state: web::Data<AppState>, who: Principal, query: we
         (Some(own), _) => Some(own.to_owned()),
         (None, asked) => asked.clone(),
     };
-    if let (Some(own), Some(site)) = (scope, q.site.as_deref().and_then(|s| state.settings.site(s))) {
-        if site.lea != own {
-            return Err(ApiError::Forbidden(format!("site {:?} does not belong to this client's LEA", site.id)));
-        }
+    if let (Some(own), Some(site)) = (scope, q.site.as_deref().and_then(|s| state.settings.site(s)))
+        && site.lea != own
+    {
+        return Err(ApiError::Forbidden(format!("site {:?} does not belong to this client's LEA", site.id)));
     }
     let limits = &state.settings.intake;
     let limit = q.count.unwrap_or(limits.page_size_default).clamp(1, limits.page_size_max);

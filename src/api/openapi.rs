@@ -41,10 +41,10 @@ impl utoipa::Modify for BearerAuth {
 fn rebase_refs(v: &mut Value) {
     match v {
         Value::Object(map) => {
-            if let Some(Value::String(r)) = map.get_mut("$ref") {
-                if let Some(name) = r.strip_prefix("#/$defs/") {
-                    *r = format!("#/components/schemas/Session_{name}");
-                }
+            if let Some(Value::String(r)) = map.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/$defs/")
+            {
+                *r = format!("#/components/schemas/Session_{name}");
             }
             map.values_mut().for_each(rebase_refs);
         }

@@ -66,6 +66,10 @@ pub struct ImportSummary {
     pub report: PathBuf,
 }
 
+fn bytecount(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|b| **b == b'\n').count() as u64
+}
+
 /// The report path for an input file: `sessions.csv` -> `sessions.csv.errors.csv`.
 pub fn report_path(input: &Path) -> PathBuf {
     let mut name = input.file_name().map(|n| n.to_os_string()).unwrap_or_default();
@@ -181,6 +185,8 @@ pub async fn import_file(validator: &Validator, store: &Store, path: &Path, opti
             let headers: Vec<String> = reader.headers().context("reading the CSV header row")?.iter().map(str::to_owned).collect();
             let layout = CsvLayout::from_headers(validator.schemas().session_document(), &headers).map_err(anyhow::Error::msg)?;
             let mut consumed = 0u64;
+            // Lines are counted from the bytes themselves (1 = header line).
+            let mut newlines = 0u64;
             let mut record = csv::StringRecord::new();
             loop {
                 let start = reader.position().byte();
@@ -193,15 +199,20 @@ pub async fn import_file(validator: &Validator, store: &Store, path: &Path, opti
                 }
                 let end = reader.position().byte();
                 // Skip the header and anything before this row, then take the row's bytes.
-                std::io::copy(&mut (&mut raw_reader).take(start - consumed), &mut std::io::sink())?;
+                let mut skipped = Vec::new();
+                (&mut raw_reader).take(start - consumed).read_to_end(&mut skipped)?;
+                newlines += bytecount(&skipped);
                 let mut raw = Vec::with_capacity(usize::try_from(end - start).unwrap_or(0));
                 (&mut raw_reader).take(end - start).read_to_end(&mut raw)?;
                 consumed = end;
                 bar.set_position(end);
+                let leading = raw.iter().take_while(|b| **b == b'\n' || **b == b'\r').count();
+                let line = Some(newlines + bytecount(&raw[..leading]) + 1);
+                newlines += bytecount(&raw);
+                raw.drain(..leading);
                 while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                     raw.pop();
                 }
-                let line = record.position().map(|p| p.line());
                 let parsed = Ok(layout.row_to_value(&record));
                 chunk.push(RawRecord { index, line, raw, format: RawFormat::Csv, parsed });
                 index += 1;

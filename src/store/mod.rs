@@ -3,7 +3,7 @@
 //! One [`Store`] over either backend: SQLite (embedded default, a file) or PostgreSQL
 //! (production, several instances). The SQL is written once in the portable subset both accept
 //! (`$n` parameters, `ON CONFLICT`, row-value comparison) and compiled for each backend by the
-//! [`with_db!`] macro; where the dialects differ (row locks) the code says so. sqlx's
+//! `with_db!` macro; where the dialects differ (row locks) the code says so. sqlx's
 //! compile-time macros cannot check two dialects in one crate, so queries are runtime
 //! `query`/`query_as` and the shared test suite, run on both backends, is the query check.
 
@@ -128,10 +128,10 @@ impl Store {
                 // Writers queue for the lock instead of failing at once.
                 .busy_timeout(Duration::from_millis(settings.sqlite_busy_timeout_ms))
                 .foreign_keys(true);
-            if let Some(dir) = std::path::Path::new(options.get_filename()).parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
-                }
+            if let Some(dir) = std::path::Path::new(options.get_filename()).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(settings.max_connections)

@@ -47,7 +47,15 @@ impl SchemaSet {
         if self.session.is_valid(value) {
             return Ok(());
         }
-        let mut issues: Vec<OutcomeIssue> = self.session.iter_errors(value).flat_map(|e| describe(&e)).collect();
+        let errors: Vec<jsonschema::ValidationError<'_>> = self.session.iter_errors(value).collect();
+        // A value of the wrong type also fails its enum/length rules: report only the type there.
+        let wrong_type: Vec<&str> =
+            errors.iter().filter(|e| matches!(e.kind(), ValidationErrorKind::Type { .. })).map(|e| e.instance_path().as_str()).collect();
+        let mut issues: Vec<OutcomeIssue> = errors
+            .iter()
+            .filter(|e| matches!(e.kind(), ValidationErrorKind::Type { .. }) || !wrong_type.contains(&e.instance_path().as_str()))
+            .flat_map(describe)
+            .collect();
         issues.dedup_by(|a, b| a.diagnostics == b.diagnostics && a.expression == b.expression);
         Err(issues)
     }

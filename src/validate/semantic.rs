@@ -92,14 +92,14 @@ pub fn check(raw: RawSession, settings: &Settings, now: DateTime<Utc>) -> Result
                     ),
                 );
             }
-            if let Some(f2f) = raw.service.minutes_face_to_face {
-                if f2f > minutes {
-                    issues.push(
-                        IssueCode::Invariant,
-                        "/service/minutes_face_to_face",
-                        format!("service.minutes_face_to_face ({f2f}) is longer than the session itself ({minutes} minutes)"),
-                    );
-                }
+            if let Some(f2f) = raw.service.minutes_face_to_face
+                && f2f > minutes
+            {
+                issues.push(
+                    IssueCode::Invariant,
+                    "/service/minutes_face_to_face",
+                    format!("service.minutes_face_to_face ({f2f}) is longer than the session itself ({minutes} minutes)"),
+                );
             }
         }
     }
@@ -163,10 +163,10 @@ pub fn check(raw: RawSession, settings: &Settings, now: DateTime<Utc>) -> Result
             .ok(),
         None => None,
     };
-    if let (Some(n), Some(s)) = (&npi, &supervisor_npi) {
-        if n == s {
-            issues.push(IssueCode::BusinessRule, "/clinician/supervisor/npi", "a clinician cannot be their own supervisor");
-        }
+    if let (Some(n), Some(s)) = (&npi, &supervisor_npi)
+        && n == s
+    {
+        issues.push(IssueCode::BusinessRule, "/clinician/supervisor/npi", "a clinician cannot be their own supervisor");
     }
 
     // Service shape.
@@ -198,7 +198,7 @@ pub fn check(raw: RawSession, settings: &Settings, now: DateTime<Utc>) -> Result
                 issues.push(IssueCode::Value, &format!("/diagnoses/{i}"), format!("diagnoses[{i}] repeats an earlier diagnosis"))
             }
             Ok(d) => diagnoses.push(d),
-            Err(e) => issues.push(IssueCode::CodeInvalid, &format!("/diagnoses/{i}"), format!("diagnoses[{i}]: {e}")),
+            Err(e) => issues.push(IssueCode::CodeInvalid, &format!("/diagnoses/{i}"), format!("diagnoses[{i}] is {e}")),
         }
     }
 

@@ -1,0 +1,112 @@
+//! The binary: `clients add`, `import` of a CSV with bad rows, `migrate`, `check`, config errors.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::helpers::{Backend, TestDb, repo_path, spawn_app_with};
+
+fn gateway(database_url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wellness-gateway"));
+    cmd.current_dir(repo_path("")).env("WG__DATABASE__URL", database_url).env("RUST_LOG", "warn");
+    cmd
+}
+
+const CSV_HEADER: &str = "source_id,lea,site,student.district_id,student.medi_cal_cin,student.given_name,student.family_name,student.birth_date,student.sex,student.grade,clinician.npi,clinician.given_name,clinician.family_name,clinician.credential,service.type,service.tier,service.modality,service.start,service.end,diagnoses,consent_ids,note";
+
+fn csv_row(id: &str, npi: &str, tier: &str) -> String {
+    format!(
+        "{id},lea-demo,site-demo-hs,S{id},91234567A,Test,Student,2011-04-02,female,09,{npi},Maya,Reed,LCSW,individual-counseling,{tier},in-person,2026-11-02T10:05:00-08:00,2026-11-02T10:50:00-08:00,F41.1;Z63.8,,\"Note, with a comma\""
+    )
+}
+
+async fn import_and_clients(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sessions.csv");
+    let mut text = format!("{CSV_HEADER}\n");
+    text.push_str(&csv_row("CSV-1", "1234567893", "3"));
+    text.push('\n');
+    text.push_str(&csv_row("CSV-2", "1234567890", "3")); // bad NPI
+    text.push_str("\r\n");
+    text.push_str(&csv_row("CSV-3", "1234567893", "three")); // not a number
+    text.push('\n');
+    text.push_str(&csv_row("CSV-4", "1234567893", "2"));
+    text.push('\n');
+    std::fs::write(&file, &text).unwrap();
+
+    let out = gateway(&db.url).args(["import", "--quiet", "--json"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["received"].as_u64(), summary["created"].as_u64(), summary["rejected"].as_u64()), (Some(4), Some(2), Some(2)));
+    let report = std::fs::read_to_string(dir.path().join("sessions.csv.errors.csv")).unwrap();
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines[0], "line,source_id,field,message");
+    assert!(lines.iter().any(|l| l.starts_with("3,CSV-2,clinician.npi,")), "{report}");
+    assert!(lines.iter().any(|l| l.starts_with("4,CSV-3,service.tier,")), "{report}");
+    // Importing again: all duplicates, nothing new.
+    let out = gateway(&db.url).args(["import", "--quiet", "--json"]).arg(&file).output().unwrap();
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["duplicate"], 2);
+
+    // clients add prints the secret alone on the last line; it authenticates against the server.
+    let out =
+        gateway(&db.url).args(["clients", "add", "--name", "County clerk", "--role", "submitter", "--org", "lea-demo"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let secret = stdout.lines().last().unwrap().to_owned();
+    assert!(secret.starts_with("wg_") && secret.len() == 67, "{stdout}");
+    let url = db.url.clone();
+    let app = spawn_app_with(backend, |s| s.database.url = url.into()).await.unwrap();
+    let page: Value = app.get("/api/v1/sessions", &secret).await.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let stored: Value =
+        app.get(&format!("/api/v1/sessions/{}", page["items"][0]["id"].as_str().unwrap()), &secret).await.json().await.unwrap();
+    assert_eq!(stored["raw_format"], "text/csv");
+    assert_eq!(stored["record"]["note"], "Note, with a comma");
+    let raw = app.get(&format!("/api/v1/sessions/{}/versions/1/raw", stored["id"].as_str().unwrap()), &secret).await.text().await.unwrap();
+    assert_eq!(raw, csv_row(stored["source_id"].as_str().unwrap(), "1234567893", if stored["source_id"] == "CSV-1" { "3" } else { "2" }));
+    drop(app);
+    drop(db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_csv_with_bad_rows_and_register_client_sqlite() {
+    import_and_clients(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_csv_with_bad_rows_and_register_client_postgres() {
+    import_and_clients(Backend::Postgres).await;
+}
+
+#[test]
+fn clients_add_refuses_a_wrong_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("g.db").display());
+    let out = gateway(&url).args(["clients", "add", "--name", "x", "--role", "submitter", "--org", "fqhc-demo"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a lea"));
+    let out = gateway(&url).args(["clients", "add", "--name", "x", "--role", "partner"]).output().unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn migrate_check_and_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("g.db").display());
+    let out = gateway(&url).arg("migrate").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gateway(&url).arg("check").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A typo in an environment override names the key.
+    let out = gateway(&url).arg("check").env("WG__SERVER__PORT", "eighty").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("server.port"));
+    // A bad file names the file and the key.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[sites]]\nid = \"s\"\nlea = \"nowhere\"\nname = \"S\"\n").unwrap();
+    let out = gateway(&url).arg("--config").arg(&bad).arg("check").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bad.toml") && err.contains("sites[0].lea"), "{err}");
+}

@@ -1,0 +1,238 @@
+//! `spawn_app(Backend)`: the real server on a random port with a fresh database per test
+//! (a temp-file SQLite database, or a fresh PostgreSQL database when `TEST_DATABASE_URL` is set),
+//! and a real HTTP client.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use wellness_gateway::auth::{Role, register_client};
+use wellness_gateway::settings::{LogFormat, Settings};
+use wellness_gateway::startup::Application;
+use wellness_gateway::store::Store;
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+static INIT: Once = Once::new();
+
+fn init_once() {
+    INIT.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if std::env::var("TEST_LOG").is_ok() {
+            wellness_gateway::telemetry::init(&wellness_gateway::settings::LogSettings {
+                format: LogFormat::Pretty,
+                level: "debug".into(),
+            });
+        }
+    });
+}
+
+/// Settings from `config/default.toml` adapted for a test: port 0, one worker, given database.
+pub fn test_settings(database_url: &str) -> Settings {
+    let path = repo_path("config/default.toml");
+    let figment = figment::Figment::from(figment::providers::Serialized::defaults(Settings::default()))
+        .merge(<figment::providers::Toml as figment::providers::Format>::file_exact(&path));
+    let mut s = Settings::from_figment(figment, Some(path)).expect("config/default.toml loads");
+    s.server.port = 0;
+    s.server.workers = 2;
+    s.database.url = SecretString::from(database_url.to_owned());
+    s.database.max_connections = 4;
+    s.rules.schemas_dir = repo_path("schemas");
+    s
+}
+
+/// A database for one test; PostgreSQL databases are dropped when this is dropped.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_admin: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Option<TestDb> {
+        init_once();
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+                Some(TestDb { url, _dir: Some(dir), pg_admin: None })
+            }
+            Backend::Postgres => {
+                let admin = std::env::var("TEST_DATABASE_URL").ok()?;
+                let name = format!("wg_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.expect("connect to TEST_DATABASE_URL");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin.clone());
+                Some(TestDb { url: format!("{base}/{name}"), _dir: None, pg_admin: Some((admin, name)) })
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg_admin.take() {
+            // Drop runs outside async; use a private runtime on a plain thread.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                rt.block_on(async move {
+                    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.ok()?;
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await.ok()
+                })
+            })
+            .join();
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub settings: Settings,
+    pub db: TestDb,
+    pub submitter_token: String,
+    pub other_submitter_token: String,
+    pub admin_token: String,
+    pub partner_token: String,
+    handle: actix_web::dev::ServerHandle,
+}
+
+/// Starts the app on `backend`; `None` when that backend is not available (no TEST_DATABASE_URL).
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// As [`spawn_app`], with a settings tweak.
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
+    let db = TestDb::new(backend).await?;
+    let mut settings = test_settings(&db.url);
+    tweak(&mut settings);
+    Some(start(settings, db, true).await)
+}
+
+/// Starts the app on an existing database (restart tests).
+pub async fn start(settings: Settings, db: TestDb, register: bool) -> TestApp {
+    let app = Application::build(settings.clone()).await.expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    let store = Store::connect(&settings.database).await.expect("test store connects");
+    let mut tokens = Vec::new();
+    if register {
+        for (role, org) in [
+            (Role::Submitter, Some("lea-demo")),
+            (Role::Submitter, Some("lea-other")),
+            (Role::Admin, None),
+            (Role::Partner, Some("fqhc-demo")),
+        ] {
+            tokens.push(register_client(&store, &settings, "test client", role, org).await.expect("client registers").secret);
+        }
+    } else {
+        tokens.resize(4, String::new());
+    }
+    TestApp {
+        address,
+        client: reqwest::Client::builder().build().expect("http client"),
+        store,
+        settings,
+        db,
+        submitter_token: tokens[0].clone(),
+        other_submitter_token: tokens[1].clone(),
+        admin_token: tokens[2].clone(),
+        partner_token: tokens[3].clone(),
+        handle,
+    }
+}
+
+impl TestApp {
+    pub async fn stop(self) -> (Settings, TestDb) {
+        self.handle.stop(true).await;
+        self.store.close().await;
+        (self.settings, self.db)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.post_raw(path, token, "application/json", serde_json::to_vec(body).unwrap()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, token: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().await.expect("request sent")
+    }
+}
+
+/// The issue's example session, as a JSON value.
+pub fn session() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(repo_path("schemas/examples/valid/session.json")).unwrap()).unwrap()
+}
+
+/// The example session with another source id.
+pub fn session_with_id(source_id: &str) -> Value {
+    let mut s = session();
+    s["source_id"] = json!(source_id);
+    s
+}
+
+/// Asserts a response is an OperationOutcome with `status` and returns its issues.
+pub async fn outcome(res: reqwest::Response, status: u16) -> Vec<Value> {
+    assert_eq!(res.status().as_u16(), status, "unexpected status");
+    let ct = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(ct.starts_with("application/fhir+json"), "content type {ct}");
+    let body: Value = res.json().await.expect("JSON body");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    body["issue"].as_array().cloned().unwrap_or_default()
+}
+
+/// Whether any issue has this expression and a diagnostics containing `text`.
+pub fn has_issue(issues: &[Value], expression: &str, text: &str) -> bool {
+    issues.iter().any(|i| {
+        i["expression"].as_array().is_some_and(|e| e.iter().any(|x| x == expression))
+            && i["diagnostics"].as_str().is_some_and(|d| d.contains(text))
+    })
+}
+
+/// Runs each named `async fn(TestApp)` on SQLite and, when available, PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let app = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await.expect("sqlite always available");
+                super::$name(app).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                match $crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await {
+                    Some(app) => super::$name(app).await,
+                    None => eprintln!("skipped: set TEST_DATABASE_URL to run on PostgreSQL"),
+                }
+            }
+        }
+    )* };
+}

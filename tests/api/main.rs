@@ -1,0 +1,9 @@
+//! One integration binary; modules in pipeline order.
+
+mod helpers;
+
+mod auth;
+mod batch;
+mod cli;
+mod intake;
+mod server;
