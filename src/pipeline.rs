@@ -13,7 +13,7 @@ use crate::fhir::OperationOutcome;
 use crate::fhir::{IssueCode, OutcomeIssue};
 use crate::intake::receipt::{BatchReceipt, RecordResult, RecordStatus};
 use crate::intake::{RawRecord, canonical_json, sha256_hex};
-use crate::store::{IntakeRecord, NewVersion, Rejection, Store, StoreError};
+use crate::store::{IntakeRecord, NewVersion, Rejection, Store, StoreError, WriteJob};
 use crate::validate::Validator;
 
 /// Namespace of session ids: `uuid_v5(NS, "{lea}\n{source_id}")`, so a session's id is stable.
@@ -139,7 +139,7 @@ pub async fn commit(
     let batch_id = batch_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let meta =
         NewVersion { client_id: who.client_id.clone(), request_id: who.request_id.clone(), batch_id: Some(batch_id.clone()), received_at };
-    let mut outcomes = store.write_intake(&meta, &to_store, &rejections).await?.into_iter();
+    let mut outcomes = store.write_intake(WriteJob { who: meta, records: to_store, rejections }).await?.into_iter();
 
     let mut receipt = BatchReceipt {
         batch_id,

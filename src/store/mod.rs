@@ -8,6 +8,7 @@
 //! `query`/`query_as` and the shared test suite, run on both backends, is the query check.
 
 mod sessions;
+mod writer;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use sessions::{
-    IntakeRecord, ListFilter, NewVersion, Rejection, SessionSummary, StoredSession, VersionMeta, WriteOutcome, WriteStatus,
+    IntakeRecord, ListFilter, NewVersion, Rejection, SessionSummary, StoredSession, VersionMeta, WriteJob, WriteOutcome, WriteStatus,
 };
 
 use crate::settings::{DatabaseSettings, Settings};
@@ -82,12 +83,33 @@ pub(crate) use with_db;
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
+    /// SQLite: the group-commit writer (one writer task, see `writer.rs`). `None` for PostgreSQL.
+    writer: Option<writer::GroupWriter>,
 }
 
 /// Timestamps are stored with microsecond precision on both backends, so values round-trip
 /// exactly and SQLite's RFC 3339 text sorts like PostgreSQL's `timestamptz`.
 pub fn now_micros() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+/// Checkpoints the SQLite WAL every second without blocking writers (PASSIVE copies what no
+/// reader still needs); ends when the pool closes.
+async fn checkpoint_loop(pool: SqlitePool) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            break;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            if pool.is_closed() {
+                break;
+            }
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
 }
 
 /// An API client row.
@@ -127,6 +149,9 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 // Writers queue for the lock instead of failing at once.
                 .busy_timeout(Duration::from_millis(settings.sqlite_busy_timeout_ms))
+                // No automatic checkpoint inside a committing write (it stalls every queued
+                // writer); a background task checkpoints instead (see `checkpoint_loop`).
+                .pragma("wal_autocheckpoint", "0")
                 .foreign_keys(true);
             if let Some(dir) = std::path::Path::new(options.get_filename()).parent()
                 && !dir.as_os_str().is_empty()
@@ -140,7 +165,14 @@ impl Store {
                 .await?;
             Db::Sqlite(pool)
         };
-        Ok(Store { db })
+        let writer = match &db {
+            Db::Sqlite(pool) => {
+                tokio::spawn(checkpoint_loop(pool.clone()));
+                Some(writer::GroupWriter::spawn(pool.clone()))
+            }
+            Db::Postgres(_) => None,
+        };
+        Ok(Store { db, writer })
     }
 
     /// Which backend this store uses ("sqlite" or "postgres").

@@ -161,11 +161,11 @@ pub struct ListFilter {
 }
 
 #[derive(sqlx::FromRow)]
-struct CurrentRow {
-    id: String,
-    current_version: i64,
-    current_content_sha256: String,
-    updated_at: DateTime<Utc>,
+pub(crate) struct CurrentRow {
+    pub(crate) id: String,
+    pub(crate) current_version: i64,
+    pub(crate) current_content_sha256: String,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -178,109 +178,137 @@ struct SessionRow {
     created_at: DateTime<Utc>,
 }
 
-const SELECT_CURRENT: &str =
+pub(crate) const SELECT_CURRENT: &str =
     "SELECT id, current_version, current_content_sha256, updated_at FROM sessions WHERE lea_id = $1 AND source_id = $2";
 // PostgreSQL: lock the row so concurrent amendments of one session serialise. SQLite already
 // holds the database write lock after the INSERT that precedes this SELECT.
 const SELECT_CURRENT_FOR_UPDATE: &str =
     "SELECT id, current_version, current_content_sha256, updated_at FROM sessions WHERE lea_id = $1 AND source_id = $2 FOR UPDATE";
 
+/// One unit of intake writing: records and rejections of one request (or import chunk).
+#[derive(Debug, Clone)]
+pub struct WriteJob {
+    /// Who and when.
+    pub who: NewVersion,
+    /// Valid records, in order.
+    pub records: Vec<IntakeRecord>,
+    /// Rejected records for the rejected lane.
+    pub rejections: Vec<Rejection>,
+}
+
+/// Applies one [`WriteJob`] inside an open transaction `$tx` (either backend) and evaluates to
+/// its outcomes; `?` propagates database errors. `$select` reads the session's current version
+/// (with `FOR UPDATE` on PostgreSQL).
+macro_rules! apply_job {
+    ($tx:expr, $job:expr, $select:expr) => {{
+        let job: &$crate::store::WriteJob = $job;
+        let who = &job.who;
+        let mut outcomes = Vec::with_capacity(job.records.len());
+        for r in &job.records {
+            // Insert first: the row exists (or already existed) before we read it.
+            sqlx::query(
+                "INSERT INTO sessions (id, lea_id, source_id, site_id, current_version, current_content_sha256, \
+                 service_start, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, '', $5, $6, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(&r.session_id)
+            .bind(&r.lea)
+            .bind(&r.source_id)
+            .bind(&r.site)
+            .bind(r.service_start)
+            .bind(who.received_at)
+            .execute(&mut **$tx)
+            .await?;
+            let current: $crate::store::sessions::CurrentRow =
+                sqlx::query_as($select).bind(&r.lea).bind(&r.source_id).fetch_one(&mut **$tx).await?;
+            if current.current_version > 0 && current.current_content_sha256 == r.content_sha256 {
+                outcomes.push($crate::store::WriteOutcome {
+                    id: current.id,
+                    version: current.current_version,
+                    status: $crate::store::WriteStatus::Duplicate,
+                    received_at: current.updated_at,
+                });
+                continue;
+            }
+            let version = current.current_version + 1;
+            sqlx::query(
+                "INSERT INTO session_versions (session_id, version, content_sha256, raw_sha256, raw, raw_format, record, \
+                 received_at, client_id, request_id, batch_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(&current.id)
+            .bind(version)
+            .bind(&r.content_sha256)
+            .bind(&r.raw_sha256)
+            .bind(&r.raw)
+            .bind(r.raw_format)
+            .bind(&r.record)
+            .bind(who.received_at)
+            .bind(&who.client_id)
+            .bind(&who.request_id)
+            .bind(&who.batch_id)
+            .execute(&mut **$tx)
+            .await?;
+            sqlx::query(
+                "UPDATE sessions SET current_version = $1, current_content_sha256 = $2, site_id = $3, service_start = $4, \
+                 updated_at = $5 WHERE id = $6",
+            )
+            .bind(version)
+            .bind(&r.content_sha256)
+            .bind(&r.site)
+            .bind(r.service_start)
+            .bind(who.received_at)
+            .bind(&current.id)
+            .execute(&mut **$tx)
+            .await?;
+            let status = if version == 1 { $crate::store::WriteStatus::Created } else { $crate::store::WriteStatus::Amended };
+            outcomes.push($crate::store::WriteOutcome { id: current.id, version, status, received_at: who.received_at });
+        }
+        for rej in &job.rejections {
+            sqlx::query(
+                "INSERT INTO intake_rejections (id, lea_id, client_id, batch_id, request_id, record_index, source_id, \
+                 raw_sha256, raw, issues, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(&rej.lea)
+            .bind(&who.client_id)
+            .bind(&who.batch_id)
+            .bind(&who.request_id)
+            .bind(rej.record_index)
+            .bind(&rej.source_id)
+            .bind(&rej.raw_sha256)
+            .bind(&rej.raw)
+            .bind(&rej.issues_json)
+            .bind(who.received_at)
+            .execute(&mut **$tx)
+            .await?;
+        }
+        outcomes
+    }};
+}
+pub(crate) use apply_job;
+
 impl Store {
     /// Stores valid records and rejections in one transaction; all or nothing. For each record:
     /// identical to the current version -> `Duplicate` (nothing written); otherwise a new version.
     /// Records are applied in order, so a batch may amend a session it created.
-    pub async fn write_intake(
-        &self,
-        who: &NewVersion,
-        records: &[IntakeRecord],
-        rejections: &[Rejection],
-    ) -> Result<Vec<WriteOutcome>, StoreError> {
-        let select = match self.db() {
-            Db::Sqlite(_) => SELECT_CURRENT,
-            Db::Postgres(_) => SELECT_CURRENT_FOR_UPDATE,
-        };
-        let mut outcomes = Vec::with_capacity(records.len());
-        with_db!(self.db(), pool => {
-            let mut tx = pool.begin().await?;
-            for r in records {
-                // Insert first: on SQLite this takes the write lock at the start of the transaction.
-                sqlx::query(
-                    "INSERT INTO sessions (id, lea_id, source_id, site_id, current_version, current_content_sha256, \
-                     service_start, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, '', $5, $6, $6) ON CONFLICT DO NOTHING",
-                )
-                .bind(&r.session_id)
-                .bind(&r.lea)
-                .bind(&r.source_id)
-                .bind(&r.site)
-                .bind(r.service_start)
-                .bind(who.received_at)
-                .execute(&mut *tx)
-                .await?;
-                let current: CurrentRow = sqlx::query_as(select).bind(&r.lea).bind(&r.source_id).fetch_one(&mut *tx).await?;
-                if current.current_version > 0 && current.current_content_sha256 == r.content_sha256 {
-                    outcomes.push(WriteOutcome {
-                        id: current.id,
-                        version: current.current_version,
-                        status: WriteStatus::Duplicate,
-                        received_at: current.updated_at,
-                    });
-                    continue;
-                }
-                let version = current.current_version + 1;
-                sqlx::query(
-                    "INSERT INTO session_versions (session_id, version, content_sha256, raw_sha256, raw, raw_format, record, \
-                     received_at, client_id, request_id, batch_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(&current.id)
-                .bind(version)
-                .bind(&r.content_sha256)
-                .bind(&r.raw_sha256)
-                .bind(&r.raw)
-                .bind(r.raw_format)
-                .bind(&r.record)
-                .bind(who.received_at)
-                .bind(&who.client_id)
-                .bind(&who.request_id)
-                .bind(&who.batch_id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE sessions SET current_version = $1, current_content_sha256 = $2, site_id = $3, service_start = $4, \
-                     updated_at = $5 WHERE id = $6",
-                )
-                .bind(version)
-                .bind(&r.content_sha256)
-                .bind(&r.site)
-                .bind(r.service_start)
-                .bind(who.received_at)
-                .bind(&current.id)
-                .execute(&mut *tx)
-                .await?;
-                let status = if version == 1 { WriteStatus::Created } else { WriteStatus::Amended };
-                outcomes.push(WriteOutcome { id: current.id, version, status, received_at: who.received_at });
+    ///
+    /// On SQLite the write goes through the group-commit writer (see `writer.rs`); on PostgreSQL
+    /// it runs in its own transaction with row locks.
+    pub async fn write_intake(&self, job: WriteJob) -> Result<Vec<WriteOutcome>, StoreError> {
+        match (&self.db, &self.writer) {
+            (Db::Sqlite(_), Some(writer)) => writer.submit(job).await,
+            (Db::Postgres(pool), _) => {
+                let mut tx = pool.begin().await?;
+                let outcomes = apply_job!(&mut tx, &job, SELECT_CURRENT_FOR_UPDATE);
+                tx.commit().await?;
+                Ok(outcomes)
             }
-            for rej in rejections {
-                sqlx::query(
-                    "INSERT INTO intake_rejections (id, lea_id, client_id, batch_id, request_id, record_index, source_id, \
-                     raw_sha256, raw, issues, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind(&rej.lea)
-                .bind(&who.client_id)
-                .bind(&who.batch_id)
-                .bind(&who.request_id)
-                .bind(rej.record_index)
-                .bind(&rej.source_id)
-                .bind(&rej.raw_sha256)
-                .bind(&rej.raw)
-                .bind(&rej.issues_json)
-                .bind(who.received_at)
-                .execute(&mut *tx)
-                .await?;
+            (Db::Sqlite(pool), None) => {
+                let mut tx = pool.begin().await?;
+                let outcomes = apply_job!(&mut tx, &job, SELECT_CURRENT);
+                tx.commit().await?;
+                Ok(outcomes)
             }
-            tx.commit().await?;
-        });
-        Ok(outcomes)
+        }
     }
 
     /// A session with the given version (or the current one) and its version history.

@@ -1,0 +1,179 @@
+//! Load client for a running gateway (a second process), and a generator of large CSV files.
+//! Driven by `benches/http.sh` and `benches/import_memory.sh`; run by hand as
+//!
+//! ```text
+//! cargo bench --bench http_load -- batch  URL TOKEN [batches=50] [size=1000] [concurrency=2]
+//! cargo bench --bench http_load -- single URL TOKEN [requests=20000] [concurrency=32]
+//! cargo bench --bench http_load -- gen-csv FILE ROWS
+//! ```
+//!
+//! Every session is distinct (unique source_id), so each request really stores a new version.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn example() -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/examples/valid/session.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("example session")).expect("example is JSON")
+}
+
+fn session(base: &Value, run: &str, i: usize) -> Value {
+    let mut s = base.clone();
+    s["source_id"] = format!("LOAD-{run}-{i:08}").into();
+    s["student"]["district_id"] = format!("S{i:08}").into();
+    s
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T {
+    args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn batch(url: String, token: String, batches: usize, size: usize, concurrency: usize) {
+    let client = reqwest::Client::new();
+    let run = format!("{}", std::process::id());
+    let base = example();
+    // Bodies are built before timing.
+    let bodies: Vec<Vec<u8>> = (0..batches)
+        .map(|b| serde_json::to_vec(&Value::Array((0..size).map(|i| session(&base, &run, b * size + i)).collect())).unwrap())
+        .collect();
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, token, bodies, next) = (client.clone(), url.clone(), token.clone(), bodies.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut created = 0u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let res = client
+                    .post(format!("{url}/api/v1/sessions/$batch"))
+                    .bearer_auth(&token)
+                    .header("Content-Type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("request");
+                assert!(res.status().is_success(), "batch failed: {}", res.status());
+                let receipt: Value = res.json().await.expect("receipt");
+                created += receipt["created"].as_u64().unwrap_or(0);
+            }
+            created
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        created += t.await.expect("task");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "batch intake: {created} sessions in {batches} batches of {size} ({concurrency} concurrent) in {secs:.2} s = {:.0} sessions/s",
+        created as f64 / secs
+    );
+    assert_eq!(created as usize, batches * size, "every session must be stored");
+}
+
+async fn single(url: String, token: String, requests: usize, concurrency: usize) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let run = format!("{}", std::process::id());
+    let base = Arc::new(example());
+    let next = Arc::new(AtomicUsize::new(0));
+    // Warm-up: connections and prepared statements.
+    for i in 0..concurrency {
+        let res = client
+            .post(format!("{url}/api/v1/sessions"))
+            .bearer_auth(&token)
+            .json(&session(&base, &format!("{run}w"), i))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, token, base, next, run) = (client.clone(), url.clone(), token.clone(), base.clone(), next.clone(), run.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let body = serde_json::to_vec(&session(&base, &run, i)).unwrap();
+                let t0 = Instant::now();
+                let res = client
+                    .post(format!("{url}/api/v1/sessions"))
+                    .bearer_auth(&token)
+                    .header("Content-Type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("request");
+                let status = res.status();
+                let _ = res.bytes().await;
+                latencies.push(t0.elapsed());
+                assert_eq!(status.as_u16(), 201, "unexpected status");
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::with_capacity(requests);
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    println!(
+        "single POST: {} requests, {concurrency} concurrent, {secs:.2} s = {:.0} req/s; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        all.len(),
+        all.len() as f64 / secs,
+        percentile(&all, 0.50).as_secs_f64() * 1e3,
+        percentile(&all, 0.90).as_secs_f64() * 1e3,
+        percentile(&all, 0.99).as_secs_f64() * 1e3,
+        all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+}
+
+fn gen_csv(path: &str, rows: usize) {
+    let file = std::fs::File::create(path).expect("create CSV");
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    writeln!(w, "source_id,lea,site,student.district_id,student.medi_cal_cin,student.given_name,student.family_name,student.birth_date,student.sex,student.grade,clinician.npi,clinician.given_name,clinician.family_name,clinician.credential,service.type,service.tier,service.modality,service.start,service.end,diagnoses,consent_ids,note").unwrap();
+    for i in 0..rows {
+        let day = 1 + i % 28;
+        writeln!(
+            w,
+            "GEN-{i:08},lea-demo,site-demo-hs,S{i:08},9{:07}A,Synthetic,Student{},2011-04-02,female,09,1234567893,Maya,Reed,LCSW,individual-counseling,3,in-person,2026-10-{day:02}T10:05:00-07:00,2026-10-{day:02}T10:50:00-07:00,F41.1;Z63.8,,Synthetic note {i}",
+            i % 10_000_000,
+            i % 1000
+        )
+        .unwrap();
+    }
+    w.flush().unwrap();
+    println!("wrote {rows} rows to {path}");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match args.first().map(String::as_str) {
+        Some("batch") => rt.block_on(batch(args[1].clone(), args[2].clone(), arg(&args, 3, 50), arg(&args, 4, 1000), arg(&args, 5, 2))),
+        Some("single") => rt.block_on(single(args[1].clone(), args[2].clone(), arg(&args, 3, 20_000), arg(&args, 4, 32))),
+        Some("gen-csv") => gen_csv(&args[1], arg(&args, 2, 1_000_000)),
+        _ => eprintln!("usage: http_load batch|single URL TOKEN [...] | gen-csv FILE ROWS (see the file's doc)"),
+    }
+}

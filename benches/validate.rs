@@ -1,0 +1,53 @@
+//! In-process intake validation: parse JSON -> schema -> semantic rules -> canonical form + hashes
+//! (`pipeline::prepare`), one thread. Target (issue 2): >= 50,000 sessions/s on one core.
+//!
+//! `cargo bench --bench validate`
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use wellness_gateway::intake::batch::split_ndjson;
+use wellness_gateway::pipeline::{self, Submitter};
+use wellness_gateway::settings::Settings;
+use wellness_gateway::validate::Validator;
+
+fn ndjson(n: usize) -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("schemas/examples/valid/session.json")).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut s = example.clone();
+        s["source_id"] = format!("BENCH-{i:07}").into();
+        s["student"]["district_id"] = format!("S{i:07}").into();
+        out.extend_from_slice(&serde_json::to_vec(&s).unwrap());
+        out.push(b'\n');
+    }
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let settings = Arc::new(Settings::load(Some(&root.join("config/default.toml"))).expect("config loads"));
+    let validator = Validator::new(&root.join("schemas"), settings).expect("schemas compile");
+    let who = Submitter { client_id: "bench".into(), lea: Some("lea-demo".into()), request_id: None };
+    let body = ndjson(1000);
+    let now = chrono::Utc::now();
+
+    let mut group = c.benchmark_group("intake");
+    group.throughput(Throughput::Elements(1000));
+    // Timed: splitting the NDJSON body and parsing each line, then validation and hashing.
+    group.bench_function("split_parse_validate_1000_sessions", |b| {
+        b.iter(|| {
+            let records = split_ndjson(&body, 10_000).unwrap();
+            let prepared = pipeline::prepare(&validator, &who, records, now);
+            assert_eq!(prepared.rejected(), 0);
+            prepared
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,91 @@
+//! Group commit for SQLite intake writes.
+//!
+//! SQLite has one writer at a time. When every request opens its own write transaction, the
+//! requests race for the file lock and the losers sleep in SQLite's busy handler (1, 2, 5, 10,
+//! 20... ms), and each request pays a whole commit. Here one task owns intake writing: it takes
+//! every job queued at that moment (up to a limit), applies them in order in one transaction, and
+//! answers each job with its own outcomes. Under load many requests share one commit; alone, a
+//! request is written at once.
+//!
+//! If a grouped transaction fails, each of its jobs is retried in a transaction of its own, so
+//! one bad job never fails its neighbours.
+
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::sessions::{SELECT_CURRENT, apply_job};
+use super::{StoreError, WriteJob, WriteOutcome};
+
+/// Most jobs in one transaction.
+const MAX_JOBS_PER_GROUP: usize = 128;
+/// Stop adding jobs to a group past this many records.
+const MAX_RECORDS_PER_GROUP: usize = 5_000;
+
+type Reply = oneshot::Sender<Result<Vec<WriteOutcome>, StoreError>>;
+
+/// Handle to the writer task; cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct GroupWriter {
+    tx: mpsc::Sender<(WriteJob, Reply)>,
+}
+
+impl GroupWriter {
+    /// Starts the writer task on the current runtime.
+    pub(crate) fn spawn(pool: SqlitePool) -> GroupWriter {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(run(pool, rx));
+        GroupWriter { tx }
+    }
+
+    /// Queues a job and waits for its outcomes.
+    pub(crate) async fn submit(&self, job: WriteJob) -> Result<Vec<WriteOutcome>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((job, reply)).await.map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        answer.await.map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
+    }
+}
+
+async fn apply_group(pool: &SqlitePool, jobs: &[&WriteJob]) -> Result<Vec<Vec<WriteOutcome>>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut all = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        all.push(apply_job!(&mut tx, *job, SELECT_CURRENT));
+    }
+    tx.commit().await?;
+    Ok(all)
+}
+
+async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<(WriteJob, Reply)>) {
+    while let Some(first) = rx.recv().await {
+        let mut records = first.0.records.len();
+        let mut group = vec![first];
+        while group.len() < MAX_JOBS_PER_GROUP && records < MAX_RECORDS_PER_GROUP {
+            match rx.try_recv() {
+                Ok(job) => {
+                    records += job.0.records.len();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let jobs: Vec<&WriteJob> = group.iter().map(|(j, _)| j).collect();
+        match apply_group(&pool, &jobs).await {
+            Ok(results) => {
+                for ((_, reply), outcomes) in group.into_iter().zip(results) {
+                    let _ = reply.send(Ok(outcomes));
+                }
+            }
+            Err(e) if group.len() == 1 => {
+                if let Some((_, reply)) = group.pop() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Err(_) => {
+                for (job, reply) in group {
+                    let result = apply_group(&pool, &[&job]).await.map(|mut r| r.pop().unwrap_or_default());
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+}
