@@ -1,8 +1,10 @@
 //! FHIR R4 vocabulary only: no school, consent or billing words live here.
 
 pub mod outcome;
+pub mod schema;
 
 pub use outcome::{IssueCode, OperationOutcome, OutcomeIssue, Severity};
 
 /// Media type of FHIR JSON.
 pub const FHIR_JSON: &str = "application/fhir+json";
+pub use schema::FhirSchema;

@@ -5,5 +5,6 @@ mod helpers;
 mod auth;
 mod batch;
 mod cli;
+mod corpora;
 mod intake;
 mod server;
