@@ -28,6 +28,7 @@ pub mod domain;
 pub mod error;
 pub mod fhir;
 pub mod intake;
+pub mod mapping;
 pub mod pipeline;
 pub mod settings;
 pub mod startup;

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wellness_gateway::auth::{self, Role};
+use wellness_gateway::fhir::{FhirSchema, OperationOutcome};
 use wellness_gateway::intake::file::{self, FileFormat, ImportOptions};
+use wellness_gateway::intake::{canonical_json, sha256_hex};
+use wellness_gateway::mapping::{Mapper, SessionVersion};
 use wellness_gateway::settings::Settings;
 use wellness_gateway::startup::{self, Application};
 use wellness_gateway::validate::Validator;
@@ -35,6 +38,15 @@ enum Command {
     Migrate,
     /// Load configuration and compile schemas without serving; exit non-zero on any error.
     Check,
+    /// Print the FHIR transaction Bundle a session file maps to (offline; nothing is stored).
+    Map {
+        /// A session record (JSON), as it would be submitted.
+        file: PathBuf,
+        /// Use the shipped defaults plus this organisation's overrides (instead of the layering
+        /// of the session's own site).
+        #[arg(long)]
+        org: Option<String>,
+    },
     /// Manage API clients.
     Clients {
         #[command(subcommand)]
@@ -113,11 +125,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.migrate().await?;
             println!("migrations applied ({})", store.backend());
         }
+        Command::Map { file, org } => {
+            let settings = Arc::new(settings);
+            let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
+            let fhir = Arc::new(FhirSchema::load(&settings.rules.schemas_dir)?);
+            let mapper = Mapper::load(&settings, validator.schemas().session_document(), fhir)?;
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let record: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", file.display()))?;
+            let valid = match validator.validate(&record, chrono::Utc::now()) {
+                Ok(v) => v,
+                Err(issues) => {
+                    eprintln!("{}", serde_json::to_string_pretty(&OperationOutcome::new(issues))?);
+                    anyhow::bail!("{} is not a valid session", file.display());
+                }
+            };
+            let set = match &org {
+                Some(org) => {
+                    anyhow::ensure!(settings.organization(org).is_some(), "--org {org}: not a configured organisation");
+                    Arc::new(mapper.for_org(org)?)
+                }
+                None => mapper.for_site(&valid.raw.site),
+            };
+            let content_sha256 = sha256_hex(&canonical_json(&record));
+            let version = SessionVersion {
+                valid: &valid,
+                record: &record,
+                version: 1,
+                content_sha256: &content_sha256,
+                raw_sha256: &sha256_hex(&bytes),
+                received_at: chrono::Utc::now(),
+            };
+            let mapped = mapper.map_session(&settings, &set, &version)?;
+            println!("{}", serde_json::to_string_pretty(&mapped.transaction_bundle())?);
+        }
         Command::Check => {
             let settings = Arc::new(settings);
-            Validator::new(&settings.rules.schemas_dir, settings.clone())?;
+            let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
+            let fhir = Arc::new(FhirSchema::load(&settings.rules.schemas_dir)?);
+            Mapper::load(&settings, validator.schemas().session_document(), fhir)?;
             println!(
-                "configuration OK: {} organisations, {} sites, {} partnerships; schemas compiled",
+                "configuration OK: {} organisations, {} sites, {} partnerships; schemas and mappings compiled",
                 settings.organizations.len(),
                 settings.sites.len(),
                 settings.partnerships.len()

@@ -92,11 +92,13 @@ pub struct ServerSettings {
 pub struct RulesSettings {
     /// Folder of the JSON Schemas (`session.schema.json`).
     pub schemas_dir: PathBuf,
+    /// Folder of the mapping files (`fhir/`, `tables/`, `security/`, `overrides/<org>/`).
+    pub mappings_dir: PathBuf,
 }
 
 impl Default for RulesSettings {
     fn default() -> Self {
-        Self { schemas_dir: PathBuf::from("schemas") }
+        Self { schemas_dir: PathBuf::from("schemas"), mappings_dir: PathBuf::from("mappings") }
     }
 }
 
@@ -450,7 +452,12 @@ impl Settings {
         self.organizations.iter().find(|o| o.id == id)
     }
 
-    /// The site with this id.
+    /// The FQHC whose partnership covers this site.
+    pub fn fqhc_for_site(&self, site: &str) -> Option<&Organization> {
+        self.partnerships.iter().find(|p| p.sites.iter().any(|s| s == site)).and_then(|p| self.organization(&p.fqhc))
+    }
+
+    /// A site by id.
     pub fn site(&self, id: &str) -> Option<&Site> {
         self.sites.iter().find(|s| s.id == id)
     }

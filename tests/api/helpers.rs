@@ -48,6 +48,7 @@ pub fn test_settings(database_url: &str) -> Settings {
     s.database.url = SecretString::from(database_url.to_owned());
     s.database.max_connections = 4;
     s.rules.schemas_dir = repo_path("schemas");
+    s.rules.mappings_dir = repo_path("mappings");
     s
 }
 

@@ -7,4 +7,5 @@ mod batch;
 mod cli;
 mod corpora;
 mod intake;
+mod mapping;
 mod server;
