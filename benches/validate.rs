@@ -1,13 +1,17 @@
 //! In-process intake validation: parse JSON -> schema -> semantic rules -> canonical form + hashes
 //! (`pipeline::prepare`), one thread. Target (issue 2): >= 50,000 sessions/s on one core.
 //!
+//! Also map + validate one session to its FHIR resources (issue 3: >= 20,000 sessions/s).
+//!
 //! `cargo bench --bench validate`
 
 use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use wellness_gateway::fhir::FhirSchema;
 use wellness_gateway::intake::batch::split_ndjson;
+use wellness_gateway::mapping::{Mapper, SessionVersion};
 use wellness_gateway::pipeline::{self, Submitter};
 use wellness_gateway::settings::Settings;
 use wellness_gateway::validate::Validator;
@@ -46,6 +50,23 @@ fn bench(c: &mut Criterion) {
             prepared
         })
     });
+    group.finish();
+
+    // Issue 3 target: map + validate one session to its resources, >= 20,000 sessions/s on one core.
+    let settings = Arc::new(Settings::load(Some(&root.join("config/default.toml"))).expect("config loads"));
+    let fhir = Arc::new(FhirSchema::load(&root.join("schemas")).expect("FHIR schema compiles"));
+    let mut s = (*settings).clone();
+    s.rules.mappings_dir = root.join("mappings");
+    let settings = Arc::new(s);
+    let mapper = Mapper::load(&settings, validator.schemas().session_document(), fhir).expect("mappings compile");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("schemas/examples/valid/session.json")).unwrap()).unwrap();
+    let valid = validator.validate(&record, now).expect("valid");
+    let set = mapper.for_site("site-demo-hs");
+    let version = SessionVersion { valid: &valid, record: &record, version: 1, content_sha256: "c", raw_sha256: "r", received_at: now };
+    let mut group = c.benchmark_group("mapping");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("map_and_validate_one_session", |b| b.iter(|| mapper.map_session(&settings, &set, &version).expect("maps")));
     group.finish();
 }
 
