@@ -33,8 +33,10 @@ fn ndjson(n: usize) -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let settings = Arc::new(Settings::load(Some(&root.join("config/default.toml"))).expect("config loads"));
-    let validator = Validator::new(&root.join("schemas"), settings).expect("schemas compile");
+    let mut settings = Settings::load(Some(&root.join("config/default.toml"))).expect("config loads");
+    settings.rules.mappings_dir = root.join("mappings");
+    let settings = Arc::new(settings);
+    let validator = Validator::new(&root.join("schemas"), settings.clone()).expect("schemas compile");
     let who = Submitter { client_id: "bench".into(), lea: Some("lea-demo".into()), request_id: None };
     let body = ndjson(1000);
     let now = chrono::Utc::now();
@@ -53,11 +55,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // Issue 3 target: map + validate one session to its resources, >= 20,000 sessions/s on one core.
-    let settings = Arc::new(Settings::load(Some(&root.join("config/default.toml"))).expect("config loads"));
     let fhir = Arc::new(FhirSchema::load(&root.join("schemas")).expect("FHIR schema compiles"));
-    let mut s = (*settings).clone();
-    s.rules.mappings_dir = root.join("mappings");
-    let settings = Arc::new(s);
     let mapper = Mapper::load(&settings, validator.schemas().session_document(), fhir).expect("mappings compile");
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("schemas/examples/valid/session.json")).unwrap()).unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wellness_gateway::auth::{self, Role};
-use wellness_gateway::fhir::{FhirSchema, OperationOutcome};
+use wellness_gateway::fhir::OperationOutcome;
 use wellness_gateway::intake::file::{self, FileFormat, ImportOptions};
 use wellness_gateway::intake::{canonical_json, sha256_hex};
 use wellness_gateway::mapping::{Mapper, SessionVersion};
@@ -109,6 +109,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { demo } => {
             let settings = Arc::new(settings);
             let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
+            // Refuse to start on a broken mapping file (intake does not map yet; issue 3 wires it in).
+            Mapper::from_settings(&settings, &validator)?;
             let store = startup::open_store(&settings).await?;
             if demo {
                 for line in demo::seed(&settings, &store, &validator).await? {
@@ -128,8 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Map { file, org } => {
             let settings = Arc::new(settings);
             let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
-            let fhir = Arc::new(FhirSchema::load(&settings.rules.schemas_dir)?);
-            let mapper = Mapper::load(&settings, validator.schemas().session_document(), fhir)?;
+            let mapper = Mapper::from_settings(&settings, &validator)?;
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let record: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", file.display()))?;
             let valid = match validator.validate(&record, chrono::Utc::now()) {
@@ -161,8 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check => {
             let settings = Arc::new(settings);
             let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
-            let fhir = Arc::new(FhirSchema::load(&settings.rules.schemas_dir)?);
-            Mapper::load(&settings, validator.schemas().session_document(), fhir)?;
+            Mapper::from_settings(&settings, &validator)?;
             println!(
                 "configuration OK: {} organisations, {} sites, {} partnerships; schemas and mappings compiled",
                 settings.organizations.len(),

@@ -150,6 +150,13 @@ impl Mapper {
         Ok(Self { root, fields, fhir, default, by_site })
     }
 
+    /// Compiles the official FHIR schema from `rules.schemas_dir` and the mappings from
+    /// `rules.mappings_dir`: what `serve`, `map` and `check` load at start-up.
+    pub fn from_settings(settings: &Settings, validator: &crate::validate::Validator) -> anyhow::Result<Self> {
+        let fhir = Arc::new(FhirSchema::load(&settings.rules.schemas_dir)?);
+        Self::load(settings, validator.schemas().session_document(), fhir)
+    }
+
     /// The compiled set for a site (defaults when the site is unknown).
     pub fn for_site(&self, site: &str) -> Arc<MappingSet> {
         self.by_site.get(site).cloned().unwrap_or_else(|| self.default.clone())
