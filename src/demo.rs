@@ -4,10 +4,9 @@
 
 use crate::auth::hash_secret;
 use crate::intake::batch::split_json_array;
-use crate::pipeline::{self, Submitter};
+use crate::pipeline::{self, Pipeline, Submitter};
 use crate::settings::Settings;
 use crate::store::Store;
-use crate::validate::Validator;
 
 /// (client id, role, organisation, token) of every demo client.
 pub const DEMO_CLIENTS: &[(&str, &str, Option<&str>, &str)] = &[
@@ -22,7 +21,7 @@ pub const DEMO_CLIENTS: &[(&str, &str, Option<&str>, &str)] = &[
 const DEMO_SESSIONS: &str = include_str!("../schemas/examples/valid/demo-sessions.json");
 
 /// Seeds demo clients and sessions (idempotent) and returns the lines to print.
-pub async fn seed(settings: &Settings, store: &Store, validator: &Validator) -> anyhow::Result<Vec<String>> {
+pub async fn seed(settings: &Settings, store: &Store, pipeline: &Pipeline) -> anyhow::Result<Vec<String>> {
     let host_ok = settings.server.host == "localhost" || settings.server.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !host_ok {
         anyhow::bail!("--demo uses public, well-known tokens and is refused on {}: bind to 127.0.0.1", settings.server.host);
@@ -40,7 +39,7 @@ pub async fn seed(settings: &Settings, store: &Store, validator: &Validator) -> 
     if settings.organization("lea-demo").is_some() && settings.site("site-demo-hs").is_some() {
         let records = split_json_array(DEMO_SESSIONS.as_bytes(), usize::MAX).map_err(|e| anyhow::anyhow!("demo sessions: {e}"))?;
         let who = Submitter { client_id: "demo-seed".into(), lea: Some("lea-demo".into()), request_id: None };
-        let prepared = pipeline::prepare(validator, &who, records, chrono::Utc::now());
+        let prepared = pipeline.prepare(&who, records, chrono::Utc::now());
         let receipt = pipeline::commit(store, &who, prepared, false, None).await?;
         lines.push(format!(
             "Demo sessions for lea-demo: {} created, {} already present, {} rejected",

@@ -48,6 +48,13 @@ pub enum ApiError {
     /// A bug or an unexpected failure (500).
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// The mapping files produced an invalid FHIR resource (500): names the resource and the
+    /// paths (the messages never carry values). Nothing was stored.
+    #[error("mapping defect: {0}")]
+    MappingDefect(String),
+    /// A resource that existed was deleted (410).
+    #[error("gone: {0}")]
+    Gone(String),
 }
 
 impl ApiError {
@@ -71,6 +78,13 @@ impl ApiError {
                 IssueCode::Transient,
                 "the gateway cannot reach its database right now; nothing was stored, please retry",
             )],
+            ApiError::MappingDefect(m) => vec![OutcomeIssue::error(
+                IssueCode::Exception,
+                format!(
+                    "the gateway's mapping files produced an invalid FHIR resource, so nothing was stored; the operator must fix the mapping: {m}"
+                ),
+            )],
+            ApiError::Gone(m) => vec![OutcomeIssue::error(IssueCode::Deleted, m.clone())],
             ApiError::Internal(_) => vec![OutcomeIssue::error(
                 IssueCode::Exception,
                 "an unexpected error occurred; nothing was stored. Quote the X-Request-Id header when reporting it",
@@ -86,7 +100,11 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        if e.is_unavailable() { ApiError::Unavailable(e.into()) } else { ApiError::Internal(e.into()) }
+        match e {
+            crate::store::StoreError::Mapping(m) => ApiError::MappingDefect(m),
+            e if e.is_unavailable() => ApiError::Unavailable(e.into()),
+            e => ApiError::Internal(e.into()),
+        }
     }
 }
 
@@ -102,7 +120,8 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::MappingDefect(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Gone(_) => StatusCode::GONE,
         }
     }
 
@@ -111,6 +130,7 @@ impl ResponseError for ApiError {
             // Logged once, here, with the cause chain (our errors carry ids, never PHI).
             ApiError::Internal(e) => tracing::error!(error.cause_chain = ?e, "request failed with an internal error"),
             ApiError::Unavailable(e) => tracing::warn!(error.cause_chain = ?e, "request failed: database unavailable"),
+            ApiError::MappingDefect(m) => tracing::error!(error = %m, "mapping produced an invalid resource; request refused"),
             _ => {}
         }
         let mut res = HttpResponse::build(self.status_code());

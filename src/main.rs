@@ -11,6 +11,7 @@ use wellness_gateway::fhir::OperationOutcome;
 use wellness_gateway::intake::file::{self, FileFormat, ImportOptions};
 use wellness_gateway::intake::{canonical_json, sha256_hex};
 use wellness_gateway::mapping::{Mapper, SessionVersion};
+use wellness_gateway::pipeline::Pipeline;
 use wellness_gateway::settings::Settings;
 use wellness_gateway::startup::{self, Application};
 use wellness_gateway::validate::Validator;
@@ -108,16 +109,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { demo } => {
             let settings = Arc::new(settings);
-            let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
-            // Refuse to start on a broken mapping file (intake does not map yet; issue 3 wires it in).
-            Mapper::from_settings(&settings, &validator)?;
+            // Refuses to start on a broken schema or mapping file.
+            let pipeline = Pipeline::from_settings(settings.clone())?;
             let store = startup::open_store(&settings).await?;
             if demo {
-                for line in demo::seed(&settings, &store, &validator).await? {
+                for line in demo::seed(&settings, &store, &pipeline).await? {
                     println!("{line}");
                 }
             }
-            let app = Application::build_with(settings.clone(), store, validator)?;
+            let app = Application::build_with(settings.clone(), store, pipeline)?;
             let scheme = if settings.server.tls.enabled { "https" } else { "http" };
             println!("wellness-gateway listening on {scheme}://{}:{}", settings.server.host, app.port());
             app.run_until_stopped().await?;
@@ -161,8 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check => {
             let settings = Arc::new(settings);
-            let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
-            Mapper::from_settings(&settings, &validator)?;
+            Pipeline::from_settings(settings.clone())?;
             println!(
                 "configuration OK: {} organisations, {} sites, {} partnerships; schemas and mappings compiled",
                 settings.organizations.len(),
@@ -180,11 +179,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Import { file: path, format, lea, chunk_size, quiet, json } => {
             let settings = Arc::new(settings);
-            let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
+            let pipeline = Pipeline::from_settings(settings.clone())?;
             let store = startup::open_store(&settings).await?;
             let options = ImportOptions { format, chunk_size, lea, progress: !quiet };
             let summary =
-                file::import_file(&validator, &store, &path, &options).await.with_context(|| format!("importing {}", path.display()))?;
+                file::import_file(&pipeline, &store, &path, &options).await.with_context(|| format!("importing {}", path.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {

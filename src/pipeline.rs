@@ -1,20 +1,63 @@
 //! The flow of a session through the gateway, as code:
 //!
 //! ```text
-//! receive (intake::batch / intake::csv)  ->  validate (validate::Validator)  ->  store (store::Store::write_intake)
+//! receive (intake::batch / intake::csv)  ->  validate (validate::Validator)
+//!   ->  map (mapping::Mapper, official R4 schema)  ->  store (store::Store::write_intake)
 //! ```
 //!
 //! Every record ends in an accounted outcome: stored (created / amended / duplicate) or rejected
-//! with its issues into the rejected lane. A batch is written in one transaction.
+//! with its issues into the rejected lane. A batch is written in one transaction, the session
+//! versions together with the FHIR resources they map to.
 
-use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
+use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::fhir::OperationOutcome;
+use crate::fhir::resource::PreparedResource;
+use crate::fhir::search::SearchRegistry;
 use crate::fhir::{IssueCode, OutcomeIssue};
 use crate::intake::receipt::{BatchReceipt, RecordResult, RecordStatus};
 use crate::intake::{RawRecord, canonical_json, sha256_hex};
-use crate::store::{IntakeRecord, NewVersion, Rejection, Store, StoreError, WriteJob};
-use crate::validate::Validator;
+use crate::mapping::{MapError, Mapper, MappingSet, SessionVersion};
+use crate::settings::Settings;
+use crate::store::{IntakeRecord, NewVersion, Rejection, SessionResources, Store, StoreError, WriteJob};
+use crate::validate::{ValidSession, Validator};
+
+/// Everything intake needs that is compiled once at start-up: the session validator, the
+/// mappings with the official FHIR schema, and the search parameter definitions. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// Settings as loaded.
+    pub settings: Arc<Settings>,
+    /// Session schema and rules.
+    pub validator: Validator,
+    /// Mappings and FHIR validation.
+    pub mapper: Arc<Mapper>,
+    /// Search parameters (index rows of stored resources).
+    pub search: Arc<SearchRegistry>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("mapper", &self.mapper).finish()
+    }
+}
+
+impl Pipeline {
+    /// Compiles the schemas, mappings and search definitions named by the settings.
+    pub fn from_settings(settings: Arc<Settings>) -> anyhow::Result<Self> {
+        let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
+        let mapper = Arc::new(Mapper::from_settings(&settings, &validator)?);
+        let search = Arc::new(SearchRegistry::load(&settings.rules.schemas_dir)?);
+        Ok(Self { settings, validator, mapper, search })
+    }
+
+    /// Validation and mapping (CPU only); see [`prepare`].
+    pub fn prepare(&self, who: &Submitter, records: Vec<RawRecord>, now: DateTime<Utc>) -> Prepared {
+        prepare(self, who, records, now)
+    }
+}
 
 /// Namespace of session ids: `uuid_v5(NS, "{lea}\n{source_id}")`, so a session's id is stable.
 const SESSION_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5c1e_a7e0_0b2e_4d1a_9a55_77e3_c0a5_e55e);
@@ -42,18 +85,30 @@ pub enum Checked {
     Valid(Box<IntakeRecord>),
     /// Refused with these issues.
     Rejected(Vec<OutcomeIssue>),
+    /// The mapping produced an invalid resource: a defect of the mapping files, not of the
+    /// record. The whole request fails (500) and nothing is stored.
+    MappingDefect(String),
 }
 
 /// Records after validation, still in order.
 #[derive(Debug)]
 pub struct Prepared {
     items: Vec<(RawRecord, Checked)>,
+    received_at: DateTime<Utc>,
 }
 
 impl Prepared {
     /// Number of rejected records.
     pub fn rejected(&self) -> usize {
         self.items.iter().filter(|(_, c)| matches!(c, Checked::Rejected(_))).count()
+    }
+
+    /// The first mapping defect, if any.
+    pub fn mapping_defect(&self) -> Option<&str> {
+        self.items.iter().find_map(|(_, c)| match c {
+            Checked::MappingDefect(m) => Some(m.as_str()),
+            _ => None,
+        })
     }
 }
 
@@ -63,47 +118,122 @@ fn text_field(v: &serde_json::Value, key: &str) -> Option<String> {
     v.get(key).and_then(serde_json::Value::as_str).map(|s| s.chars().filter(|c| *c != '\0').take(200).collect())
 }
 
-/// Validation (CPU only): parse result -> LEA scope -> schema + semantic rules -> canonical form.
-pub fn prepare(validator: &Validator, who: &Submitter, records: Vec<RawRecord>, now: DateTime<Utc>) -> Prepared {
+/// Validation and mapping (CPU only): parse result -> LEA scope -> schema + semantic rules ->
+/// canonical form -> FHIR resources (validated against the official schema). `now`, to the
+/// microsecond, is the time of receipt the stored versions will carry.
+pub fn prepare(pipeline: &Pipeline, who: &Submitter, records: Vec<RawRecord>, now: DateTime<Utc>) -> Prepared {
+    let received_at = now.trunc_subsecs(6);
     let items = records
         .into_iter()
         .map(|rec| {
             let checked = match &rec.parsed {
                 Err(issue) => Checked::Rejected(vec![issue.clone()]),
-                Ok(value) => check_one(validator, who, value, &rec, now),
+                Ok(value) => match check_one(&pipeline.validator, who, value, &rec, received_at) {
+                    Ok(valid) => with_resources(pipeline, valid, value, received_at),
+                    Err(issues) => Checked::Rejected(issues),
+                },
             };
             (rec, checked)
         })
         .collect();
-    Prepared { items }
+    Prepared { items, received_at }
 }
 
-fn check_one(validator: &Validator, who: &Submitter, value: &serde_json::Value, rec: &RawRecord, now: DateTime<Utc>) -> Checked {
+/// Everything one session version's mapping reads, owned so the store can map it again for
+/// another version number.
+struct MapJob {
+    pipeline: Pipeline,
+    set: Arc<MappingSet>,
+    valid: ValidSession,
+    record: serde_json::Value,
+    content_sha256: String,
+    raw_sha256: String,
+    received_at: DateTime<Utc>,
+}
+
+impl MapJob {
+    fn map(&self, version: i64) -> Result<Vec<PreparedResource>, MapError> {
+        let sv = SessionVersion {
+            valid: &self.valid,
+            record: &self.record,
+            version,
+            content_sha256: &self.content_sha256,
+            raw_sha256: &self.raw_sha256,
+            received_at: self.received_at,
+        };
+        let mapped = self.pipeline.mapper.map_session(&self.pipeline.settings, &self.set, &sv)?;
+        Ok(mapped.resources.into_iter().map(|r| PreparedResource::new(r, &self.pipeline.search)).collect())
+    }
+}
+
+/// The OperationOutcome issue for a value with no mapping table entry.
+pub fn missing_entry_issue(m: &crate::mapping::MissingEntry) -> OutcomeIssue {
+    OutcomeIssue::error(
+        IssueCode::CodeInvalid,
+        format!("`{}` has a value with no entry in mapping table `{}` ({}); ask the gateway operator to add it", m.field, m.table, m.file),
+    )
+    .at_pointer(&m.pointer)
+}
+
+fn with_resources(
+    pipeline: &Pipeline,
+    (valid, mut record): (ValidSession, IntakeRecord),
+    value: &serde_json::Value,
+    received_at: DateTime<Utc>,
+) -> Checked {
+    let job = MapJob {
+        pipeline: pipeline.clone(),
+        set: pipeline.mapper.for_site(valid.site()),
+        valid,
+        record: value.clone(),
+        content_sha256: record.content_sha256.clone(),
+        raw_sha256: record.raw_sha256.clone(),
+        received_at,
+    };
+    // Mapped for version 1 (the common case); the store maps again if the session exists.
+    match job.map(1) {
+        Ok(resources) => {
+            let job = Arc::new(job);
+            let remap = move |version: i64| job.map(version).map_err(|e| e.to_string());
+            record.fhir = Some(SessionResources { assumed_version: 1, resources, remap: Arc::new(remap) });
+            Checked::Valid(Box::new(record))
+        }
+        Err(MapError::Missing(m)) => Checked::Rejected(vec![missing_entry_issue(&m)]),
+        Err(MapError::Unconfigured(m)) => Checked::Rejected(vec![OutcomeIssue::error(IssueCode::BusinessRule, m)]),
+        Err(e @ MapError::Invalid { .. }) => Checked::MappingDefect(e.to_string()),
+    }
+}
+
+fn check_one(
+    validator: &Validator,
+    who: &Submitter,
+    value: &serde_json::Value,
+    rec: &RawRecord,
+    now: DateTime<Utc>,
+) -> Result<(ValidSession, IntakeRecord), Vec<OutcomeIssue>> {
     if let (Some(scope), Some(lea)) = (&who.lea, value.get("lea").and_then(serde_json::Value::as_str))
         && lea != scope
     {
-        return Checked::Rejected(vec![
+        return Err(vec![
             OutcomeIssue::error(IssueCode::Security, format!("this client submits for LEA {scope:?} only")).at_pointer("/lea"),
         ]);
     }
-    match validator.validate(value, now) {
-        Err(issues) => Checked::Rejected(issues),
-        Ok(valid) => {
-            let canonical = canonical_json(value);
-            Checked::Valid(Box::new(IntakeRecord {
-                session_id: session_id(valid.lea(), valid.source_id()),
-                lea: valid.lea().to_owned(),
-                source_id: valid.source_id().to_owned(),
-                site: valid.site().to_owned(),
-                service_start: valid.start.with_timezone(&Utc),
-                content_sha256: sha256_hex(&canonical),
-                raw_sha256: sha256_hex(&rec.raw),
-                raw: rec.raw.clone(),
-                raw_format: rec.format.media_type(),
-                record: String::from_utf8(canonical).unwrap_or_default(),
-            }))
-        }
-    }
+    let valid = validator.validate(value, now)?;
+    let canonical = canonical_json(value);
+    let record = IntakeRecord {
+        session_id: session_id(valid.lea(), valid.source_id()),
+        lea: valid.lea().to_owned(),
+        source_id: valid.source_id().to_owned(),
+        site: valid.site().to_owned(),
+        service_start: valid.start.with_timezone(&Utc),
+        content_sha256: sha256_hex(&canonical),
+        raw_sha256: sha256_hex(&rec.raw),
+        raw: rec.raw.clone(),
+        raw_format: rec.format.media_type(),
+        record: String::from_utf8(canonical).unwrap_or_default(),
+        fhir: None,
+    };
+    Ok((valid, record))
 }
 
 /// Stores what `prepare` accepted (all of it, or, when `atomic` and anything was rejected,
@@ -115,14 +245,17 @@ pub async fn commit(
     atomic: bool,
     batch_id: Option<String>,
 ) -> Result<BatchReceipt, StoreError> {
-    let received_at = crate::store::now_micros();
+    if let Some(defect) = prepared.mapping_defect() {
+        return Err(StoreError::Mapping(defect.to_string()));
+    }
+    let received_at = prepared.received_at;
     let store_valid = !(atomic && prepared.rejected() > 0);
     let mut to_store = Vec::new();
     let mut rejections = Vec::new();
     for (rec, checked) in &prepared.items {
         match checked {
             Checked::Valid(r) if store_valid => to_store.push((**r).clone()),
-            Checked::Valid(_) => {}
+            Checked::Valid(_) | Checked::MappingDefect(_) => {}
             Checked::Rejected(issues) => {
                 let parsed = rec.parsed.as_ref().ok();
                 rejections.push(Rejection {
@@ -172,7 +305,7 @@ pub async fn commit(
                 result.version = Some(o.version);
                 result.received_at = Some(o.received_at);
             }
-            Checked::Valid(_) => {}
+            Checked::Valid(_) | Checked::MappingDefect(_) => {}
             Checked::Rejected(issues) => {
                 result.status = RecordStatus::Rejected;
                 result.outcome = Some(OperationOutcome::new(issues));

@@ -12,9 +12,9 @@ use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::pipeline::Pipeline;
 use crate::settings::Settings;
 use crate::store::Store;
-use crate::validate::Validator;
 
 /// Shared, read-only application state handed to every handler.
 pub struct AppState {
@@ -22,8 +22,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Storage.
     pub store: Store,
-    /// Compiled schemas and semantic rules.
-    pub validator: Validator,
+    /// Compiled schemas, semantic rules, mappings and search definitions.
+    pub pipeline: Pipeline,
     /// The OpenAPI document, built once.
     pub openapi: Arc<serde_json::Value>,
 }
@@ -67,15 +67,15 @@ impl Application {
     /// Builds the application from settings.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let settings = Arc::new(settings);
-        let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
+        let pipeline = Pipeline::from_settings(settings.clone())?;
         let store = open_store(&settings).await?;
-        Self::build_with(settings, store, validator)
+        Self::build_with(settings, store, pipeline)
     }
 
     /// Builds from parts (used by `serve --demo` after seeding).
-    pub fn build_with(settings: Arc<Settings>, store: Store, validator: Validator) -> anyhow::Result<Application> {
-        let openapi = Arc::new(crate::api::openapi::document(validator.schemas().session_document()));
-        let state = web::Data::new(AppState { settings: settings.clone(), store: store.clone(), validator, openapi });
+    pub fn build_with(settings: Arc<Settings>, store: Store, pipeline: Pipeline) -> anyhow::Result<Application> {
+        let openapi = Arc::new(crate::api::openapi::document(pipeline.validator.schemas().session_document()));
+        let state = web::Data::new(AppState { settings: settings.clone(), store: store.clone(), pipeline, openapi });
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
         let port = listener.local_addr()?.port();

@@ -52,7 +52,7 @@ pub async fn post_session(
     let parsed = batch::parse_record(&body).map_err(|issue| ApiError::Malformed(vec![issue]))?;
     let lea = parsed.get("lea").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
     let record = RawRecord { index: 0, line: None, raw: body.to_vec(), format: RawFormat::Json, parsed: Ok(parsed) };
-    let prepared = pipeline::prepare(&state.validator, &submitter, vec![record], Utc::now());
+    let prepared = state.pipeline.prepare(&submitter, vec![record], Utc::now());
     let receipt = pipeline::commit(&state.store, &submitter, prepared, true, None).await?;
     single_response(receipt, lea)
 }
@@ -115,8 +115,8 @@ pub async fn post_batch(
         BodyKind::Ndjson => batch::split_ndjson(&body, limit),
     }
     .map_err(split_error)?;
-    let (validator, who2) = (state.validator.clone(), submitter.clone());
-    let prepared = web::block(move || pipeline::prepare(&validator, &who2, records, Utc::now()))
+    let (pipe, who2) = (state.pipeline.clone(), submitter.clone());
+    let prepared = web::block(move || pipe.prepare(&who2, records, Utc::now()))
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("validation worker failed: {e}")))?;
     let atomic = query.atomic.unwrap_or(false);

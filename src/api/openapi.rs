@@ -11,7 +11,7 @@ use crate::startup::AppState;
 /// The generated document (before the session schema is added).
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "wellness-gateway", description = "Submit school counselling sessions; read them back. Every error is a FHIR R4 OperationOutcome."),
+    info(title = "wellness-gateway", description = "Submit school counselling sessions; read them back, and read the FHIR R4 resources they map to under /fhir. Every error is a FHIR R4 OperationOutcome."),
     paths(
         super::health::live,
         super::health::ready,
@@ -21,6 +21,11 @@ use crate::startup::AppState;
         super::intake::get_session_version,
         super::intake::get_session_raw,
         super::intake::list_sessions,
+        super::fhir::metadata,
+        super::fhir::search,
+        super::fhir::read,
+        super::fhir::vread,
+        super::fhir::history,
         openapi_json,
     ),
     components(schemas(crate::fhir::OperationOutcome, crate::intake::receipt::BatchReceipt, crate::intake::receipt::SessionReceipt)),

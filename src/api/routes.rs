@@ -3,7 +3,7 @@
 
 use actix_web::web;
 
-use super::{extractors, health, intake, openapi};
+use super::{extractors, fhir, health, intake, openapi};
 use crate::error::ApiError;
 
 /// Registers every route, the query/path error renderers and the 404/405 fallbacks.
@@ -19,6 +19,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(intake::get_session_raw) // submitter (own LEA), admin
         .service(intake::get_session_version) // submitter (own LEA), admin
         .service(intake::get_session) // submitter (own LEA), admin
+        .service(fhir::metadata) // open: describes the API, holds no data
+        .service(fhir::history) // submitter (own LEA), admin
+        .service(fhir::vread) // submitter (own LEA), admin
+        .service(fhir::read) // submitter (own LEA), admin
+        .service(fhir::search) // submitter (own LEA), admin
         .default_service(web::to(not_found));
 }
 

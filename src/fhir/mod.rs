@@ -1,7 +1,9 @@
 //! FHIR R4 vocabulary only: no school, consent or billing words live here.
 
 pub mod outcome;
+pub mod resource;
 pub mod schema;
+pub mod search;
 
 pub use outcome::{IssueCode, OperationOutcome, OutcomeIssue, Severity};
 

@@ -61,6 +61,9 @@ pub enum IssueCode {
     Transient,
     /// An unexpected internal error.
     Exception,
+    /// The resource was deleted.
+    Deleted,
+
     /// Processing issues, e.g. the operation timed out.
     Processing,
     /// Informational; not an error.

@@ -12,9 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::csv::CsvLayout;
 use super::{RawFormat, RawRecord};
 use crate::intake::batch::parse_record;
-use crate::pipeline::{self, Submitter};
+use crate::pipeline::{self, Pipeline, Submitter};
 use crate::store::Store;
-use crate::validate::Validator;
 
 /// File format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,7 +77,7 @@ pub fn report_path(input: &Path) -> PathBuf {
 }
 
 struct Importer<'a> {
-    validator: &'a Validator,
+    pipeline: &'a Pipeline,
     store: &'a Store,
     who: Submitter,
     report: csv::Writer<File>,
@@ -92,10 +91,9 @@ impl Importer<'_> {
             return Ok(());
         }
         let records = std::mem::take(chunk);
-        let (validator, who) = (self.validator.clone(), self.who.clone());
-        let prepared = tokio::task::spawn_blocking(move || pipeline::prepare(&validator, &who, records, chrono::Utc::now()))
-            .await
-            .context("validation task failed")?;
+        let (pipe, who) = (self.pipeline.clone(), self.who.clone());
+        let prepared =
+            tokio::task::spawn_blocking(move || pipe.prepare(&who, records, chrono::Utc::now())).await.context("validation task failed")?;
         let receipt = pipeline::commit(self.store, &self.who, prepared, false, Some(self.batch_id.clone())).await?;
         self.summary.received += receipt.received;
         self.summary.created += receipt.created;
@@ -118,7 +116,7 @@ impl Importer<'_> {
 }
 
 /// Imports a file; see the module doc.
-pub async fn import_file(validator: &Validator, store: &Store, path: &Path, options: &ImportOptions) -> anyhow::Result<ImportSummary> {
+pub async fn import_file(pipeline: &Pipeline, store: &Store, path: &Path, options: &ImportOptions) -> anyhow::Result<ImportSummary> {
     let format = options.format.or_else(|| FileFormat::from_path(path)).with_context(|| {
         format!("cannot tell the format of {} from its extension: pass --format csv or --format ndjson", path.display())
     })?;
@@ -133,7 +131,7 @@ pub async fn import_file(validator: &Validator, store: &Store, path: &Path, opti
     let mut report = csv::Writer::from_path(&report_file).with_context(|| format!("creating {}", report_file.display()))?;
     report.write_record(["line", "source_id", "field", "message"])?;
     let mut importer = Importer {
-        validator,
+        pipeline,
         store,
         who: Submitter { client_id: "cli:import".into(), lea: options.lea.clone(), request_id: None },
         report,
@@ -183,7 +181,7 @@ pub async fn import_file(validator: &Validator, store: &Store, path: &Path, opti
             let mut raw_reader = BufReader::with_capacity(1 << 20, File::open(path)?);
             let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(BufReader::with_capacity(1 << 20, file));
             let headers: Vec<String> = reader.headers().context("reading the CSV header row")?.iter().map(str::to_owned).collect();
-            let layout = CsvLayout::from_headers(validator.schemas().session_document(), &headers).map_err(anyhow::Error::msg)?;
+            let layout = CsvLayout::from_headers(pipeline.validator.schemas().session_document(), &headers).map_err(anyhow::Error::msg)?;
             let mut consumed = 0u64;
             // Lines are counted from the bytes themselves (1 = header line).
             let mut newlines = 0u64;

@@ -7,6 +7,7 @@
 //! compile-time macros cannot check two dialects in one crate, so queries are runtime
 //! `query`/`query_as` and the shared test suite, run on both backends, is the query check.
 
+pub(crate) mod fhir;
 mod sessions;
 mod writer;
 
@@ -18,6 +19,7 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+pub use fhir::{ReadScope, Remap, SearchPage, SessionResources, StoredResource};
 pub use sessions::{
     IntakeRecord, ListFilter, NewVersion, Rejection, SessionSummary, StoredSession, VersionMeta, WriteJob, WriteOutcome, WriteStatus,
 };
@@ -36,6 +38,9 @@ pub enum StoreError {
     /// Stored data could not be decoded (a bug or a hand-edited row).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Mapping a session for the version number the write found failed (nothing was stored).
+    #[error("mapping failed while storing: {0}")]
+    Mapping(String),
 }
 
 impl StoreError {

@@ -27,6 +27,8 @@ pub struct IntakeRecord {
     pub raw_format: &'static str,
     /// Canonical JSON of the record.
     pub record: String,
+    /// The FHIR resources the version maps to (`None`: store the session only).
+    pub fhir: Option<super::SessionResources>,
 }
 
 /// A refused record for the rejected lane.
@@ -204,6 +206,7 @@ macro_rules! apply_job {
         let job: &$crate::store::WriteJob = $job;
         let who = &job.who;
         let mut outcomes = Vec::with_capacity(job.records.len());
+        let mut fhir_writes: Vec<$crate::store::fhir::FhirWrite<'_>> = Vec::new();
         for r in &job.records {
             // Insert first: the row exists (or already existed) before we read it.
             sqlx::query(
@@ -259,9 +262,24 @@ macro_rules! apply_job {
             .bind(&current.id)
             .execute(&mut **$tx)
             .await?;
+            if let Some(set) = &r.fhir {
+                let resources = if set.assumed_version == version {
+                    std::borrow::Cow::Borrowed(set.resources.as_slice())
+                } else {
+                    std::borrow::Cow::Owned((set.remap)(version).map_err($crate::store::StoreError::Mapping)?)
+                };
+                fhir_writes.push($crate::store::fhir::FhirWrite {
+                    session_id: &r.session_id,
+                    session_version: version,
+                    lea: &r.lea,
+                    amended: version > 1,
+                    resources,
+                });
+            }
             let status = if version == 1 { $crate::store::WriteStatus::Created } else { $crate::store::WriteStatus::Amended };
             outcomes.push($crate::store::WriteOutcome { id: current.id, version, status, received_at: who.received_at });
         }
+        $crate::store::fhir::apply_fhir!($tx, &fhir_writes, who.received_at);
         for rej in &job.rejections {
             sqlx::query(
                 "INSERT INTO intake_rejections (id, lea_id, client_id, batch_id, request_id, record_index, source_id, \

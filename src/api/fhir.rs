@@ -1,0 +1,425 @@
+//! `/fhir`: a FHIR R4 REST API over the stored resources: `metadata`, read, vread, instance
+//! history and search with keyset paging.
+//!
+//! Access (issue 3): `admin` clients read everything; a `submitter` reads what its own LEA's
+//! sessions produced. FQHC partners get access with consent decisions (a later issue), so every
+//! other role is refused here.
+
+use std::time::{Duration, SystemTime};
+
+use actix_web::http::header::{self, EntityTag, HttpDate};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, get, web};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::auth::{Principal, Role};
+use crate::error::ApiError;
+use crate::fhir::search::{Cursor, SERVED_TYPES, SearchRegistry, is_id};
+use crate::fhir::{FHIR_JSON, IssueCode, OutcomeIssue};
+use crate::startup::AppState;
+use crate::store::{ReadScope, StoredResource};
+
+/// What this client may read.
+fn scope(who: &Principal) -> Result<ReadScope<'_>, ApiError> {
+    match who.role {
+        Role::Admin => Ok(None),
+        Role::Submitter => match who.org.as_deref() {
+            Some(lea) => Ok(Some(lea)),
+            None => Err(ApiError::Forbidden("this submitter client is not bound to an LEA".into())),
+        },
+        role => Err(ApiError::Forbidden(format!(
+            "a {} client may not read FHIR data yet: partner access is decided by consent, which this gateway does not enable yet",
+            role.as_str()
+        ))),
+    }
+}
+
+fn served_type(ty: &str) -> Result<&'static str, ApiError> {
+    SERVED_TYPES.iter().find(|t| **t == ty).copied().ok_or_else(|| {
+        ApiError::NotFound(format!("resource type `{ty}` is not served here; see /fhir/metadata ({})", SERVED_TYPES.join(", ")))
+    })
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if is_id(id) { Ok(()) } else { Err(ApiError::NotFound(format!("`{id}` is not a FHIR id"))) }
+}
+
+/// `http(s)://host/fhir`, as the client addressed us.
+fn base_url(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}/fhir", info.scheme(), info.host())
+}
+
+fn http_date(r: &StoredResource) -> HttpDate {
+    let secs = u64::try_from(r.last_updated_us.div_euclid(1_000_000)).unwrap_or_default();
+    HttpDate::from(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn etag(version_id: i64) -> EntityTag {
+    EntityTag::new_weak(version_id.to_string())
+}
+
+/// `304 Not Modified` when `If-None-Match` names this version.
+fn not_modified(req: &HttpRequest, r: &StoredResource) -> bool {
+    match req.get_header::<header::IfNoneMatch>() {
+        Some(header::IfNoneMatch::Any) => true,
+        Some(header::IfNoneMatch::Items(tags)) => tags.iter().any(|t| t.weak_eq(&etag(r.version_id))),
+        None => false,
+    }
+}
+
+fn resource_response(req: &HttpRequest, r: StoredResource) -> Result<HttpResponse, ApiError> {
+    if r.deleted {
+        return Err(ApiError::Gone(format!("{}/{} was deleted (version {})", r.resource_type, r.id, r.version_id)));
+    }
+    let mut res = if not_modified(req, &r) { HttpResponse::NotModified() } else { HttpResponse::Ok() };
+    res.insert_header(header::ETag(etag(r.version_id))).insert_header(header::LastModified(http_date(&r)));
+    if not_modified(req, &r) {
+        return Ok(res.finish());
+    }
+    Ok(res.content_type(FHIR_JSON).body(r.content))
+}
+
+/// The server's CapabilityStatement: exactly the interactions and search parameters implemented.
+#[utoipa::path(get, path = "/fhir/metadata", tag = "fhir", responses((status = 200, description = "CapabilityStatement")))]
+#[get("/fhir/metadata")]
+pub async fn metadata(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let body = capability_statement(&state.pipeline.search, &base_url(&req));
+    HttpResponse::Ok().content_type(FHIR_JSON).body(body.to_string())
+}
+
+/// Builds the CapabilityStatement (not schema-validated: the official schema's `FHIRVersion`
+/// enum stops at 4.0.0, see `schemas/fhir/ORIGIN.md`).
+pub fn capability_statement(registry: &SearchRegistry, base: &str) -> serde_json::Value {
+    let resources: Vec<serde_json::Value> = SERVED_TYPES
+        .iter()
+        .map(|ty| {
+            let mut params: Vec<serde_json::Value> = registry
+                .common()
+                .iter()
+                .map(|(name, url)| {
+                    let kind = if name == "_id" { "token" } else { "date" };
+                    serde_json::json!({ "name": name, "definition": url, "type": kind })
+                })
+                .collect();
+            params.extend(registry.params_of(ty).map(
+                |p| serde_json::json!({ "name": p.name, "definition": p.url, "type": p.kind.as_str(), "documentation": p.documentation }),
+            ));
+            let includes: Vec<String> =
+                crate::fhir::search::INCLUDES.iter().filter(|(src, _)| src == ty).map(|(src, p)| format!("{src}:{p}")).collect();
+            let mut r = serde_json::json!({
+                "type": ty,
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{ty}"),
+                "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "search-type"}],
+                "versioning": "versioned",
+                "readHistory": true,
+                "updateCreate": false,
+                "conditionalRead": "not-match",
+                "searchParam": params,
+            });
+            if !includes.is_empty() {
+                r["searchInclude"] = serde_json::json!(includes);
+            }
+            r
+        })
+        .collect();
+    serde_json::json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "wellness-gateway",
+        "kind": "instance",
+        "software": { "name": "wellness-gateway", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": { "description": "School-based counselling sessions as FHIR R4 records", "url": base },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Read-only. Searches are strict: unknown parameters and modifiers answer 400. Paging uses opaque keyset cursors in `next` links. `_count` up to 1000 (default 50); `_sort` by `_lastUpdated`, `-_lastUpdated` or `_id`; `_summary=count`.",
+            "security": {
+                "cors": false,
+                "description": "Bearer tokens issued per client (`wellness-gateway clients add`). Admin clients read everything; a submitter reads its own LEA's records. FQHC partner access is decided by consent and is not enabled yet."
+            },
+            "resource": resources,
+        }],
+    })
+}
+
+#[derive(Serialize)]
+struct Link {
+    relation: &'static str,
+    url: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntrySearch {
+    mode: &'static str,
+}
+
+#[derive(Serialize)]
+struct EntryRequest {
+    method: &'static str,
+    url: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryResponse {
+    status: &'static str,
+    etag: String,
+    last_modified: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry<'a> {
+    full_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    search: Option<EntrySearch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<EntryRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<EntryResponse>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Bundle<'a> {
+    resource_type: &'static str,
+    id: String,
+    meta: serde_json::Value,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<i64>,
+    link: Vec<Link>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    entry: Vec<Entry<'a>>,
+}
+
+fn raw(content: &str) -> Result<&RawValue, ApiError> {
+    serde_json::from_str(content).map_err(|e| ApiError::Internal(anyhow::anyhow!("stored resource is not JSON: {e}")))
+}
+
+fn bundle_json(kind: &'static str, total: Option<i64>, link: Vec<Link>, entry: Vec<Entry<'_>>) -> Result<HttpResponse, ApiError> {
+    let bundle = Bundle {
+        resource_type: "Bundle",
+        id: uuid::Uuid::new_v4().to_string(),
+        meta: serde_json::json!({ "lastUpdated": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true) }),
+        kind,
+        total,
+        link,
+        entry,
+    };
+    let body = serde_json::to_vec(&bundle).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
+}
+
+fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(req.query_string())
+        .map_err(|e| ApiError::bad_request(IssueCode::Structure, "query", format!("the query string could not be read: {e}")))
+}
+
+/// Search (`GET /fhir/{type}?...`).
+#[utoipa::path(get, path = "/fhir/{type}", tag = "fhir",
+    params(("type" = String, Path, description = "resource type")),
+    responses((status = 200, description = "searchset Bundle"), (status = 400, description = "unknown or malformed parameter", body = crate::fhir::OperationOutcome)),
+    security(("bearer" = [])))]
+#[get("/fhir/{type}")]
+pub async fn search(
+    state: web::Data<AppState>,
+    who: Principal,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ty = served_type(&path)?;
+    let scope = scope(&who)?;
+    let pairs = query_pairs(&req)?;
+    let query = state.pipeline.search.parse(ty, &pairs).map_err(ApiError::BadRequest)?;
+    let base = base_url(&req);
+    let link_url = |extra: Option<(&str, String)>| {
+        let mut params = query.link_params.clone();
+        if let Some((k, v)) = extra {
+            params.push((k.to_string(), v));
+        }
+        let q = serde_urlencoded::to_string(&params).unwrap_or_default();
+        if q.is_empty() { format!("{base}/{ty}") } else { format!("{base}/{ty}?{q}") }
+    };
+    if query.summary_count {
+        let n = state.store.fhir_count(&query, scope).await?;
+        return bundle_json("searchset", Some(n), vec![Link { relation: "self", url: link_url(None) }], Vec::new());
+    }
+    let page = state.store.fhir_search(&query, scope).await?;
+    let mut included = Vec::new();
+    if !query.include.is_empty() && !page.matches.is_empty() {
+        let ids: Vec<String> = page.matches.iter().map(|r| r.id.clone()).collect();
+        let mut refs = Vec::new();
+        for param in &query.include {
+            refs.extend(state.store.fhir_references(ty, param, &ids).await?);
+        }
+        refs.sort();
+        refs.dedup();
+        included = state.store.fhir_read_many(&refs, scope).await?;
+    }
+    let mut links = vec![Link { relation: "self", url: link_url(query.cursor.as_ref().map(|c: &Cursor| ("_cursor", c.encode()))) }];
+    if let Some(next) = &page.next {
+        links.push(Link { relation: "next", url: link_url(Some(("_cursor", next.encode()))) });
+    }
+    let mut entries = Vec::with_capacity(page.matches.len() + included.len());
+    for (r, mode) in page.matches.iter().map(|r| (r, "match")).chain(included.iter().map(|r| (r, "include"))) {
+        entries.push(Entry {
+            full_url: format!("{base}/{}/{}", r.resource_type, r.id),
+            resource: Some(raw(&r.content)?),
+            search: Some(EntrySearch { mode }),
+            request: None,
+            response: None,
+        });
+    }
+    bundle_json("searchset", None, links, entries)
+}
+
+/// Read the current version (`GET /fhir/{type}/{id}`); 410 when deleted.
+#[utoipa::path(get, path = "/fhir/{type}/{id}", tag = "fhir",
+    params(("type" = String, Path, description = "resource type"), ("id" = String, Path, description = "resource id")),
+    responses((status = 200, description = "the resource"), (status = 304, description = "If-None-Match matched"),
+        (status = 404, description = "no such resource", body = crate::fhir::OperationOutcome),
+        (status = 410, description = "deleted", body = crate::fhir::OperationOutcome)),
+    security(("bearer" = [])))]
+#[get("/fhir/{type}/{id}")]
+pub async fn read(
+    state: web::Data<AppState>,
+    who: Principal,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (ty, id) = path.into_inner();
+    let ty = served_type(&ty)?;
+    check_id(&id)?;
+    let scope = scope(&who)?;
+    no_query(&req)?;
+    let r = state.store.fhir_read(ty, &id, scope).await?.ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} is not known")))?;
+    resource_response(&req, r)
+}
+
+/// Read one version (`GET /fhir/{type}/{id}/_history/{vid}`).
+#[utoipa::path(get, path = "/fhir/{type}/{id}/_history/{vid}", tag = "fhir",
+    params(("type" = String, Path, description = "resource type"), ("id" = String, Path, description = "resource id"), ("vid" = String, Path, description = "version id")),
+    responses((status = 200, description = "that version"), (status = 404, description = "no such version", body = crate::fhir::OperationOutcome),
+        (status = 410, description = "that version is a deletion", body = crate::fhir::OperationOutcome)),
+    security(("bearer" = [])))]
+#[get("/fhir/{type}/{id}/_history/{vid}")]
+pub async fn vread(
+    state: web::Data<AppState>,
+    who: Principal,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (ty, id, vid) = path.into_inner();
+    let ty = served_type(&ty)?;
+    check_id(&id)?;
+    let scope = scope(&who)?;
+    no_query(&req)?;
+    let not_found = || ApiError::NotFound(format!("{ty}/{id} has no version {vid:?}"));
+    let version: i64 = vid.parse().map_err(|_| not_found())?;
+    let r = state.store.fhir_vread(ty, &id, version, scope).await?.ok_or_else(not_found)?;
+    resource_response(&req, r)
+}
+
+/// Instance history, newest first (`GET /fhir/{type}/{id}/_history`).
+#[utoipa::path(get, path = "/fhir/{type}/{id}/_history", tag = "fhir",
+    params(("type" = String, Path, description = "resource type"), ("id" = String, Path, description = "resource id")),
+    responses((status = 200, description = "history Bundle"), (status = 404, description = "no such resource", body = crate::fhir::OperationOutcome)),
+    security(("bearer" = [])))]
+#[get("/fhir/{type}/{id}/_history")]
+pub async fn history(
+    state: web::Data<AppState>,
+    who: Principal,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (ty, id) = path.into_inner();
+    let ty = served_type(&ty)?;
+    check_id(&id)?;
+    let scope = scope(&who)?;
+    let mut count: i64 = 50;
+    let mut before: Option<i64> = None;
+    let mut link_params = Vec::new();
+    for (k, v) in query_pairs(&req)? {
+        match k.as_str() {
+            "_count" => {
+                count =
+                    v.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
+                        ApiError::bad_request(IssueCode::Value, "_count", "`_count` must be a whole number from 1 to 1000")
+                    })?;
+                link_params.push((k, v));
+            }
+            "_cursor" => {
+                before = Some(
+                    v.parse()
+                        .map_err(|_| ApiError::bad_request(IssueCode::Value, "_cursor", "`_cursor` is not a cursor this server issued"))?,
+                )
+            }
+            _ => {
+                return Err(ApiError::BadRequest(vec![
+                    OutcomeIssue::error(IssueCode::NotSupported, format!("unknown parameter `{k}`; history supports _count"))
+                        .at_expression(k),
+                ]));
+            }
+        }
+    }
+    let rows = state.store.fhir_history(ty, &id, before, count + 1, scope).await?;
+    if rows.is_empty() && before.is_none() {
+        return Err(ApiError::NotFound(format!("{ty}/{id} is not known")));
+    }
+    let base = base_url(&req);
+    let url = |extra: Option<String>| {
+        let mut p = link_params.clone();
+        if let Some(c) = extra {
+            p.push(("_cursor".into(), c));
+        }
+        let q = serde_urlencoded::to_string(&p).unwrap_or_default();
+        if q.is_empty() { format!("{base}/{ty}/{id}/_history") } else { format!("{base}/{ty}/{id}/_history?{q}") }
+    };
+    let mut links = vec![Link { relation: "self", url: url(before.map(|b| b.to_string())) }];
+    let more = rows.len() > usize::try_from(count).unwrap_or(usize::MAX);
+    let rows = &rows[..rows.len().min(usize::try_from(count).unwrap_or(usize::MAX))];
+    if more && let Some(last) = rows.last() {
+        links.push(Link { relation: "next", url: url(Some(last.version_id.to_string())) });
+    }
+    let mut entries = Vec::with_capacity(rows.len());
+    for r in rows {
+        let modified = r.last_updated().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        entries.push(Entry {
+            full_url: format!("{base}/{ty}/{id}"),
+            resource: if r.deleted { None } else { Some(raw(&r.content)?) },
+            search: None,
+            request: Some(EntryRequest { method: if r.deleted { "DELETE" } else { "PUT" }, url: format!("{ty}/{id}") }),
+            response: Some(EntryResponse {
+                status: match (r.deleted, r.version_id) {
+                    (true, _) => "204 No Content",
+                    (false, 1) => "201 Created",
+                    _ => "200 OK",
+                },
+                etag: format!("W/\"{}\"", r.version_id),
+                last_modified: modified,
+            }),
+        });
+    }
+    bundle_json("history", None, links, entries)
+}
+
+/// Read and vread take no parameters except `_format=json`.
+fn no_query(req: &HttpRequest) -> Result<(), ApiError> {
+    for (k, v) in query_pairs(req)? {
+        let json = k == "_format" && matches!(v.as_str(), "json" | "application/json" | "application/fhir+json");
+        if !json {
+            return Err(ApiError::BadRequest(vec![
+                OutcomeIssue::error(IssueCode::NotSupported, format!("unknown parameter `{k}` on a read")).at_expression(k),
+            ]));
+        }
+    }
+    Ok(())
+}

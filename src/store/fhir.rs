@@ -1,0 +1,689 @@
+//! FHIR resources: versioned writes inside the intake transaction, read, vread, history and
+//! keyset-paged search over the `fhir_search` index.
+//!
+//! Writes are set-based: the resources of every session version in a job are compared with the
+//! stored ones in a few `IN (...)` reads, and only changed resources get a new version, written
+//! with multi-row inserts. Unchanged content (same SHA-256) writes nothing but the LEA link.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::{Store, StoreError, with_db};
+use crate::fhir::resource::PreparedResource;
+use crate::fhir::search::{Criterion, Cursor, DateCmp, Prefix, SearchRequest, Sort, TokenValue};
+
+/// Maps a session version again for another version number (the mapping reads it).
+pub type Remap = Arc<dyn Fn(i64) -> Result<Vec<PreparedResource>, String> + Send + Sync>;
+
+/// The FHIR resources of one session version, mapped before the write assuming a version
+/// number; if the write finds another version number, `remap` maps again.
+#[derive(Clone)]
+pub struct SessionResources {
+    /// The version the resources were mapped for.
+    pub assumed_version: i64,
+    /// The resources.
+    pub resources: Vec<PreparedResource>,
+    /// Maps for another version.
+    pub remap: Remap,
+}
+
+impl std::fmt::Debug for SessionResources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionResources")
+            .field("assumed_version", &self.assumed_version)
+            .field("resources", &self.resources.len())
+            .finish()
+    }
+}
+
+/// Resources of one stored session version, for the write.
+pub(crate) struct FhirWrite<'a> {
+    pub(crate) session_id: &'a str,
+    pub(crate) session_version: i64,
+    pub(crate) lea: &'a str,
+    pub(crate) amended: bool,
+    pub(crate) resources: std::borrow::Cow<'a, [PreparedResource]>,
+}
+
+/// A value bound into dynamically built SQL.
+#[derive(Debug, Clone)]
+pub(crate) enum Bind {
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+    OptInt(Option<i64>),
+    Bool(bool),
+}
+
+/// Binds every value of `$binds` onto `$q` (either backend).
+macro_rules! bind_all {
+    ($q:expr, $binds:expr) => {{
+        let mut q = $q;
+        for b in $binds {
+            q = match b {
+                $crate::store::fhir::Bind::Text(s) => q.bind(s.as_str()),
+                $crate::store::fhir::Bind::OptText(s) => q.bind(s.as_deref()),
+                $crate::store::fhir::Bind::Int(i) => q.bind(*i),
+                $crate::store::fhir::Bind::OptInt(i) => q.bind(*i),
+                $crate::store::fhir::Bind::Bool(b) => q.bind(*b),
+            };
+        }
+        q
+    }};
+}
+pub(crate) use bind_all;
+
+/// Most bound values per statement (SQLite allows 32,766, PostgreSQL 65,535).
+pub(crate) const MAX_BINDS: usize = 8_000;
+
+/// `($1, $2, ...), (...)` for `rows` rows of `cols` columns, numbering from `$first`.
+pub(crate) fn values_sql(rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('$');
+            s.push_str(&(r * cols + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
+}
+
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Runs `INSERT INTO $table ($cols) VALUES ... $tail` over `$rows` (each a `Vec<Bind>`) in chunks.
+macro_rules! insert_rows {
+    ($tx:expr, $table_cols:expr, $ncols:expr, $rows:expr, $tail:expr) => {{
+        let rows: &[Vec<$crate::store::fhir::Bind>] = $rows;
+        let per = ($crate::store::fhir::MAX_BINDS / $ncols).max(1);
+        for chunk in rows.chunks(per) {
+            let sql = format!("INSERT INTO {} VALUES {} {}", $table_cols, $crate::store::fhir::values_sql(chunk.len(), $ncols), $tail);
+            let q = $crate::store::fhir::bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk.iter().flatten());
+            q.execute(&mut **$tx).await?;
+        }
+    }};
+}
+pub(crate) use insert_rows;
+
+/// The current state of a stored resource during a write.
+#[derive(Debug, Clone)]
+pub(crate) struct Current {
+    pub(crate) version_id: i64,
+    pub(crate) sha: String,
+    pub(crate) deleted: bool,
+    pub(crate) stored: bool,
+}
+
+/// Everything a job's FHIR write does, computed in memory from the stored state.
+#[derive(Default)]
+pub(crate) struct FhirPlan {
+    pub(crate) versions: Vec<Vec<Bind>>,
+    pub(crate) currents: Vec<Vec<Bind>>,
+    pub(crate) reindex: Vec<(String, String)>,
+    pub(crate) index: Vec<Vec<Bind>>,
+    pub(crate) links: Vec<Vec<Bind>>,
+    pub(crate) owned_sessions: Vec<String>,
+    pub(crate) owned: Vec<Vec<Bind>>,
+}
+
+type Key = (String, String);
+
+/// Plans the write of `writes` given the stored state `state` and each amended session's
+/// previously owned resources `prev_owned`.
+pub(crate) fn plan(
+    writes: &[FhirWrite<'_>],
+    mut state: HashMap<Key, Current>,
+    prev_owned: &HashMap<String, Vec<Key>>,
+    received_at: DateTime<Utc>,
+) -> FhirPlan {
+    let lu = received_at.timestamp_micros();
+    let lu_text = received_at.to_rfc3339_opts(SecondsFormat::Micros, true);
+    let mut plan = FhirPlan::default();
+    // Final state of every changed key: Some(resource) or None when deleted.
+    let mut finals: BTreeMap<Key, Option<&PreparedResource>> = BTreeMap::new();
+    let mut links: BTreeSet<(Key, &str)> = BTreeSet::new();
+    for w in writes {
+        let mut owned_now: BTreeSet<Key> = BTreeSet::new();
+        for res in w.resources.iter() {
+            let key = (res.resource_type.clone(), res.id.clone());
+            links.insert((key.clone(), w.lea));
+            if res.owned {
+                owned_now.insert(key.clone());
+            }
+            let cur = state.entry(key.clone()).or_insert(Current { version_id: 0, sha: String::new(), deleted: false, stored: false });
+            if cur.version_id > 0 && !cur.deleted && cur.sha == res.content_sha256 {
+                continue;
+            }
+            cur.version_id += 1;
+            cur.sha.clone_from(&res.content_sha256);
+            cur.deleted = false;
+            plan.versions.push(vec![
+                Bind::Text(key.0.clone()),
+                Bind::Text(key.1.clone()),
+                Bind::Int(cur.version_id),
+                Bind::Int(lu),
+                Bind::Bool(false),
+                Bind::Text(w.session_id.to_string()),
+                Bind::Int(w.session_version),
+                Bind::Text(res.versioned_json(cur.version_id, &lu_text)),
+            ]);
+            finals.insert(key, Some(res));
+        }
+        if w.amended {
+            for key in prev_owned.get(w.session_id).map(Vec::as_slice).unwrap_or_default() {
+                if owned_now.contains(key) {
+                    continue;
+                }
+                let Some(cur) = state.get_mut(key) else { continue };
+                if cur.deleted {
+                    continue;
+                }
+                cur.version_id += 1;
+                cur.deleted = true;
+                plan.versions.push(vec![
+                    Bind::Text(key.0.clone()),
+                    Bind::Text(key.1.clone()),
+                    Bind::Int(cur.version_id),
+                    Bind::Int(lu),
+                    Bind::Bool(true),
+                    Bind::Text(w.session_id.to_string()),
+                    Bind::Int(w.session_version),
+                    Bind::Text(String::new()),
+                ]);
+                finals.insert(key.clone(), None);
+            }
+            plan.owned_sessions.push(w.session_id.to_string());
+        }
+        for key in owned_now {
+            plan.owned.push(vec![Bind::Text(w.session_id.to_string()), Bind::Text(key.0), Bind::Text(key.1)]);
+        }
+    }
+    for (key, res) in finals {
+        let Some(cur) = state.get(&key) else { continue };
+        plan.currents.push(vec![
+            Bind::Text(key.0.clone()),
+            Bind::Text(key.1.clone()),
+            Bind::Int(cur.version_id),
+            Bind::Int(lu),
+            Bind::Text(cur.sha.clone()),
+            Bind::Bool(cur.deleted),
+        ]);
+        if cur.stored {
+            plan.reindex.push(key.clone());
+        }
+        if let Some(res) = res {
+            for e in &res.index {
+                plan.index.push(vec![
+                    Bind::Text(key.0.clone()),
+                    Bind::Text(key.1.clone()),
+                    Bind::Text(e.param.clone()),
+                    Bind::OptText(e.system.clone()),
+                    Bind::OptText(e.value.clone()),
+                    Bind::OptInt(e.lo),
+                    Bind::OptInt(e.hi),
+                ]);
+            }
+        }
+    }
+    for ((ty, id), lea) in links {
+        plan.links.push(vec![Bind::Text(ty), Bind::Text(id), Bind::Text(lea.to_string())]);
+    }
+    plan
+}
+
+/// Writes the FHIR resources of `$writes` (a `&[FhirWrite]`) inside the open transaction `$tx`
+/// at time `$received_at`; `?` propagates database errors.
+macro_rules! apply_fhir {
+    ($tx:expr, $writes:expr, $received_at:expr) => {{
+        use $crate::store::fhir::{Bind, Current, placeholders};
+        let writes: &[$crate::store::fhir::FhirWrite<'_>] = $writes;
+        if !writes.is_empty() {
+            // 1. The stored state of every resource the job touches.
+            let mut by_type: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> = Default::default();
+            for w in writes {
+                for r in w.resources.iter() {
+                    by_type.entry(r.resource_type.as_str()).or_default().insert(r.id.as_str());
+                }
+            }
+            let mut amended: Vec<&str> = writes.iter().filter(|w| w.amended).map(|w| w.session_id).collect();
+            amended.sort_unstable();
+            amended.dedup();
+            let mut prev_owned: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
+            for chunk in amended.chunks(500) {
+                let sql = format!(
+                    "SELECT session_id, resource_type, id FROM fhir_session_resources WHERE session_id IN ({})",
+                    placeholders(1, chunk.len())
+                );
+                let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql));
+                for s in chunk {
+                    q = q.bind(*s);
+                }
+                for (s, ty, id) in q.fetch_all(&mut **$tx).await? {
+                    prev_owned.entry(s).or_default().push((ty, id));
+                }
+            }
+            let mut wanted: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+            for (ty, ids) in &by_type {
+                wanted.entry(ty.to_string()).or_default().extend(ids.iter().map(|s| s.to_string()));
+            }
+            for keys in prev_owned.values() {
+                for (ty, id) in keys {
+                    wanted.entry(ty.clone()).or_default().insert(id.clone());
+                }
+            }
+            let mut state: std::collections::HashMap<(String, String), Current> = Default::default();
+            for (ty, ids) in &wanted {
+                let ids: Vec<&String> = ids.iter().collect();
+                for chunk in ids.chunks(500) {
+                    let sql = format!(
+                        "SELECT id, version_id, content_sha256, deleted FROM fhir_resources WHERE resource_type = $1 AND id IN ({})",
+                        placeholders(2, chunk.len())
+                    );
+                    let mut q = sqlx::query_as::<_, (String, i64, String, bool)>(sqlx::AssertSqlSafe(sql)).bind(ty.as_str());
+                    for id in chunk {
+                        q = q.bind(id.as_str());
+                    }
+                    for (id, version_id, sha, deleted) in q.fetch_all(&mut **$tx).await? {
+                        state.insert((ty.clone(), id), Current { version_id, sha, deleted, stored: true });
+                    }
+                }
+            }
+            // 2. What changes, in memory.
+            let plan = $crate::store::fhir::plan(writes, state, &prev_owned, $received_at);
+            // 3. Set-based writes.
+            $crate::store::fhir::insert_rows!(
+                $tx,
+                "fhir_resource_versions (resource_type, id, version_id, last_updated_us, deleted, session_id, session_version, content)",
+                8,
+                &plan.versions,
+                ""
+            );
+            $crate::store::fhir::insert_rows!(
+                $tx,
+                "fhir_resources (resource_type, id, version_id, last_updated_us, content_sha256, deleted)",
+                6,
+                &plan.currents,
+                "ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, \
+                 last_updated_us = excluded.last_updated_us, content_sha256 = excluded.content_sha256, deleted = excluded.deleted"
+            );
+            let mut reindex: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+            for (ty, id) in &plan.reindex {
+                reindex.entry(ty.as_str()).or_default().push(id.as_str());
+            }
+            for (ty, ids) in reindex {
+                for chunk in ids.chunks(500) {
+                    let sql = format!("DELETE FROM fhir_search WHERE resource_type = $1 AND id IN ({})", placeholders(2, chunk.len()));
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ty);
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    q.execute(&mut **$tx).await?;
+                }
+            }
+            $crate::store::fhir::insert_rows!(
+                $tx,
+                "fhir_search (resource_type, id, param, system, value, lo_us, hi_us)",
+                7,
+                &plan.index,
+                ""
+            );
+            $crate::store::fhir::insert_rows!(
+                $tx,
+                "fhir_resource_leas (resource_type, id, lea_id)",
+                3,
+                &plan.links,
+                "ON CONFLICT DO NOTHING"
+            );
+            for chunk in plan.owned_sessions.chunks(500) {
+                let sql = format!("DELETE FROM fhir_session_resources WHERE session_id IN ({})", placeholders(1, chunk.len()));
+                let q = $crate::store::fhir::bind_all!(
+                    sqlx::query(sqlx::AssertSqlSafe(sql)),
+                    chunk.iter().map(|s| Bind::Text(s.clone())).collect::<Vec<_>>().iter()
+                );
+                q.execute(&mut **$tx).await?;
+            }
+            $crate::store::fhir::insert_rows!(
+                $tx,
+                "fhir_session_resources (session_id, resource_type, id)",
+                3,
+                &plan.owned,
+                "ON CONFLICT DO NOTHING"
+            );
+        }
+    }};
+}
+pub(crate) use apply_fhir;
+
+/// One stored resource version.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredResource {
+    /// Resource type.
+    pub resource_type: String,
+    /// Id.
+    pub id: String,
+    /// Version.
+    pub version_id: i64,
+    /// When this version was written (µs since the epoch).
+    pub last_updated_us: i64,
+    /// A deletion (no content).
+    pub deleted: bool,
+    /// The JSON (empty for a deletion).
+    pub content: String,
+}
+
+impl StoredResource {
+    /// `meta.lastUpdated` as a time.
+    pub fn last_updated(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.last_updated_us).unwrap_or_default()
+    }
+}
+
+/// One page of search results.
+#[derive(Debug, Clone)]
+pub struct SearchPage {
+    /// Matches, in order.
+    pub matches: Vec<StoredResource>,
+    /// Where the next page starts, when there is one.
+    pub next: Option<Cursor>,
+}
+
+/// Who is reading: `None` reads everything (admin); `Some(lea)` only resources that LEA's
+/// sessions produced.
+pub type ReadScope<'a> = Option<&'a str>;
+
+const SELECT_RESOURCE: &str = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, v.content \
+     FROM fhir_resources r JOIN fhir_resource_versions v \
+     ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.version_id";
+
+const IN_SCOPE: &str = "EXISTS (SELECT 1 FROM fhir_resource_leas l WHERE l.resource_type = r.resource_type AND l.id = r.id AND l.lea_id = ";
+
+/// Builds the WHERE clause and binds of a search.
+struct SqlBuilder {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+impl SqlBuilder {
+    fn bind(&mut self, b: Bind) -> String {
+        self.binds.push(b);
+        format!("${}", self.binds.len())
+    }
+
+    fn date_cond(&mut self, lo_col: &str, hi_col: &str, c: &DateCmp) -> String {
+        let (lo, hi) = (c.lo, c.hi);
+        match c.prefix {
+            Prefix::Eq => format!("({lo_col} >= {} AND {hi_col} <= {})", self.bind(Bind::Int(lo)), self.bind(Bind::Int(hi))),
+            Prefix::Ne => format!("NOT ({lo_col} >= {} AND {hi_col} <= {})", self.bind(Bind::Int(lo)), self.bind(Bind::Int(hi))),
+            Prefix::Gt => format!("{hi_col} > {}", self.bind(Bind::Int(hi))),
+            Prefix::Lt => format!("{lo_col} < {}", self.bind(Bind::Int(lo))),
+            Prefix::Ge => format!("{hi_col} >= {}", self.bind(Bind::Int(lo))),
+            Prefix::Le => format!("{lo_col} <= {}", self.bind(Bind::Int(hi))),
+            Prefix::Sa => format!("{lo_col} > {}", self.bind(Bind::Int(hi))),
+            Prefix::Eb => format!("{hi_col} < {}", self.bind(Bind::Int(lo))),
+        }
+    }
+
+    fn token_cond(&mut self, t: &TokenValue) -> String {
+        let mut parts = Vec::new();
+        if let Some(code) = &t.code {
+            parts.push(format!("s.value = {}", self.bind(Bind::Text(code.clone()))));
+        }
+        match &t.system {
+            None => {}
+            Some(None) => parts.push("s.system IS NULL".into()),
+            Some(Some(sys)) => parts.push(format!("s.system = {}", self.bind(Bind::Text(sys.clone())))),
+        }
+        format!("({})", parts.join(" AND "))
+    }
+
+    /// The index condition of a criterion on `fhir_search s` (without type/id correlation).
+    fn index_cond(&mut self, c: &Criterion) -> Option<(String, String)> {
+        let (param, alts): (&str, Vec<String>) = match c {
+            Criterion::Ids(_) | Criterion::LastUpdated(_) => return None,
+            Criterion::Token(p, vals) => (p, vals.iter().map(|t| self.token_cond(t)).collect()),
+            Criterion::Reference(p, vals) => (p, vals.iter().map(|v| format!("s.value = {}", self.bind(Bind::Text(v.clone())))).collect()),
+            Criterion::String(p, vals) => (
+                p,
+                vals.iter()
+                    .map(|v| {
+                        let lo = self.bind(Bind::Text(v.clone()));
+                        let hi = self.bind(Bind::Text(format!("{v}\u{10FFFF}")));
+                        format!("(s.value >= {lo} AND s.value < {hi})")
+                    })
+                    .collect(),
+            ),
+            Criterion::Date(p, cmps) => (p, cmps.iter().map(|d| self.date_cond("s.lo_us", "s.hi_us", d)).collect()),
+        };
+        let p = self.bind(Bind::Text(param.to_string()));
+        Some((format!("s.param = {p}"), format!("({})", alts.join(" OR "))))
+    }
+
+    /// A criterion as a condition on `fhir_resources r`. `drive` writes it as `r.id IN (...)`
+    /// so the database starts from the index; otherwise a correlated EXISTS.
+    fn criterion(&mut self, c: &Criterion, drive: Option<&str>) -> String {
+        match c {
+            Criterion::Ids(ids) => {
+                let list: Vec<String> = ids.iter().map(|i| self.bind(Bind::Text(i.clone()))).collect();
+                format!("r.id IN ({})", list.join(", "))
+            }
+            Criterion::LastUpdated(cmps) => {
+                let alts: Vec<String> = cmps.iter().map(|d| self.date_cond("r.last_updated_us", "r.last_updated_us", d)).collect();
+                format!("({})", alts.join(" OR "))
+            }
+            _ => {
+                let Some((param, alts)) = self.index_cond(c) else { return "1 = 1".into() };
+                if let Some(ty) = drive {
+                    let ty = self.bind(Bind::Text(ty.to_string()));
+                    format!("r.id IN (SELECT s.id FROM fhir_search s WHERE s.resource_type = {ty} AND {param} AND {alts})")
+                } else {
+                    format!(
+                        "EXISTS (SELECT 1 FROM fhir_search s WHERE s.resource_type = r.resource_type AND s.id = r.id AND {param} AND {alts})"
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// Whether a criterion narrows a search enough to drive it from the index.
+fn selective(c: &Criterion) -> bool {
+    match c {
+        Criterion::Ids(_) | Criterion::Reference(..) | Criterion::String(..) => true,
+        Criterion::Token(p, _) => p != "status",
+        Criterion::LastUpdated(_) | Criterion::Date(..) => false,
+    }
+}
+
+fn where_clause(req: &SearchRequest, scope: ReadScope<'_>, with_cursor: bool) -> SqlBuilder {
+    let mut b = SqlBuilder { sql: String::new(), binds: Vec::new() };
+    let ty = b.bind(Bind::Text(req.resource_type.clone()));
+    let mut conds = vec![format!("r.resource_type = {ty}"), "NOT r.deleted".to_string()];
+    let driver = req.criteria.iter().position(selective);
+    for (i, c) in req.criteria.iter().enumerate() {
+        let cond = b.criterion(c, (Some(i) == driver).then_some(req.resource_type.as_str()));
+        conds.push(cond);
+    }
+    if let Some(lea) = scope {
+        let p = b.bind(Bind::Text(lea.to_string()));
+        conds.push(format!("{IN_SCOPE}{p})"));
+    }
+    if with_cursor && let Some(c) = &req.cursor {
+        let cond = match (req.sort, c.last_updated) {
+            (Sort::LastUpdated, Some(t)) => {
+                let (t, id) = (b.bind(Bind::Int(t)), b.bind(Bind::Text(c.id.clone())));
+                format!("(r.last_updated_us > {t} OR (r.last_updated_us = {t} AND r.id > {id}))")
+            }
+            (Sort::LastUpdatedDesc, Some(t)) => {
+                let (t, id) = (b.bind(Bind::Int(t)), b.bind(Bind::Text(c.id.clone())));
+                format!("(r.last_updated_us < {t} OR (r.last_updated_us = {t} AND r.id < {id}))")
+            }
+            _ => format!("r.id > {}", b.bind(Bind::Text(c.id.clone()))),
+        };
+        conds.push(cond);
+    }
+    b.sql = conds.join(" AND ");
+    b
+}
+
+impl Store {
+    /// The current version of a resource (deleted ones too: the caller answers 410).
+    pub async fn fhir_read(&self, resource_type: &str, id: &str, scope: ReadScope<'_>) -> Result<Option<StoredResource>, StoreError> {
+        let sql = format!("{SELECT_RESOURCE} WHERE r.resource_type = $1 AND r.id = $2 AND ($3 IS NULL OR {IN_SCOPE}$3))");
+        let row = with_db!(self.db(), pool => {
+            sqlx::query_as::<_, StoredResource>(sqlx::AssertSqlSafe(sql)).bind(resource_type).bind(id).bind(scope).fetch_optional(pool).await?
+        });
+        Ok(row)
+    }
+
+    /// One version of a resource.
+    pub async fn fhir_vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version_id: i64,
+        scope: ReadScope<'_>,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        let sql = format!(
+            "SELECT v.resource_type, v.id, v.version_id, v.last_updated_us, v.deleted, v.content FROM fhir_resource_versions v \
+             JOIN fhir_resources r ON r.resource_type = v.resource_type AND r.id = v.id \
+             WHERE v.resource_type = $1 AND v.id = $2 AND v.version_id = $3 AND ($4 IS NULL OR {IN_SCOPE}$4))"
+        );
+        let row = with_db!(self.db(), pool => {
+            sqlx::query_as::<_, StoredResource>(sqlx::AssertSqlSafe(sql)).bind(resource_type).bind(id).bind(version_id).bind(scope).fetch_optional(pool).await?
+        });
+        Ok(row)
+    }
+
+    /// Versions of a resource, newest first, below `before` (exclusive) when given.
+    pub async fn fhir_history(
+        &self,
+        resource_type: &str,
+        id: &str,
+        before: Option<i64>,
+        limit: i64,
+        scope: ReadScope<'_>,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let sql = format!(
+            "SELECT v.resource_type, v.id, v.version_id, v.last_updated_us, v.deleted, v.content FROM fhir_resource_versions v \
+             JOIN fhir_resources r ON r.resource_type = v.resource_type AND r.id = v.id \
+             WHERE v.resource_type = $1 AND v.id = $2 AND ($3 IS NULL OR v.version_id < $3) AND ($4 IS NULL OR {IN_SCOPE}$4)) \
+             ORDER BY v.version_id DESC LIMIT $5"
+        );
+        let rows = with_db!(self.db(), pool => {
+            sqlx::query_as::<_, StoredResource>(sqlx::AssertSqlSafe(sql))
+                .bind(resource_type)
+                .bind(id)
+                .bind(before)
+                .bind(scope)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// One page of a search.
+    pub async fn fhir_search(&self, req: &SearchRequest, scope: ReadScope<'_>) -> Result<SearchPage, StoreError> {
+        let mut b = where_clause(req, scope, true);
+        let order = match req.sort {
+            Sort::Id => "r.id",
+            Sort::LastUpdated => "r.last_updated_us, r.id",
+            Sort::LastUpdatedDesc => "r.last_updated_us DESC, r.id DESC",
+        };
+        let limit = b.bind(Bind::Int(i64::try_from(req.count).unwrap_or(i64::MAX).saturating_add(1)));
+        let sql = format!("{SELECT_RESOURCE} WHERE {} ORDER BY {order} LIMIT {limit}", b.sql);
+        let mut rows = with_db!(self.db(), pool => {
+            bind_all!(sqlx::query_as::<_, StoredResource>(sqlx::AssertSqlSafe(sql)), b.binds.iter()).fetch_all(pool).await?
+        });
+        let next = if rows.len() > req.count {
+            rows.truncate(req.count);
+            rows.last().map(|r| Cursor { last_updated: (req.sort != Sort::Id).then_some(r.last_updated_us), id: r.id.clone() })
+        } else {
+            None
+        };
+        Ok(SearchPage { matches: rows, next })
+    }
+
+    /// Number of matches of a search (`_summary=count`).
+    pub async fn fhir_count(&self, req: &SearchRequest, scope: ReadScope<'_>) -> Result<i64, StoreError> {
+        let b = where_clause(req, scope, false);
+        let sql = format!("SELECT COUNT(*) FROM fhir_resources r WHERE {}", b.sql);
+        let n = with_db!(self.db(), pool => {
+            bind_all!(sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)), b.binds.iter()).fetch_one(pool).await?
+        });
+        Ok(n)
+    }
+
+    /// The `Type/id` values of reference parameter `param` on resources `ids` of `resource_type`.
+    pub async fn fhir_references(&self, resource_type: &str, param: &str, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT DISTINCT value FROM fhir_search WHERE resource_type = $1 AND param = $2 AND id IN ({}) AND value IS NOT NULL",
+                placeholders(3, chunk.len())
+            );
+            let rows: Vec<String> = with_db!(self.db(), pool => {
+                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).bind(resource_type).bind(param);
+                for id in chunk {
+                    q = q.bind(id.as_str());
+                }
+                q.fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Current, non-deleted resources by `Type/id` (for `_include`), in scope.
+    pub async fn fhir_read_many(&self, refs: &[String], scope: ReadScope<'_>) -> Result<Vec<StoredResource>, StoreError> {
+        let mut by_type: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for r in refs {
+            if let Some((ty, id)) = r.split_once('/') {
+                by_type.entry(ty).or_default().push(id);
+            }
+        }
+        let mut out = Vec::new();
+        for (ty, ids) in by_type {
+            for chunk in ids.chunks(500) {
+                let scope_at = chunk.len() + 2;
+                let sql = format!(
+                    "{SELECT_RESOURCE} WHERE r.resource_type = $1 AND NOT r.deleted AND r.id IN ({}) AND (${scope_at} IS NULL OR {IN_SCOPE}${scope_at})) ORDER BY r.id",
+                    placeholders(2, chunk.len())
+                );
+                let rows = with_db!(self.db(), pool => {
+                    let mut q = sqlx::query_as::<_, StoredResource>(sqlx::AssertSqlSafe(sql)).bind(ty);
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    q.bind(scope).fetch_all(pool).await?
+                });
+                out.extend(rows);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of stored resources of a type (current, not deleted).
+    pub async fn fhir_count_type(&self, resource_type: &str) -> Result<i64, StoreError> {
+        let n = with_db!(self.db(), pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM fhir_resources WHERE resource_type = $1 AND NOT deleted")
+                .bind(resource_type)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(n)
+    }
+}
