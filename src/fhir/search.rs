@@ -390,6 +390,10 @@ pub fn parse_date_range(s: &str) -> Option<(i64, i64)> {
         _ => {
             let (t, precise) = if let Ok(t) = DateTime::parse_from_rfc3339(s) {
                 (t.with_timezone(&Utc), s.contains('.'))
+            } else if s.len() > 16 && s.as_bytes().get(10) == Some(&b'T') && s.as_bytes().get(16) != Some(&b':') {
+                // Minutes precision with an offset (`2026-03-01T10:30-08:00`, search parameters only).
+                let t = DateTime::parse_from_rfc3339(&format!("{}:00{}", &s[..16], &s[16..])).ok()?.with_timezone(&Utc);
+                return Some((micros(t), micros(t) + 60_000_000 - 1));
             } else {
                 // Without an offset (search parameters only): UTC; minutes precision allowed.
                 let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
@@ -825,6 +829,7 @@ mod tests {
         let (lo, hi) = parse_date_range("2026-03-01T10:00:00.250+01:00").unwrap();
         assert_eq!(lo, hi);
         assert_eq!(parse_date_range("2026-03-01T10:00").map(|(l, h)| h - l + 1), Some(60_000_000));
+        assert_eq!(parse_date_range("2026-03-01T10:00-08:00"), parse_date_range("2026-03-01T18:00").map(|(l, h)| (l, h)));
         for bad in ["", "26", "2026-13", "2026-02-30", "yesterday", "2026-03-01T25:00:00Z"] {
             assert_eq!(parse_date_range(bad), None, "{bad}");
         }

@@ -6,6 +6,7 @@ mod auth;
 mod batch;
 mod cli;
 mod corpora;
+mod fhir;
 mod intake;
 mod mapping;
 mod server;
