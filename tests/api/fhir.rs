@@ -275,7 +275,7 @@ async fn every_search_parameter_and_prefix(app: TestApp) {
 
     // Encounter: patient, subject, date with every prefix, location, practitioner, status.
     assert_eq!(as_set(search(&app, &format!("Encounter?patient={ana}")).await), set(&[e1, e3]));
-    assert_eq!(search(&app, &format!("Encounter?patient=Patient/{jose}")).await, one_id(&e2));
+    assert_eq!(search(&app, &format!("Encounter?patient=Patient/{jose}")).await, one_id(e2));
     assert_eq!(as_set(search(&app, &format!("Encounter?subject=Patient/{ana}")).await), set(&[e1, e3]));
     assert_eq!(as_set(search(&app, &format!("Encounter?subject={ana}")).await), set(&[e1, e3]));
     for (q, want) in [
@@ -300,21 +300,21 @@ async fn every_search_parameter_and_prefix(app: TestApp) {
         assert_eq!(as_set(search(&app, &format!("Encounter?{}", q.replace(':', "%3A").replace('+', "%2B"))).await), set(&want), "{q}");
     }
     assert_eq!(as_set(search(&app, &format!("Encounter?patient={ana}&date=ge2026-10-06")).await), set(&[e3]));
-    assert_eq!(search(&app, "Encounter?location=Location/site-demo-ms").await, one_id(&e3));
+    assert_eq!(search(&app, "Encounter?location=Location/site-demo-ms").await, one_id(e3));
     assert_eq!(as_set(search(&app, "Encounter?location=site-demo-hs").await), set(&[e1, e2]));
     let enc3 = get_json(&app, &format!("/fhir/Encounter/{e3}"), &app.admin_token).await;
     let priya = enc3["participant"][0]["individual"]["reference"].as_str().unwrap().to_string();
     assert!(priya.starts_with("Practitioner/"));
-    assert_eq!(search(&app, &format!("Encounter?practitioner={priya}")).await, one_id(&e3));
+    assert_eq!(search(&app, &format!("Encounter?practitioner={priya}")).await, one_id(e3));
     assert_eq!(search(&app, "Encounter?status=finished").await.len(), 3);
     assert!(search(&app, "Encounter?status=planned").await.is_empty());
-    assert_eq!(search(&app, &format!("Encounter?status=finished&patient={jose}")).await, one_id(&e2));
+    assert_eq!(search(&app, &format!("Encounter?status=finished&patient={jose}")).await, one_id(e2));
 
     // _lastUpdated and _sort: the sessions were stored one after another.
     let lu2 = get_json(&app, &format!("/fhir/Encounter/{e2}"), &app.admin_token).await["meta"]["lastUpdated"].as_str().unwrap().to_string();
     let lu2 = lu2.replace(':', "%3A");
     assert_eq!(as_set(search(&app, &format!("Encounter?_lastUpdated=ge{lu2}")).await), set(&[e2, e3]));
-    assert_eq!(search(&app, &format!("Encounter?_lastUpdated=lt{lu2}")).await, one_id(&e1));
+    assert_eq!(search(&app, &format!("Encounter?_lastUpdated=lt{lu2}")).await, one_id(e1));
     assert_eq!(search(&app, "Encounter?_sort=_lastUpdated").await, [e1.clone(), e2.clone(), e3.clone()]);
     assert_eq!(search(&app, "Encounter?_sort=-_lastUpdated").await, [e3.clone(), e2.clone(), e1.clone()]);
     let mut by_id = ids.clone();
