@@ -4,8 +4,14 @@
 //! ```text
 //! cargo bench --bench http_load -- batch  URL TOKEN [batches=50] [size=1000] [concurrency=2]
 //! cargo bench --bench http_load -- single URL TOKEN [requests=20000] [concurrency=32]
-//! cargo bench --bench http_load -- gen-csv FILE ROWS
+//! cargo bench --bench http_load -- fhir-read   URL TOKEN [requests=50000] [concurrency=64]
+//! cargo bench --bench http_load -- fhir-search URL TOKEN [requests=20000] [concurrency=8] [students=100000]
+//! cargo bench --bench http_load -- gen-csv FILE ROWS [students=ROWS]
 //! ```
+//!
+//! `fhir-read` reads the first 1,000 Encounters' ids, then `GET /fhir/Encounter/{id}` over them;
+//! `fhir-search` looks up 200 students' Patient ids, then runs
+//! `GET /fhir/Encounter?patient={id}&date=ge2026-10-15` over them.
 //!
 //! Every session is distinct (unique source_id), so each request really stores a new version.
 
@@ -148,7 +154,92 @@ async fn single(url: String, token: String, requests: usize, concurrency: usize)
     );
 }
 
-fn gen_csv(path: &str, rows: usize) {
+/// GETs `paths` round-robin with `concurrency` clients and prints throughput and latency.
+async fn get_load(label: &str, url: &str, token: &str, paths: Vec<String>, requests: usize, concurrency: usize, bundles: bool) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let paths = Arc::new(paths);
+    let next = Arc::new(AtomicUsize::new(0));
+    let matched = Arc::new(AtomicUsize::new(0));
+    // Warm-up: connections, prepared statements, page cache.
+    for p in paths.iter().take(concurrency.max(50)) {
+        let res = client.get(format!("{url}{p}")).bearer_auth(token).send().await.unwrap();
+        assert!(res.status().is_success(), "{p}: {}", res.status());
+        let _ = res.bytes().await;
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, token, paths, next, matched) =
+            (client.clone(), url.to_string(), token.to_string(), paths.clone(), next.clone(), matched.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let t0 = Instant::now();
+                let res = client.get(format!("{url}{}", paths[i % paths.len()])).bearer_auth(&token).send().await.expect("request");
+                let status = res.status();
+                let body = res.bytes().await.expect("body");
+                latencies.push(t0.elapsed());
+                assert_eq!(status.as_u16(), 200, "unexpected status");
+                // Count the resources returned (a read returns one; a Bundle's own type is not counted).
+                let types = body.windows(14).filter(|w| w == b"\"resourceType\"").count();
+                matched.fetch_add(if bundles { types.saturating_sub(1) } else { types }, Ordering::Relaxed);
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::with_capacity(requests);
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    println!(
+        "{label}: {} requests, {concurrency} concurrent, {secs:.2} s = {:.0} req/s; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {:.1} resources per response",
+        all.len(),
+        all.len() as f64 / secs,
+        percentile(&all, 0.50).as_secs_f64() * 1e3,
+        percentile(&all, 0.90).as_secs_f64() * 1e3,
+        percentile(&all, 0.99).as_secs_f64() * 1e3,
+        all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        matched.load(Ordering::Relaxed) as f64 / all.len().max(1) as f64,
+    );
+}
+
+async fn fhir_read(url: String, token: String, requests: usize, concurrency: usize) {
+    let client = reqwest::Client::new();
+    let page: Value =
+        client.get(format!("{url}/fhir/Encounter?_count=1000")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let paths: Vec<String> = page["entry"]
+        .as_array()
+        .expect("encounters are stored")
+        .iter()
+        .map(|e| format!("/fhir/Encounter/{}", e["resource"]["id"].as_str().unwrap()))
+        .collect();
+    assert!(!paths.is_empty(), "no encounters stored");
+    get_load("GET /fhir/Encounter/{id}", &url, &token, paths, requests, concurrency, false).await;
+}
+
+async fn fhir_search(url: String, token: String, requests: usize, concurrency: usize, students: usize) {
+    let client = reqwest::Client::new();
+    let mut paths = Vec::new();
+    for k in 0..200usize {
+        let n = (k * 7919 + 13) % students.max(1);
+        let page: Value =
+            client.get(format!("{url}/fhir/Patient?identifier=S{n:08}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        let id = page["entry"][0]["resource"]["id"].as_str().unwrap_or_else(|| panic!("student S{n:08} not stored")).to_string();
+        paths.push(format!("/fhir/Encounter?patient={id}&date=ge2026-10-15"));
+    }
+    let total: Value =
+        client.get(format!("{url}/fhir/Encounter?_summary=count")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    println!("stored encounters: {}", total["total"]);
+    get_load("GET /fhir/Encounter?patient=..&date=ge..", &url, &token, paths, requests, concurrency, true).await;
+}
+
+fn gen_csv(path: &str, rows: usize, students: usize) {
     let file = std::fs::File::create(path).expect("create CSV");
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     writeln!(w, "source_id,lea,site,student.district_id,student.medi_cal_cin,student.given_name,student.family_name,student.birth_date,student.sex,student.grade,clinician.npi,clinician.given_name,clinician.family_name,clinician.credential,service.type,service.tier,service.modality,service.start,service.end,diagnoses,consent_ids,note").unwrap();
@@ -156,9 +247,10 @@ fn gen_csv(path: &str, rows: usize) {
         let day = 1 + i % 28;
         writeln!(
             w,
-            "GEN-{i:08},lea-demo,site-demo-hs,S{i:08},9{:07}A,Synthetic,Student{},2011-04-02,female,09,1234567893,Maya,Reed,LCSW,individual-counseling,3,in-person,2026-10-{day:02}T10:05:00-07:00,2026-10-{day:02}T10:50:00-07:00,F41.1;Z63.8,,Synthetic note {i}",
-            i % 10_000_000,
-            i % 1000
+            "GEN-{i:08},lea-demo,site-demo-hs,S{:08},9{:07}A,Synthetic,Student{},2011-04-02,female,09,1234567893,Maya,Reed,LCSW,individual-counseling,3,in-person,2026-10-{day:02}T10:05:00-07:00,2026-10-{day:02}T10:50:00-07:00,F41.1;Z63.8,,Synthetic note {i}",
+            i % students,
+            i % students,
+            (i % students) % 1000
         )
         .unwrap();
     }
@@ -173,7 +265,16 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("batch") => rt.block_on(batch(args[1].clone(), args[2].clone(), arg(&args, 3, 50), arg(&args, 4, 1000), arg(&args, 5, 2))),
         Some("single") => rt.block_on(single(args[1].clone(), args[2].clone(), arg(&args, 3, 20_000), arg(&args, 4, 32))),
-        Some("gen-csv") => gen_csv(&args[1], arg(&args, 2, 1_000_000)),
-        _ => eprintln!("usage: http_load batch|single URL TOKEN [...] | gen-csv FILE ROWS (see the file's doc)"),
+        Some("fhir-read") => rt.block_on(fhir_read(args[1].clone(), args[2].clone(), arg(&args, 3, 50_000), arg(&args, 4, 64))),
+        Some("fhir-search") => {
+            rt.block_on(fhir_search(args[1].clone(), args[2].clone(), arg(&args, 3, 20_000), arg(&args, 4, 8), arg(&args, 5, 100_000)))
+        }
+        Some("gen-csv") => {
+            let rows = arg(&args, 2, 1_000_000);
+            gen_csv(&args[1], rows, arg(&args, 3, rows))
+        }
+        _ => eprintln!(
+            "usage: http_load batch|single|fhir-read|fhir-search URL TOKEN [...] | gen-csv FILE ROWS [STUDENTS] (see the file's doc)"
+        ),
     }
 }

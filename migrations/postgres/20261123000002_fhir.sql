@@ -44,17 +44,18 @@ CREATE TABLE fhir_session_resources (
     PRIMARY KEY (session_id, resource_type, id)
 );
 
--- Search index of current, non-deleted versions: one row per indexed value.
--- token: system + value; reference: value = "Type/id"; string: value = normalised text;
--- date: lo_us / hi_us = the value's range.
+-- Search index of current, non-deleted versions: one row per indexed value, keyed by resource
+-- (the rows of one resource are replaced together). token: system + value; reference: value =
+-- "Type/id"; string: value = normalised text; date: lo_us / hi_us = the value's range.
 CREATE TABLE fhir_search (
     resource_type  TEXT COLLATE "C" NOT NULL,
     id             TEXT COLLATE "C" NOT NULL,
-    param          TEXT NOT NULL,
+    param          TEXT COLLATE "C" NOT NULL,
+    seq            BIGINT NOT NULL,
     system         TEXT,
     value          TEXT COLLATE "C",
     lo_us          BIGINT,
-    hi_us          BIGINT
+    hi_us          BIGINT,
+    PRIMARY KEY (resource_type, id, param, seq)
 );
 CREATE INDEX fhir_search_value ON fhir_search (resource_type, param, value, id);
-CREATE INDEX fhir_search_resource ON fhir_search (resource_type, id, param);

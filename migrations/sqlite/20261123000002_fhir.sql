@@ -1,4 +1,5 @@
--- FHIR resources produced by the mapping (issue 3). Every version is kept in
+-- FHIR resources produced by the mapping (issue 3). Small tables keyed by UUIDs are WITHOUT ROWID
+-- (one b-tree instead of a table plus its primary-key index). Every version is kept in
 -- fhir_resource_versions; fhir_resources points at the current one. Times are microseconds since
 -- the Unix epoch (UTC) on both backends, so comparisons and keyset cursors are plain integers.
 CREATE TABLE fhir_resources (
@@ -11,7 +12,7 @@ CREATE TABLE fhir_resources (
     content_sha256   TEXT NOT NULL,
     deleted          INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (resource_type, id)
-);
+) WITHOUT ROWID;
 CREATE INDEX fhir_resources_updated ON fhir_resources (resource_type, last_updated_us, id);
 
 CREATE TABLE fhir_resource_versions (
@@ -33,7 +34,7 @@ CREATE TABLE fhir_resource_leas (
     id             TEXT NOT NULL,
     lea_id         TEXT NOT NULL,
     PRIMARY KEY (resource_type, id, lea_id)
-);
+) WITHOUT ROWID;
 
 -- Resources a session's current version owns (Encounter, Condition, ...): those the next
 -- version no longer produces are deleted (read answers 410, history keeps them).
@@ -42,19 +43,20 @@ CREATE TABLE fhir_session_resources (
     resource_type  TEXT NOT NULL,
     id             TEXT NOT NULL,
     PRIMARY KEY (session_id, resource_type, id)
-);
+) WITHOUT ROWID;
 
--- Search index of current, non-deleted versions: one row per indexed value.
--- token: system + value; reference: value = "Type/id"; string: value = normalised text;
--- date: lo_us / hi_us = the value's range.
+-- Search index of current, non-deleted versions: one row per indexed value, keyed by resource
+-- (the rows of one resource are replaced together). token: system + value; reference: value =
+-- "Type/id"; string: value = normalised text; date: lo_us / hi_us = the value's range.
 CREATE TABLE fhir_search (
     resource_type  TEXT NOT NULL,
     id             TEXT NOT NULL,
     param          TEXT NOT NULL,
+    seq            INTEGER NOT NULL,
     system         TEXT,
     value          TEXT,
     lo_us          INTEGER,
-    hi_us          INTEGER
-);
+    hi_us          INTEGER,
+    PRIMARY KEY (resource_type, id, param, seq)
+) WITHOUT ROWID;
 CREATE INDEX fhir_search_value ON fhir_search (resource_type, param, value, id);
-CREATE INDEX fhir_search_resource ON fhir_search (resource_type, id, param);

@@ -1,6 +1,8 @@
 //! A FHIR resource ready to be stored: its content without version metadata, the SHA-256 that
 //! decides whether it changed, and its search index rows.
 
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use super::search::{IndexEntry, SearchRegistry};
@@ -44,16 +46,82 @@ impl PreparedResource {
         Self { resource_type, id, content, content_sha256, index, owned }
     }
 
-    /// The stored JSON: the content with `meta.versionId` and `meta.lastUpdated` set.
+    /// The stored JSON: the content with `meta.versionId` and `meta.lastUpdated` set (serialised
+    /// in one pass, without copying the content).
     pub fn versioned_json(&self, version_id: i64, last_updated: &str) -> String {
-        let mut v = self.content.clone();
-        if let Some(o) = v.as_object_mut() {
-            let meta = o.entry("meta").or_insert_with(|| Value::Object(Default::default()));
-            if let Some(m) = meta.as_object_mut() {
-                m.insert("versionId".into(), Value::String(version_id.to_string()));
-                m.insert("lastUpdated".into(), Value::String(last_updated.to_string()));
+        let version = version_id.to_string();
+        let v = Versioned { content: &self.content, version: &version, last_updated };
+        serde_json::to_string(&v).unwrap_or_default()
+    }
+}
+
+/// Serialises a resource with `meta.versionId` / `meta.lastUpdated` added.
+struct Versioned<'a> {
+    content: &'a Value,
+    version: &'a str,
+    last_updated: &'a str,
+}
+
+struct MetaWith<'a> {
+    meta: Option<&'a serde_json::Map<String, Value>>,
+    version: &'a str,
+    last_updated: &'a str,
+}
+
+impl Serialize for MetaWith<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in self.meta.into_iter().flatten() {
+            if k != "versionId" && k != "lastUpdated" {
+                m.serialize_entry(k, v)?;
             }
         }
-        serde_json::to_string(&v).unwrap_or_default()
+        m.serialize_entry("versionId", self.version)?;
+        m.serialize_entry("lastUpdated", self.last_updated)?;
+        m.end()
+    }
+}
+
+impl Serialize for Versioned<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Some(obj) = self.content.as_object() else { return self.content.serialize(s) };
+        let mut m = s.serialize_map(None)?;
+        let mut has_meta = false;
+        for (k, v) in obj {
+            if k == "meta" {
+                has_meta = true;
+                m.serialize_entry(k, &MetaWith { meta: v.as_object(), version: self.version, last_updated: self.last_updated })?;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        if !has_meta {
+            m.serialize_entry("meta", &MetaWith { meta: None, version: self.version, last_updated: self.last_updated })?;
+        }
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_json_sets_meta_and_keeps_the_rest() {
+        let registry = SearchRegistry::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
+        let with_meta = serde_json::json!({"resourceType": "Patient", "id": "p1", "gender": "female",
+            "meta": {"security": [{"code": "R"}], "versionId": "9", "lastUpdated": "2000-01-01T00:00:00Z"}});
+        let r = PreparedResource::new(with_meta, &registry);
+        assert!(r.content["meta"].get("versionId").is_none(), "the hash ignores version metadata");
+        let out: Value = serde_json::from_str(&r.versioned_json(3, "2026-11-23T10:00:00.000001Z")).unwrap();
+        assert_eq!(
+            out["meta"],
+            serde_json::json!({"security": [{"code": "R"}], "versionId": "3", "lastUpdated": "2026-11-23T10:00:00.000001Z"})
+        );
+        assert_eq!(out["gender"], "female");
+        let bare = PreparedResource::new(serde_json::json!({"resourceType": "Patient", "id": "p2"}), &registry);
+        let out: Value = serde_json::from_str(&bare.versioned_json(1, "t")).unwrap();
+        assert_eq!(out["meta"], serde_json::json!({"versionId": "1", "lastUpdated": "t"}));
+        assert_eq!(r.content_sha256, PreparedResource::new(r.content.clone(), &registry).content_sha256);
     }
 }
