@@ -142,7 +142,9 @@ macro_rules! insert_rows {
                 $crate::store::fhir::values_sql(chunk.len(), $ncols, $crate::store::fhir::positional(&*$tx)),
                 $tail
             );
-            let q = $crate::store::fhir::bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk.iter().flatten());
+            // Not cached: a prepared multi-row insert is large and the row counts vary, so a
+            // statement cache of them grew the import's memory by hundreds of MB.
+            let q = $crate::store::fhir::bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false), chunk.iter().flatten());
             q.execute(&mut **$tx).await?;
         }
     }};
@@ -300,7 +302,7 @@ macro_rules! apply_fhir {
                     "SELECT session_id, resource_type, id FROM fhir_session_resources WHERE session_id IN ({})",
                     placeholders(1, chunk.len(), pos)
                 );
-                let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql));
+                let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql)).persistent(false);
                 for s in chunk {
                     q = q.bind(*s);
                 }
@@ -326,7 +328,8 @@ macro_rules! apply_fhir {
                         placeholders(1, 1, pos),
                         placeholders(2, chunk.len(), pos)
                     );
-                    let mut q = sqlx::query_as::<_, (String, i64, String, bool)>(sqlx::AssertSqlSafe(sql)).bind(ty.as_str());
+                    let mut q =
+                        sqlx::query_as::<_, (String, i64, String, bool)>(sqlx::AssertSqlSafe(sql)).persistent(false).bind(ty.as_str());
                     for id in chunk {
                         q = q.bind(id.as_str());
                     }
@@ -364,7 +367,7 @@ macro_rules! apply_fhir {
                         placeholders(1, 1, pos),
                         placeholders(2, chunk.len(), pos)
                     );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ty);
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false).bind(ty);
                     for id in chunk {
                         q = q.bind(*id);
                     }
@@ -388,7 +391,7 @@ macro_rules! apply_fhir {
             for chunk in plan.owned_sessions.chunks(500) {
                 let sql = format!("DELETE FROM fhir_session_resources WHERE session_id IN ({})", placeholders(1, chunk.len(), pos));
                 let q = $crate::store::fhir::bind_all!(
-                    sqlx::query(sqlx::AssertSqlSafe(sql)),
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false),
                     chunk.iter().map(|s| Bind::Text(s.clone())).collect::<Vec<_>>().iter()
                 );
                 q.execute(&mut **$tx).await?;

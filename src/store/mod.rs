@@ -159,11 +159,10 @@ impl Store {
                 .pragma("wal_autocheckpoint", "0")
                 // The FHIR tables and their indexes are keyed by UUIDs, so writes land on random
                 // pages: with the 2 MB default page cache a 1,000-session transaction spills dirty
-                // pages mid-transaction and re-reads pages for nearly every row. Up to 128 MB of
-                // cache per connection (allocated as used), reads through mmap (no copy), and
-                // statement journals in memory.
-                .pragma("cache_size", "-131072")
-                .pragma("mmap_size", "1073741824")
+                // pages mid-transaction and re-reads pages for nearly every row. Up to 48 MB of
+                // cache per connection (allocated as used; no mmap, which counted the whole file
+                // in the import's resident memory), and statement journals in memory.
+                .pragma("cache_size", "-49152")
                 .pragma("temp_store", "MEMORY")
                 .foreign_keys(true);
             if let Some(dir) = std::path::Path::new(options.get_filename()).parent()
