@@ -2,8 +2,8 @@
 //!
 //! Schools get paid for the counselling they already do: county offices of education and
 //! school districts submit counselling sessions; the gateway validates them, stores them exactly
-//! once, and (in later stages) maps them to FHIR R4, shares them with FQHC partners under
-//! consent, and bills and reconciles them.
+//! once with the FHIR R4 resources they map to, serves those over a FHIR REST API, and (in later
+//! stages) shares them with FQHC partners under consent, and bills and reconciles them.
 //!
 //! ## The path of a session
 //!
@@ -14,8 +14,13 @@
 //!   ▼ intake::batch      split the body into numbered RawRecords, exact bytes kept
 //!   ▼ pipeline::prepare  validate::Validator: JSON Schema (schemas/) then semantic rules
 //!   │                     -> ValidSession, or issues (JSON pointer + sentence)
+//!   │                    mapping::Mapper: mappings/ -> FHIR resources, each checked against the
+//!   │                     official R4 schema; fhir::search indexes them
 //!   ▼ pipeline::commit   store::Store::write_intake: one transaction; identical = duplicate,
-//!                        changed = new version; rejected records go to the rejected lane
+//!                        changed = new version with new versions of the changed resources;
+//!                        rejected records go to the rejected lane
+//!
+//! FQHC / admin ── GET /fhir/... ── api::fhir -> store (read, vread, history, search)
 //! ```
 //!
 //! Every rejection is a FHIR `OperationOutcome` ([`error::ApiError`]). SQL lives only in
