@@ -61,6 +61,71 @@ pub const DERIVED: &[&str] = &[
     "item_id",
 ];
 
+/// A value the engine computes, one per name in [`DERIVED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derived {
+    /// `session_id`.
+    SessionId,
+    /// `version`.
+    Version,
+    /// `content_sha256`.
+    ContentSha256,
+    /// `raw_sha256`.
+    RawSha256,
+    /// `received_at`.
+    ReceivedAt,
+    /// `minutes`.
+    Minutes,
+    /// `service_date`.
+    ServiceDate,
+    /// `patient_id`.
+    PatientId,
+    /// `practitioner_id`.
+    PractitionerId,
+    /// `practitioner_role_id`.
+    PractitionerRoleId,
+    /// `encounter_id`.
+    EncounterId,
+    /// `coverage_id`.
+    CoverageId,
+    /// `provenance_id`.
+    ProvenanceId,
+    /// `location_id`.
+    LocationId,
+    /// `lea_org_id`.
+    LeaOrgId,
+    /// `fqhc_org_id`.
+    FqhcOrgId,
+    /// `item_id` (inside a repeat or a file with `each`).
+    ItemId,
+}
+
+impl Derived {
+    /// The derived value called `name` (`patient_id`), if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "session_id" => Self::SessionId,
+            "version" => Self::Version,
+            "content_sha256" => Self::ContentSha256,
+            "raw_sha256" => Self::RawSha256,
+            "received_at" => Self::ReceivedAt,
+            "minutes" => Self::Minutes,
+            "service_date" => Self::ServiceDate,
+            "patient_id" => Self::PatientId,
+            "practitioner_id" => Self::PractitionerId,
+            "practitioner_role_id" => Self::PractitionerRoleId,
+            "encounter_id" => Self::EncounterId,
+            "coverage_id" => Self::CoverageId,
+            "provenance_id" => Self::ProvenanceId,
+            "location_id" => Self::LocationId,
+            "lea_org_id" => Self::LeaOrgId,
+            "fqhc_org_id" => Self::FqhcOrgId,
+            "item_id" => Self::ItemId,
+            _ => return None,
+        })
+    }
+}
+
 /// Where a value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -75,7 +140,7 @@ pub enum Source {
     /// A field of the session's site.
     Site(String),
     /// A value the engine computes.
-    Derived(String),
+    Derived(Derived),
 }
 
 /// A step of a target path.
@@ -123,7 +188,7 @@ pub enum TemplatePart {
 /// How an element's value is produced.
 #[derive(Debug, Clone)]
 pub enum ValueExpr {
-    /// A constant.
+    /// A constant, already in the target's shape (a coding set on a CodeableConcept is wrapped).
     Const(Value),
     /// A source value as is.
     From(Source),
@@ -151,6 +216,10 @@ pub struct Element {
     pub kind: TargetKind,
     /// Value.
     pub value: ValueExpr,
+    /// The repeating steps of `path` as group numbers within the resource mapping (the same
+    /// element names up to a `[+]` / `[=]` step are the same group), each with whether the step
+    /// appends (`[+]`) or refers to the last item (`[=]`). See [`ResourceMapping::groups`].
+    pub groups: Vec<(usize, bool)>,
 }
 
 /// A compiled repeat block.
@@ -181,6 +250,11 @@ pub struct ResourceMapping {
     pub elements: Vec<Element>,
     /// Repeat blocks.
     pub repeats: Vec<Repeat>,
+    /// How many distinct repeating groups the elements' paths use (the bound of
+    /// [`Element::groups`]).
+    pub groups: usize,
+    /// The rules of [`MappingSet::labels`] whose `applies_to` names this resource type, by index.
+    pub label_rules: Vec<usize>,
 }
 
 /// A value table.
@@ -383,6 +457,9 @@ pub fn compile(root: &Path, overrides: &[String], fields: &SessionFields, fhir: 
         }
     }
 
+    for m in resources.values_mut() {
+        m.label_rules = labels.iter().enumerate().filter(|(_, rule)| rule.applies_to.contains(&m.resource_type)).map(|(i, _)| i).collect();
+    }
     if c.errors.is_empty() {
         Ok(MappingSet { layers: layers.into_iter().map(|(n, _)| n).collect(), resources, tables: compiled_tables, labels })
     } else {
@@ -407,6 +484,36 @@ fn read_dir_toml(dir: &Path, errors: &mut Vec<MappingError>) -> Vec<(String, Pat
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// Numbers the repeating groups of the elements' paths: a group is the element names up to and
+/// including a `[+]` or `[=]` step (`identifier.` in `identifier[=].system`), shared by every
+/// element of the resource mapping. Returns how many groups there are.
+fn number_groups<'e>(elements: impl Iterator<Item = &'e mut Element>) -> usize {
+    let mut names: Vec<String> = Vec::new();
+    for e in elements {
+        let mut key = String::new();
+        let mut groups = Vec::new();
+        for s in &e.path {
+            key.push_str(s.name());
+            key.push('.');
+            let append = match s {
+                PathStep::Append(_) => true,
+                PathStep::Last(_) => false,
+                PathStep::Field(_) => continue,
+            };
+            let n = match names.iter().position(|k| *k == key) {
+                Some(n) => n,
+                None => {
+                    names.push(key.clone());
+                    names.len() - 1
+                }
+            };
+            groups.push((n, append));
+        }
+        e.groups = groups;
+    }
+    names.len()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -474,7 +581,7 @@ impl Compiler<'_> {
             "lea" if ORG_FIELDS.contains(&rest) => Some(Source::Lea(rest.into())),
             "fqhc" if ORG_FIELDS.contains(&rest) => Some(Source::Fqhc(rest.into())),
             "site" if SITE_FIELDS.contains(&rest) => Some(Source::Site(rest.into())),
-            "derived" if DERIVED.contains(&rest) && (rest != "item_id" || each.is_some()) => Some(Source::Derived(rest.into())),
+            "derived" if DERIVED.contains(&rest) && (rest != "item_id" || each.is_some()) => Derived::from_name(rest).map(Source::Derived),
             _ => None,
         };
         if found.is_none() {
@@ -583,7 +690,7 @@ impl Compiler<'_> {
         let value = if let Some(v) = &spec.value {
             let json = self.coding_or_scalar(file, text, v, "value")?;
             self.check_kind(file, text, v.span().start, "value", kind, &json)?;
-            ValueExpr::Const(json)
+            ValueExpr::Const(super::engine::fit(kind, json))
         } else if let Some(t) = &spec.template {
             if kind != TargetKind::Primitive {
                 self.err(file, text, t.span().start, "template", "a template makes text; the target must be a primitive element".into());
@@ -646,7 +753,7 @@ impl Compiler<'_> {
                 }
             }
         };
-        Some(Element { path, kind, value })
+        Some(Element { path, kind, value, groups: Vec::new() })
     }
 
     fn check_kind(&mut self, file: &Path, text: &str, at: usize, key: &str, kind: TargetKind, value: &Value) -> Option<()> {
@@ -715,7 +822,7 @@ impl Compiler<'_> {
         };
         let id = self.source(file, text, &spec.id, "id", each.as_deref());
         let when = spec.when.as_ref().and_then(|w| self.source(file, text, w, "when", each.as_deref()));
-        let elements: Vec<Element> =
+        let mut elements: Vec<Element> =
             spec.element.iter().filter_map(|e| self.element(file, text, &resource_type, e, each.as_deref(), tables)).collect();
         let mut repeats = Vec::new();
         for r in &spec.repeat {
@@ -730,6 +837,7 @@ impl Compiler<'_> {
         if self.errors.len() != before {
             return None;
         }
+        let groups = number_groups(elements.iter_mut().chain(repeats.iter_mut().flat_map(|r| r.elements.iter_mut())));
         Some(ResourceMapping {
             name: name.to_string(),
             file: file.to_path_buf(),
@@ -739,6 +847,8 @@ impl Compiler<'_> {
             when,
             elements,
             repeats,
+            groups,
+            label_rules: Vec::new(),
         })
     }
 
@@ -810,5 +920,45 @@ impl Compiler<'_> {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_derived_name_has_a_value() {
+        for name in DERIVED {
+            assert!(Derived::from_name(name).is_some(), "{name}");
+        }
+        assert_eq!(Derived::from_name("colour"), None);
+    }
+
+    #[test]
+    fn repeating_groups_are_numbered_across_a_resource_mapping() {
+        let el = |steps: &[(&str, char)]| Element {
+            path: steps
+                .iter()
+                .map(|(n, k)| match k {
+                    '+' => PathStep::Append((*n).into()),
+                    '=' => PathStep::Last((*n).into()),
+                    _ => PathStep::Field((*n).into()),
+                })
+                .collect(),
+            kind: TargetKind::Primitive,
+            value: ValueExpr::Const(Value::Null),
+            groups: Vec::new(),
+        };
+        let mut elements = [
+            el(&[("identifier", '+'), ("value", ' ')]),
+            el(&[("identifier", '='), ("type", ' '), ("coding", '+')]),
+            el(&[("name", '+'), ("given", '+')]),
+            el(&[("period", ' '), ("start", ' ')]),
+            el(&[("name", '='), ("family", ' ')]),
+        ];
+        assert_eq!(number_groups(elements.iter_mut()), 4);
+        let groups: Vec<&[(usize, bool)]> = elements.iter().map(|e| e.groups.as_slice()).collect();
+        assert_eq!(groups, [&[(0, true)][..], &[(0, false), (1, true)], &[(2, true), (3, true)], &[], &[(2, false)]]);
     }
 }

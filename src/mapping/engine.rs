@@ -1,18 +1,28 @@
 //! Applies a compiled [`MappingSet`] to one session version. Pure: no I/O, no clock.
 
-use std::collections::{BTreeMap, HashSet};
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::compile::{Element, LabelRule, MappingSet, PathStep, ResourceMapping, Source, TargetKind, TemplatePart, ValueExpr};
+use super::compile::{Derived, Element, LabelRule, MappingSet, PathStep, ResourceMapping, Source, TargetKind, TemplatePart, ValueExpr};
 use crate::settings::{Organization, Site};
 
 /// Namespace of the ids the mapping derives (uuid v5).
 const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x7f3a_c1d2_4e5b_4a69_8c7d_0e1f_2a3b_4c5d);
 
-fn v5(parts: &[&str]) -> String {
-    uuid::Uuid::new_v5(&ID_NAMESPACE, parts.join("\n").as_bytes()).to_string()
+/// The uuid v5 of `parts` joined by newlines, hyphenated lower case. `buf` is scratch space.
+fn v5(buf: &mut String, parts: &[&str]) -> String {
+    buf.clear();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            buf.push('\n');
+        }
+        buf.push_str(p);
+    }
+    let mut out = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v5(&ID_NAMESPACE, buf.as_bytes()).hyphenated().encode_lower(&mut out).into()
 }
 
 /// Everything the mapping of one session version reads.
@@ -66,9 +76,66 @@ fn type_rank(t: &str) -> usize {
     ORDER.iter().position(|o| *o == t).unwrap_or(if t == "Provenance" { 100 } else { 50 })
 }
 
-struct Ctx<'a> {
+/// A source value, borrowed where it can be: most values are only copied once, into the
+/// resource, and template parts and table keys are not copied at all.
+#[derive(Clone, Copy)]
+enum Val<'v> {
+    Json(&'v Value),
+    Str(&'v str),
+    Int(i64),
+}
+
+impl<'v> Val<'v> {
+    fn to_value(self) -> Value {
+        match self {
+            Val::Json(v) => v.clone(),
+            Val::Str(s) => Value::String(s.to_string()),
+            Val::Int(i) => Value::from(i),
+        }
+    }
+
+    /// As text: a string as is, anything else as its JSON.
+    fn text(self) -> Cow<'v, str> {
+        match self {
+            Val::Json(Value::String(s)) => Cow::Borrowed(s),
+            Val::Str(s) => Cow::Borrowed(s),
+            Val::Json(v) => Cow::Owned(v.to_string()),
+            Val::Int(i) => Cow::Owned(i.to_string()),
+        }
+    }
+
+    fn push_to(self, out: &mut String) {
+        match self {
+            Val::Json(Value::String(s)) => out.push_str(s),
+            Val::Str(s) => out.push_str(s),
+            Val::Json(v) => {
+                let _ = write!(out, "{v}");
+            }
+            Val::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+        }
+    }
+}
+
+/// An item of a list with its derived id.
+struct Item<'a> {
+    value: &'a Value,
+    id: String,
+}
+
+/// The values derived once per session version (see `mappings/README.md`).
+struct Ctx<'a, 's> {
     input: &'a MapInput<'a>,
-    derived: BTreeMap<&'static str, Value>,
+    received_at: String,
+    service_date: &'a str,
+    patient_id: String,
+    practitioner_id: String,
+    practitioner_role_id: String,
+    coverage_id: String,
+    provenance_id: String,
+    /// The items of every session list the set reads, with their ids.
+    lists: Vec<(&'s [String], Vec<Item<'a>>)>,
 }
 
 fn get_path<'v>(mut v: &'v Value, path: &[String]) -> Option<&'v Value> {
@@ -78,91 +145,115 @@ fn get_path<'v>(mut v: &'v Value, path: &[String]) -> Option<&'v Value> {
     (!v.is_null()).then_some(v)
 }
 
-fn org_field(o: &Organization, f: &str) -> Option<Value> {
+fn org_field<'o>(o: &'o Organization, f: &str) -> Option<&'o str> {
     match f {
-        "id" => Some(o.id.clone()),
-        "name" => Some(o.name.clone()),
-        "cds_code" => o.cds_code.clone(),
-        "npi" => o.npi.clone(),
-        "tin" => o.tin.clone(),
+        "id" => Some(&o.id),
+        "name" => Some(&o.name),
+        "cds_code" => o.cds_code.as_deref(),
+        "npi" => o.npi.as_deref(),
+        "tin" => o.tin.as_deref(),
         _ => None,
     }
-    .map(Value::String)
 }
 
-fn site_field(s: &Site, f: &str) -> Option<Value> {
+fn site_field<'o>(s: &'o Site, f: &str) -> Option<&'o str> {
     match f {
-        "id" => Some(s.id.clone()),
-        "name" => Some(s.name.clone()),
-        "cds_code" => s.cds_code.clone(),
-        "nces_id" => s.nces_id.clone(),
+        "id" => Some(&s.id),
+        "name" => Some(&s.name),
+        "cds_code" => s.cds_code.as_deref(),
+        "nces_id" => s.nces_id.as_deref(),
         _ => None,
     }
-    .map(Value::String)
 }
 
-/// An item of a list with its derived id.
-struct Item<'a> {
-    value: &'a Value,
-    id: String,
-}
-
-impl Ctx<'_> {
-    fn new<'a>(input: &'a MapInput<'a>) -> Ctx<'a> {
+impl<'a, 's> Ctx<'a, 's> {
+    fn new(input: &'a MapInput<'a>, set: &'s MappingSet) -> Self {
         let r = input.record;
         let s = |p: &[&str]| {
             let mut v = r;
             for k in p {
                 v = v.get(*k).unwrap_or(&Value::Null);
             }
-            v.as_str().unwrap_or_default().to_string()
+            v.as_str().unwrap_or_default()
         };
         let lea = input.lea.id.as_str();
         let district_id = s(&["student", "district_id"]);
         let npi = s(&["clinician", "npi"]);
-        let patient_id = v5(&["Patient", lea, &district_id]);
-        let mut d = BTreeMap::new();
-        d.insert("session_id", json!(input.session_id));
-        d.insert("version", json!(input.version));
-        d.insert("content_sha256", json!(input.content_sha256));
-        d.insert("raw_sha256", json!(input.raw_sha256));
-        d.insert("received_at", json!(input.received_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)));
-        d.insert("minutes", json!(input.minutes));
-        d.insert("service_date", json!(s(&["service", "start"]).get(..10).unwrap_or_default()));
-        d.insert("practitioner_id", json!(v5(&["Practitioner", &npi])));
-        d.insert("practitioner_role_id", json!(v5(&["PractitionerRole", lea, &npi])));
-        d.insert("encounter_id", json!(input.session_id));
-        d.insert("coverage_id", json!(v5(&["Coverage", &patient_id, "medi-cal"])));
-        d.insert("provenance_id", json!(v5(&["Provenance", input.session_id, &input.version.to_string()])));
-        d.insert("location_id", json!(input.site.id));
-        d.insert("lea_org_id", json!(lea));
-        if let Some(f) = input.fqhc {
-            d.insert("fqhc_org_id", json!(f.id));
+        let mut buf = String::new();
+        let patient_id = v5(&mut buf, &["Patient", lea, district_id]);
+        let mut ctx = Ctx {
+            input,
+            received_at: input.received_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            service_date: s(&["service", "start"]).get(..10).unwrap_or_default(),
+            practitioner_id: v5(&mut buf, &["Practitioner", npi]),
+            practitioner_role_id: v5(&mut buf, &["PractitionerRole", lea, npi]),
+            coverage_id: v5(&mut buf, &["Coverage", &patient_id, "medi-cal"]),
+            provenance_id: v5(&mut buf, &["Provenance", input.session_id, &input.version.to_string()]),
+            patient_id,
+            lists: Vec::new(),
+        };
+        for m in set.resources.values() {
+            for list in m.each.iter().chain(m.repeats.iter().map(|r| &r.each)) {
+                if !ctx.lists.iter().any(|(l, _)| *l == list.as_slice()) {
+                    let items = ctx.make_items(list, &mut buf);
+                    ctx.lists.push((list, items));
+                }
+            }
         }
-        d.insert("patient_id", json!(patient_id));
-        Ctx { input, derived: d }
+        ctx
     }
 
     /// Items of a session list with their ids: people (participants) are scoped to the patient
     /// so the same parent is one RelatedPerson; everything else to the encounter.
-    fn items(&self, list: &[String]) -> Vec<Item<'_>> {
+    fn make_items(&self, list: &[String], buf: &mut String) -> Vec<Item<'a>> {
         let Some(Value::Array(values)) = get_path(self.input.record, list) else { return Vec::new() };
-        let scope =
-            if list.last().is_some_and(|l| l == "participants") { &self.derived["patient_id"] } else { &self.derived["encounter_id"] };
-        let scope = scope.as_str().unwrap_or_default();
+        let scope = if list.last().is_some_and(|l| l == "participants") { self.patient_id.as_str() } else { self.input.session_id };
         let list_name = list.join(".");
-        values.iter().map(|v| Item { value: v, id: v5(&[scope, &list_name, &v.to_string()]) }).collect()
+        values
+            .iter()
+            .map(|v| {
+                let text = v.to_string();
+                Item { value: v, id: v5(buf, &[scope, &list_name, &text]) }
+            })
+            .collect()
     }
 
-    fn source(&self, s: &Source, item: Option<&Item<'_>>) -> Option<Value> {
+    fn items(&self, list: &[String]) -> &[Item<'a>] {
+        self.lists.iter().find(|(l, _)| *l == list).map(|(_, items)| items.as_slice()).unwrap_or_default()
+    }
+
+    fn derived(&self, d: Derived) -> Option<Val<'_>> {
+        let input = self.input;
+        Some(match d {
+            Derived::SessionId | Derived::EncounterId => Val::Str(input.session_id),
+            Derived::Version => Val::Int(input.version),
+            Derived::ContentSha256 => Val::Str(input.content_sha256),
+            Derived::RawSha256 => Val::Str(input.raw_sha256),
+            Derived::ReceivedAt => Val::Str(&self.received_at),
+            Derived::Minutes => Val::Int(input.minutes),
+            Derived::ServiceDate => Val::Str(self.service_date),
+            Derived::PatientId => Val::Str(&self.patient_id),
+            Derived::PractitionerId => Val::Str(&self.practitioner_id),
+            Derived::PractitionerRoleId => Val::Str(&self.practitioner_role_id),
+            Derived::CoverageId => Val::Str(&self.coverage_id),
+            Derived::ProvenanceId => Val::Str(&self.provenance_id),
+            Derived::LocationId => Val::Str(&input.site.id),
+            Derived::LeaOrgId => Val::Str(&input.lea.id),
+            Derived::FqhcOrgId => Val::Str(&input.fqhc?.id),
+            // Only within an item (see `source`).
+            Derived::ItemId => return None,
+        })
+    }
+
+    fn source<'x>(&'x self, s: &Source, item: Option<&'x Item<'a>>) -> Option<Val<'x>> {
         match s {
-            Source::Session(p) => get_path(self.input.record, p).cloned(),
-            Source::Item(p) => item.and_then(|i| get_path(i.value, p)).cloned(),
-            Source::Lea(f) => org_field(self.input.lea, f),
-            Source::Fqhc(f) => self.input.fqhc.and_then(|o| org_field(o, f)),
-            Source::Site(f) => site_field(self.input.site, f),
-            Source::Derived(name) if name == "item_id" => item.map(|i| Value::String(i.id.clone())),
-            Source::Derived(name) => self.derived.get(name.as_str()).cloned(),
+            Source::Session(p) => get_path(self.input.record, p).map(Val::Json),
+            Source::Item(p) => item.and_then(|i| get_path(i.value, p)).map(Val::Json),
+            Source::Lea(f) => org_field(self.input.lea, f).map(Val::Str),
+            Source::Fqhc(f) => self.input.fqhc.and_then(|o| org_field(o, f)).map(Val::Str),
+            Source::Site(f) => site_field(self.input.site, f).map(Val::Str),
+            Source::Derived(Derived::ItemId) => item.map(|i| Val::Str(&i.id)),
+            Source::Derived(d) => self.derived(*d),
         }
     }
 
@@ -185,72 +276,66 @@ impl Ctx<'_> {
         }
     }
 
-    fn value(&self, e: &Element, item: Option<&Item<'_>>, list: Option<&[String]>) -> Result<Option<Value>, MissingEntry> {
+    fn value(&self, e: &Element, item: Option<&Item<'a>>, list: Option<&[String]>) -> Result<Option<Value>, MissingEntry> {
         let v = match &e.value {
-            ValueExpr::Const(v) => Some(v.clone()),
-            ValueExpr::From(s) => self.source(s, item),
+            ValueExpr::Const(v) => return Ok(Some(v.clone())),
+            ValueExpr::From(s) => match self.source(s, item) {
+                Some(v) => v.to_value(),
+                None => return Ok(None),
+            },
             ValueExpr::Template(parts) => {
-                let mut out = String::new();
+                let mut out = String::with_capacity(TEMPLATE_CAPACITY);
                 for p in parts {
                     match p {
                         TemplatePart::Text(t) => out.push_str(t),
                         TemplatePart::Value(s) => match self.source(s, item) {
-                            Some(Value::String(v)) => out.push_str(&v),
-                            Some(v) => out.push_str(&v.to_string()),
+                            Some(v) => v.push_to(&mut out),
                             None => return Ok(None),
                         },
                     }
                 }
-                Some(Value::String(out))
+                Value::String(out)
             }
-            ValueExpr::Lookup { key, table, column, field } => match self.source(key, item) {
-                None => None,
-                Some(k) => {
-                    let k = k.as_str().map(str::to_string).unwrap_or_else(|| k.to_string());
-                    match table.entries.get(&k).and_then(|cols| cols.get(column)) {
-                        Some(v) => Some(v.clone()),
-                        None => {
-                            return Err(MissingEntry {
-                                field: field.clone(),
-                                pointer: self.pointer(key, item, list),
-                                table: table.name.clone(),
-                                file: table.file.display().to_string(),
-                            });
-                        }
+            ValueExpr::Lookup { key, table, column, field } => {
+                let Some(k) = self.source(key, item) else { return Ok(None) };
+                match table.entries.get(k.text().as_ref()).and_then(|cols| cols.get(column)) {
+                    Some(v) => v.clone(),
+                    None => {
+                        return Err(MissingEntry {
+                            field: field.clone(),
+                            pointer: self.pointer(key, item, list),
+                            table: table.name.clone(),
+                            file: table.file.display().to_string(),
+                        });
                     }
                 }
-            },
-        };
-        Ok(v.map(|v| match e.kind {
-            TargetKind::CodeableConcept if v.get("coding").is_none() && v.get("code").is_some() => {
-                let mut cc = json!({ "coding": [v.clone()] });
-                if let Some(d) = v.get("display") {
-                    cc["text"] = d.clone();
-                }
-                cc
             }
-            _ => v,
-        }))
+        };
+        Ok(Some(fit(e.kind, v)))
     }
 }
 
-/// The repeating steps of a path as group keys (the element names up to that step), each with
-/// whether it appends (`[+]`) or refers to the last item (`[=]`).
-fn group_keys(steps: &[PathStep]) -> Vec<(String, bool)> {
-    let mut key = String::new();
-    let mut out = Vec::new();
-    for s in steps {
-        key.push_str(s.name());
-        key.push('.');
-        match s {
-            PathStep::Append(_) => out.push((key.clone(), true)),
-            PathStep::Last(_) => out.push((key.clone(), false)),
-            PathStep::Field(_) => {}
+/// Room for a template's text: enough for a reference with a uuid (`Patient/<uuid>`).
+const TEMPLATE_CAPACITY: usize = 64;
+
+/// `v` in the shape of a target element of kind `kind`: a coding set on a CodeableConcept
+/// becomes `{ coding: [v], text: v.display }`; anything else is kept as is.
+pub(crate) fn fit(kind: TargetKind, v: Value) -> Value {
+    match kind {
+        TargetKind::CodeableConcept if v.get("coding").is_none() && v.get("code").is_some() => {
+            let text = v.get("display").cloned();
+            let mut cc = Map::new();
+            cc.insert("coding".into(), Value::Array(vec![v]));
+            if let Some(d) = text {
+                cc.insert("text".into(), d);
+            }
+            Value::Object(cc)
         }
+        _ => v,
     }
-    out
 }
 
+/// Sets `value` at `steps` below `node`, making the objects and arrays on the way.
 fn set(node: &mut Value, steps: &[PathStep], value: Value) {
     if !node.is_object() {
         *node = Value::Object(Map::new());
@@ -260,15 +345,30 @@ fn set(node: &mut Value, steps: &[PathStep], value: Value) {
     match first {
         PathStep::Field(n) => {
             if rest.is_empty() {
-                obj.insert(n.clone(), value);
+                match obj.get_mut(n) {
+                    Some(slot) => *slot = value,
+                    None => {
+                        obj.insert(n.clone(), value);
+                    }
+                }
             } else {
-                set(obj.entry(n.clone()).or_insert_with(|| json!({})), rest, value);
+                match obj.get_mut(n) {
+                    Some(child) => set(child, rest, value),
+                    None => {
+                        let mut child = Value::Object(Map::new());
+                        set(&mut child, rest, value);
+                        obj.insert(n.clone(), child);
+                    }
+                }
             }
         }
         PathStep::Append(n) | PathStep::Last(n) => {
-            let slot = obj.entry(n.clone()).or_insert_with(|| json!([]));
+            let slot = match obj.get_mut(n) {
+                Some(slot) => slot,
+                None => obj.entry(n.clone()).or_insert_with(|| Value::Array(Vec::new())),
+            };
             if !slot.is_array() {
-                *slot = json!([]);
+                *slot = Value::Array(Vec::new());
             }
             let Some(arr) = slot.as_array_mut() else { return };
             let append = matches!(first, PathStep::Append(_)) || arr.is_empty();
@@ -280,7 +380,7 @@ fn set(node: &mut Value, steps: &[PathStep], value: Value) {
                 }
             } else {
                 if append {
-                    arr.push(json!({}));
+                    arr.push(Value::Object(Map::new()));
                 }
                 if let Some(last) = arr.last_mut() {
                     set(last, rest, value);
@@ -291,47 +391,57 @@ fn set(node: &mut Value, steps: &[PathStep], value: Value) {
 }
 
 fn apply_elements(
-    ctx: &Ctx<'_>,
+    ctx: &Ctx<'_, '_>,
     out: &mut Value,
     elements: &[Element],
     item: Option<&Item<'_>>,
     list: Option<&[String]>,
-    skipped: &mut HashSet<String>,
+    skipped: &mut [bool],
 ) -> Result<(), MissingEntry> {
+    let is_skipped = |skipped: &[bool], g: usize| skipped.get(g).copied().unwrap_or(false);
     for e in elements {
         // The first element of a `[+]` group decides whether the item exists: when its value is
         // absent, the `[=]` elements that follow are skipped too.
-        let groups = group_keys(&e.path);
-        if groups.iter().any(|(key, append)| !append && skipped.contains(key)) {
+        if e.groups.iter().any(|(g, append)| !append && is_skipped(skipped, *g)) {
             continue;
         }
-        let appends = groups.into_iter().filter(|(_, append)| *append).map(|(k, _)| k);
-        match ctx.value(e, item, list)? {
-            Some(v) => {
-                for key in appends {
-                    skipped.remove(&key);
-                }
-                set(out, &e.path, v);
+        let value = ctx.value(e, item, list)?;
+        let absent = value.is_none();
+        for (g, append) in &e.groups {
+            if *append && let Some(s) = skipped.get_mut(*g) {
+                *s = absent;
             }
-            None => skipped.extend(appends),
+        }
+        if let Some(v) = value {
+            set(out, &e.path, v);
         }
     }
     Ok(())
 }
 
-fn map_one(ctx: &Ctx<'_>, m: &ResourceMapping, item: Option<&Item<'_>>) -> Result<Option<Value>, MissingEntry> {
+fn map_one(ctx: &Ctx<'_, '_>, m: &ResourceMapping, item: Option<&Item<'_>>) -> Result<Option<Value>, MissingEntry> {
     if let Some(w) = &m.when
         && ctx.source(w, item).is_none()
     {
         return Ok(None);
     }
     let Some(id) = ctx.source(&m.id, item) else { return Ok(None) };
-    let mut out = json!({ "resourceType": m.resource_type, "id": id });
-    let mut skipped = HashSet::new();
-    apply_elements(ctx, &mut out, &m.elements, item, m.each.as_deref(), &mut skipped)?;
+    let mut root = Map::new();
+    root.insert("resourceType".into(), Value::String(m.resource_type.clone()));
+    root.insert("id".into(), id.to_value());
+    let mut out = Value::Object(root);
+    let mut few = [false; 32];
+    let mut many = Vec::new();
+    let skipped: &mut [bool] = if m.groups <= few.len() {
+        &mut few[..m.groups]
+    } else {
+        many.resize(m.groups, false);
+        &mut many
+    };
+    apply_elements(ctx, &mut out, &m.elements, item, m.each.as_deref(), skipped)?;
     for r in &m.repeats {
         for it in ctx.items(&r.each) {
-            apply_elements(ctx, &mut out, &r.elements, Some(&it), Some(&r.each), &mut skipped)?;
+            apply_elements(ctx, &mut out, &r.elements, Some(it), Some(&r.each), skipped)?;
         }
     }
     Ok(Some(out))
@@ -351,20 +461,21 @@ fn rule_matches(rule: &LabelRule, resource_type: &str, diagnoses: &[&str], treat
     dx_ok && consent_ok
 }
 
-fn add_labels(resource: &mut Value, labels: &[Value]) {
+/// Adds the labels of the matching rules to `meta.security`, without duplicates.
+fn add_labels(resource: &mut Value, labels: &[&Value]) {
     if labels.is_empty() {
         return;
     }
-    let meta = resource.as_object_mut().map(|o| o.entry("meta").or_insert_with(|| json!({})));
+    let meta = resource.as_object_mut().map(|o| o.entry("meta").or_insert_with(|| Value::Object(Map::new())));
     let Some(meta) = meta else { return };
     if !meta.is_object() {
-        *meta = json!({});
+        *meta = Value::Object(Map::new());
     }
-    let security = meta.as_object_mut().map(|m| m.entry("security").or_insert_with(|| json!([])));
+    let security = meta.as_object_mut().map(|m| m.entry("security").or_insert_with(|| Value::Array(Vec::new())));
     let Some(Value::Array(sec)) = security else { return };
     for l in labels {
         if !sec.iter().any(|s| s.get("system") == l.get("system") && s.get("code") == l.get("code")) {
-            sec.push(l.clone());
+            sec.push((*l).clone());
         }
     }
 }
@@ -372,50 +483,64 @@ fn add_labels(resource: &mut Value, labels: &[Value]) {
 /// Maps one session version through `set`: every resource file in turn, labels, provenance
 /// targets. Fails only when a value has no table entry.
 pub fn produce(set: &MappingSet, input: &MapInput<'_>) -> Result<Produced, MissingEntry> {
-    let ctx = Ctx::new(input);
+    let ctx = Ctx::new(input, set);
     let session_dx: Vec<&str> =
         input.record.get("diagnoses").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     let treatment_consent = input.record.get("treatment_consent").and_then(Value::as_str);
-    let mut resources = Vec::new();
+    // Each resource with its rank in the output order.
+    let mut produced: Vec<(usize, Value)> = Vec::with_capacity(set.resources.len() + 8);
+    let rank = |r: &Value| type_rank(r.get("resourceType").and_then(Value::as_str).unwrap_or_default());
+    let mut labels: Vec<&Value> = Vec::new();
+    let mut label = |r: &mut Value, m: &ResourceMapping, dx: &[&str]| {
+        labels.clear();
+        for rule in m.label_rules.iter().filter_map(|i| set.labels.get(*i)) {
+            if rule_matches(rule, &m.resource_type, dx, treatment_consent) {
+                labels.extend(rule.labels.iter());
+            }
+        }
+        add_labels(r, &labels);
+    };
     for m in set.resources.values() {
-        let produced: Vec<(Value, Vec<&str>)> = match &m.each {
+        match &m.each {
             Some(list) => {
-                let mut out = Vec::new();
+                // A resource made from one diagnosis is labelled by that code alone.
+                let per_diagnosis = list.last().is_some_and(|l| l == "diagnoses");
                 for it in ctx.items(list) {
-                    if let Some(r) = map_one(&ctx, m, Some(&it))? {
-                        // A resource made from one diagnosis is labelled by that code alone.
-                        let dx = if list.last().is_some_and(|l| l == "diagnoses") {
-                            it.value.as_str().into_iter().collect()
-                        } else {
-                            session_dx.clone()
-                        };
-                        out.push((r, dx));
+                    if let Some(mut r) = map_one(&ctx, m, Some(it))? {
+                        let own = it.value.as_str();
+                        label(&mut r, m, if per_diagnosis { own.as_slice() } else { &session_dx });
+                        produced.push((rank(&r), r));
                     }
                 }
-                out
             }
-            None => map_one(&ctx, m, None)?.map(|r| (r, session_dx.clone())).into_iter().collect(),
-        };
-        for (mut r, dx) in produced {
-            let labels: Vec<Value> = set
-                .labels
-                .iter()
-                .filter(|rule| rule_matches(rule, &m.resource_type, &dx, treatment_consent))
-                .flat_map(|rule| rule.labels.iter().cloned())
-                .collect();
-            add_labels(&mut r, &labels);
-            resources.push(r);
+            None => {
+                if let Some(mut r) = map_one(&ctx, m, None)? {
+                    label(&mut r, m, &session_dx);
+                    produced.push((rank(&r), r));
+                }
+            }
         }
     }
-    resources.sort_by_key(|r| type_rank(r["resourceType"].as_str().unwrap_or_default()));
+    produced.sort_by_key(|(rank, _)| *rank);
     // Provenance targets every other resource of this session version.
-    let targets: Vec<Value> = resources
-        .iter()
-        .filter(|r| r["resourceType"] != "Provenance")
-        .map(|r| json!({ "reference": format!("{}/{}", r["resourceType"].as_str().unwrap_or_default(), r["id"].as_str().unwrap_or_default()) }))
-        .collect();
-    for r in resources.iter_mut().filter(|r| r["resourceType"] == "Provenance") {
-        r["target"] = Value::Array(targets.clone());
+    let provenance = type_rank("Provenance");
+    let mut targets: Vec<Value> = Vec::with_capacity(produced.len());
+    targets.extend(produced.iter().filter(|(rank, _)| *rank != provenance).map(|(_, r)| {
+        let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default();
+        let (ty, id) = (text("resourceType"), text("id"));
+        let mut reference = String::with_capacity(ty.len() + 1 + id.len());
+        reference.push_str(ty);
+        reference.push('/');
+        reference.push_str(id);
+        let mut target = Map::new();
+        target.insert("reference".into(), Value::String(reference));
+        Value::Object(target)
+    }));
+    let mut provenances = produced.iter_mut().filter(|(rank, _)| *rank == provenance).peekable();
+    let mut targets = Some(targets);
+    while let Some((_, r)) = provenances.next() {
+        let t = if provenances.peek().is_some() { targets.clone() } else { targets.take() };
+        r["target"] = Value::Array(t.unwrap_or_default());
     }
-    Ok(Produced { resources })
+    Ok(Produced { resources: produced.into_iter().map(|(_, r)| r).collect() })
 }

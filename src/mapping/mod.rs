@@ -13,8 +13,9 @@ pub mod engine;
 pub mod spec;
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -90,6 +91,65 @@ impl MappedSession {
     }
 }
 
+/// Resource types whose content repeats from session to session: made from configuration alone
+/// (the LEA and FQHC Organization, the site's Location) or from the clinician alone
+/// (Practitioner, PractitionerRole). Their schema verdict is remembered (see [`Verified`]).
+/// Per-session resources (Encounter, Condition, Provenance, ...) are always validated afresh.
+const REPEATING_TYPES: &[&str] = &["Organization", "Location", "Practitioner", "PractitionerRole"];
+
+/// How many resources [`Verified`] remembers; when full, it starts over.
+const VERIFIED_CAPACITY: usize = 4096;
+
+/// Resources of [`REPEATING_TYPES`] that passed the official schema, by type and id. A remembered
+/// verdict is reused only for identical content: same structure, same strings, same numbers
+/// bit for bit, i.e. the same serialized bytes. Any difference is validated afresh.
+#[derive(Debug, Default)]
+struct Verified {
+    resources: RwLock<HashMap<u64, Value>>,
+}
+
+impl Verified {
+    /// Checks `r` against the official schema, or finds that exactly this content passed before.
+    fn check(&self, fhir: &FhirSchema, r: &Value) -> Result<(), Vec<Violation>> {
+        let ty = r.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        if !REPEATING_TYPES.contains(&ty) {
+            return fhir.validate(r);
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ty.hash(&mut h);
+        r.get("id").and_then(Value::as_str).unwrap_or_default().hash(&mut h);
+        let key = h.finish();
+        // A poisoned lock only costs the shortcut.
+        if self.resources.read().is_ok_and(|m| m.get(&key).is_some_and(|known| identical(known, r))) {
+            return Ok(());
+        }
+        fhir.validate(r)?;
+        if let Ok(mut m) = self.resources.write() {
+            if m.len() >= VERIFIED_CAPACITY && !m.contains_key(&key) {
+                m.clear();
+            }
+            m.insert(key, r.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Whether two values serialize to the same bytes: equal, with floats compared bit for bit
+/// (`0.0` and `-0.0` are equal numbers but not the same text).
+fn identical(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|((kx, vx), (ky, vy))| kx == ky && identical(vx, vy))
+        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(vx, vy)| identical(vx, vy)),
+        (Value::Number(x), Value::Number(y)) => match (x.is_f64(), y.is_f64()) {
+            (true, true) => x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits),
+            _ => x == y,
+        },
+        _ => a == b,
+    }
+}
+
 /// Compiled mappings for every configured site, and the validator of what they produce.
 pub struct Mapper {
     root: PathBuf,
@@ -97,6 +157,7 @@ pub struct Mapper {
     fhir: Arc<FhirSchema>,
     default: Arc<MappingSet>,
     by_site: HashMap<String, Arc<MappingSet>>,
+    verified: Verified,
 }
 
 impl std::fmt::Debug for Mapper {
@@ -147,7 +208,7 @@ impl Mapper {
             };
             by_site.insert(site.id.clone(), set);
         }
-        Ok(Self { root, fields, fhir, default, by_site })
+        Ok(Self { root, fields, fhir, default, by_site, verified: Verified::default() })
     }
 
     /// Compiles the official FHIR schema from `rules.schemas_dir` and the mappings from
@@ -167,11 +228,12 @@ impl Mapper {
         compile::compile(&self.root, &[org.to_string()], &self.fields, &self.fhir)
     }
 
-    /// Maps one session version and validates every resource.
+    /// Maps one session version and validates every resource against the official schema
+    /// (resources that repeat across sessions may reuse the verdict for identical content).
     pub fn map(&self, set: &MappingSet, input: &MapInput<'_>) -> Result<MappedSession, MapError> {
         let produced = engine::produce(set, input).map_err(MapError::Missing)?;
         for r in &produced.resources {
-            let mut violations = match self.fhir.validate(r) {
+            let mut violations = match self.verified.check(&self.fhir, r) {
                 Ok(()) => Vec::new(),
                 Err(v) => v,
             };
@@ -234,4 +296,58 @@ pub fn us_core_violations(r: &Value) -> Vec<Violation> {
         .filter(|k| r.get(**k).is_none_or(|v| v.is_null() || v.as_array().is_some_and(Vec::is_empty)))
         .map(|k| Violation { pointer: format!("/{k}"), message: format!("US Core requires `{k}`") })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::LazyLock;
+
+    static FHIR: LazyLock<FhirSchema> =
+        LazyLock::new(|| FhirSchema::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).expect("schema compiles"));
+
+    fn remembered(v: &Verified) -> Vec<Value> {
+        v.resources.read().unwrap().values().cloned().collect()
+    }
+
+    #[test]
+    fn a_remembered_verdict_is_reused_only_for_identical_content() {
+        let verified = Verified::default();
+        let org = json!({ "resourceType": "Organization", "id": "lea-demo", "active": true, "name": "Demo County" });
+        assert_eq!(verified.check(&FHIR, &org), Ok(()));
+        assert_eq!(remembered(&verified), std::slice::from_ref(&org));
+        assert_eq!(verified.check(&FHIR, &org), Ok(()));
+
+        // Same type and id, other content: checked afresh and refused, with its path.
+        let mut bad = org.clone();
+        bad["active"] = json!("yes");
+        let errors = verified.check(&FHIR, &bad).unwrap_err();
+        assert!(errors.iter().any(|v| v.pointer == "/active"), "{errors:?}");
+        assert_eq!(remembered(&verified), std::slice::from_ref(&org), "an invalid resource is not remembered");
+
+        // Valid new content for the same id replaces the old.
+        let mut renamed = org.clone();
+        renamed["name"] = json!("Demo County Office of Education");
+        assert_eq!(verified.check(&FHIR, &renamed), Ok(()));
+        assert_eq!(remembered(&verified), [renamed]);
+
+        // Per-session resources are always validated and never remembered.
+        let enc = json!({ "resourceType": "Encounter", "id": "e1", "status": "finished", "class": { "code": "AMB" } });
+        assert_eq!(verified.check(&FHIR, &enc), Ok(()));
+        assert_eq!(remembered(&verified).len(), 1);
+        let mut bad = enc.clone();
+        bad["status"] = json!("done");
+        assert!(verified.check(&FHIR, &bad).is_err());
+    }
+
+    #[test]
+    fn identical_means_the_same_serialized_bytes() {
+        let a = json!({ "a": [1, "x", null, { "b": true }], "c": 2.5 });
+        assert!(identical(&a, &a.clone()));
+        assert!(!identical(&json!(1), &json!(1.0)));
+        assert!(!identical(&json!(0.0), &json!(-0.0)));
+        assert!(!identical(&json!({ "a": 1 }), &json!({ "a": 1, "b": 2 })));
+        assert!(!identical(&json!(["x"]), &json!(["x", "x"])));
+        assert!(!identical(&json!("1"), &json!(1)));
+    }
 }
