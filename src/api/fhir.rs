@@ -40,8 +40,14 @@ fn served_type(ty: &str) -> Result<&'static str, ApiError> {
     })
 }
 
-fn check_id(id: &str) -> Result<(), ApiError> {
-    if is_id(id) { Ok(()) } else { Err(ApiError::NotFound(format!("`{id}` is not a FHIR id"))) }
+/// The checks every instance-level interaction starts with: a served type, a well-formed id, and
+/// what this client may read.
+fn instance<'a>(ty: &str, id: &str, who: &'a Principal) -> Result<(&'static str, ReadScope<'a>), ApiError> {
+    let ty = served_type(ty)?;
+    if !is_id(id) {
+        return Err(ApiError::NotFound(format!("`{id}` is not a FHIR id")));
+    }
+    Ok((ty, scope(who)?))
 }
 
 /// `http(s)://host/fhir`, as the client addressed us.
@@ -296,9 +302,7 @@ pub async fn read(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (ty, id) = path.into_inner();
-    let ty = served_type(&ty)?;
-    check_id(&id)?;
-    let scope = scope(&who)?;
+    let (ty, scope) = instance(&ty, &id, &who)?;
     no_query(&req)?;
     let r = state.store.fhir_read(ty, &id, scope).await?.ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} is not known")))?;
     resource_response(&req, r)
@@ -318,9 +322,7 @@ pub async fn vread(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (ty, id, vid) = path.into_inner();
-    let ty = served_type(&ty)?;
-    check_id(&id)?;
-    let scope = scope(&who)?;
+    let (ty, scope) = instance(&ty, &id, &who)?;
     no_query(&req)?;
     let not_found = || ApiError::NotFound(format!("{ty}/{id} has no version {vid:?}"));
     let version: i64 = vid.parse().map_err(|_| not_found())?;
@@ -341,9 +343,7 @@ pub async fn history(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (ty, id) = path.into_inner();
-    let ty = served_type(&ty)?;
-    check_id(&id)?;
-    let scope = scope(&who)?;
+    let (ty, scope) = instance(&ty, &id, &who)?;
     let mut count: i64 = 50;
     let mut before: Option<i64> = None;
     let mut link_params = Vec::new();

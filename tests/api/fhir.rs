@@ -3,12 +3,11 @@
 //! mapping failures that store nothing.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use serde_json::{Value, json};
 use wellness_gateway::fhir::FhirSchema;
 
-use crate::helpers::{Backend, TestApp, has_issue, outcome, repo_path, session, spawn_app_with};
+use crate::helpers::{Backend, TestApp, copy_mappings, has_issue, outcome, repo_path, session, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -469,24 +468,6 @@ async fn access_is_admin_or_the_submitting_lea_only(app: TestApp) {
     assert_eq!(encounter["searchInclude"], json!(["Encounter:patient", "Encounter:practitioner", "Encounter:location"]));
     let p = encounter["searchParam"].as_array().unwrap().iter().find(|p| p["name"] == "date").unwrap();
     assert_eq!(p["definition"], "http://hl7.org/fhir/SearchParameter/clinical-date");
-}
-
-/// A copy of the shipped mappings, for tests that break one.
-fn copy_mappings() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            if e.path().is_dir() {
-                copy(&e.path(), &to.join(e.file_name()));
-            } else {
-                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-            }
-        }
-    }
-    copy(&repo_path("mappings"), dir.path());
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

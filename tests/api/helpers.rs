@@ -237,3 +237,21 @@ macro_rules! on_both_backends {
         }
     )* };
 }
+
+/// A copy of the shipped mappings in a temp dir, for tests that break or override one.
+pub fn copy_mappings() -> tempfile::TempDir {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.path().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&repo_path("mappings"), dir.path());
+    dir
+}

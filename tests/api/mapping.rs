@@ -10,7 +10,7 @@ use wellness_gateway::mapping::{MapError, Mapper, MappingSet, SessionVersion};
 use wellness_gateway::settings::Settings;
 use wellness_gateway::validate::Validator;
 
-use crate::helpers::{repo_path, test_settings};
+use crate::helpers::{copy_mappings, repo_path, test_settings};
 
 static FHIR: LazyLock<Arc<FhirSchema>> = LazyLock::new(|| Arc::new(FhirSchema::load(&repo_path("schemas")).unwrap()));
 
@@ -58,24 +58,6 @@ fn of_type<'a>(resources: &'a [Value], ty: &str) -> Vec<&'a Value> {
 
 fn labels(r: &Value) -> Vec<String> {
     r["meta"]["security"].as_array().map(|a| a.iter().map(|l| l["code"].as_str().unwrap().to_string()).collect()).unwrap_or_default()
-}
-
-/// A copy of the shipped mappings in a temp dir, to break or override.
-fn copy_mappings() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            if e.path().is_dir() {
-                copy(&e.path(), &to.join(e.file_name()));
-            } else {
-                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-            }
-        }
-    }
-    copy(&repo_path("mappings"), dir.path());
-    dir
 }
 
 #[test]
