@@ -137,15 +137,26 @@ async fn authenticate(state: web::Data<AppState>, header: Option<String>) -> Res
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 512)
         .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be 'Bearer <secret>'".into()))?;
+    let hash = hash_secret(token);
+    if state.settings.server.auth_cache_seconds > 0
+        && let Some(p) = state.auth_cache.get(&hash)
+    {
+        tracing::Span::current().record("client_id", p.client_id.as_str());
+        return Ok(p);
+    }
     let row = state
         .store
-        .client_by_secret_hash(&hash_secret(token))
+        .client_by_secret_hash(&hash)
         .await?
         .filter(|r| r.disabled_at.is_none())
         .ok_or_else(|| ApiError::Unauthenticated("the bearer token is not valid".into()))?;
     let role = Role::parse(&row.role).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("client {} has an unknown role", row.id)))?;
     tracing::Span::current().record("client_id", row.id.as_str());
-    Ok(Principal { client_id: row.id, role, org: row.org_id })
+    let principal = Principal { client_id: row.id, role, org: row.org_id };
+    if state.settings.server.auth_cache_seconds > 0 {
+        state.auth_cache.insert(hash, principal.clone());
+    }
+    Ok(principal)
 }
 
 impl FromRequest for Principal {

@@ -95,6 +95,13 @@ enum ClientsCommand {
         #[arg(long)]
         org: Option<String>,
     },
+    /// Disable a client: its secret is refused from then on (a running server notices within
+    /// `server.auth_cache_seconds`).
+    Disable {
+        /// The client id printed by `clients add`.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[actix_web::main]
@@ -182,6 +189,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("role: {}{}", role.as_str(), org.map(|o| format!(" ({o})")).unwrap_or_default());
             println!("The secret below is shown once; store it now. Use it as 'Authorization: Bearer <secret>'.");
             println!("{}", client.secret);
+        }
+        Command::Clients { command: ClientsCommand::Disable { id } } => {
+            let store = startup::open_store(&settings).await?;
+            if !store.disable_client(&id, chrono::Utc::now()).await? {
+                anyhow::bail!("no enabled client has the id {id}");
+            }
+            println!("client {id} disabled");
         }
         Command::Import { file: path, format, lea, chunk_size, quiet, json } => {
             let settings = Arc::new(settings);

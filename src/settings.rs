@@ -82,6 +82,9 @@ pub struct ServerSettings {
     pub allow_insecure_http: bool,
     /// Largest request body accepted, in bytes (a 10,000-record batch is about 10 MB).
     pub max_body_bytes: usize,
+    /// How long a verified client secret is remembered in memory, in seconds (0 = look every
+    /// request up). Disabling or removing a client takes effect after at most this long.
+    pub auth_cache_seconds: u64,
     /// TLS with rustls.
     pub tls: TlsSettings,
 }
@@ -279,6 +282,7 @@ impl Default for ServerSettings {
             workers: 0,
             allow_insecure_http: false,
             max_body_bytes: 16 * 1024 * 1024,
+            auth_cache_seconds: 10,
             tls: TlsSettings::default(),
         }
     }

@@ -26,6 +26,8 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// The OpenAPI document, built once.
     pub openapi: Arc<serde_json::Value>,
+    /// Verified client secrets (by SHA-256) for `server.auth_cache_seconds`.
+    pub auth_cache: moka::sync::Cache<String, crate::auth::Principal>,
 }
 
 /// A built, bound, not yet running server.
@@ -75,7 +77,11 @@ impl Application {
     /// Builds from parts (used by `serve --demo` after seeding).
     pub fn build_with(settings: Arc<Settings>, store: Store, pipeline: Pipeline) -> anyhow::Result<Application> {
         let openapi = Arc::new(crate::api::openapi::document(pipeline.validator.schemas().session_document()));
-        let state = web::Data::new(AppState { settings: settings.clone(), store: store.clone(), pipeline, openapi });
+        let auth_cache = moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(std::time::Duration::from_secs(settings.server.auth_cache_seconds))
+            .build();
+        let state = web::Data::new(AppState { settings: settings.clone(), store: store.clone(), pipeline, openapi, auth_cache });
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
         let port = listener.local_addr()?.port();

@@ -349,6 +349,20 @@ impl Store {
         Ok(row)
     }
 
+    /// Disables a client: its secret is refused from then on (after at most
+    /// `server.auth_cache_seconds` in a running server). False when no such client is enabled.
+    pub async fn disable_client(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let done = with_db!(&self.db, pool => {
+            sqlx::query("UPDATE api_clients SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL")
+                .bind(at)
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
     pub(crate) fn db(&self) -> &Db {
         &self.db
     }

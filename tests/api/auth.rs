@@ -2,10 +2,33 @@
 
 use serde_json::Value;
 
-use crate::helpers::{TestApp, outcome, session};
+use wellness_gateway::auth::{Role, register_client};
+
+use crate::helpers::{Backend, TestApp, outcome, session, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(unauthenticated_requests_get_401, other_lea_never_sees_data, roles_outside_intake_get_403);
+
+/// A disabled client is refused at once without the secret cache, and within
+/// `auth_cache_seconds` with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_clients_are_refused() {
+    for cache in [0, 1] {
+        let app = spawn_app_with(Backend::Sqlite, |s| s.server.auth_cache_seconds = cache).await.unwrap();
+        let client = register_client(&app.store, &app.settings, "to disable", Role::Submitter, Some("lea-demo")).await.unwrap();
+        assert_eq!(app.get("/api/v1/sessions", &client.secret).await.status().as_u16(), 200);
+        assert!(app.store.disable_client(&client.client_id, chrono::Utc::now()).await.unwrap());
+        assert!(!app.store.disable_client(&client.client_id, chrono::Utc::now()).await.unwrap(), "already disabled");
+        if cache > 0 {
+            // Remembered for up to a second.
+            assert_eq!(app.get("/api/v1/sessions", &client.secret).await.status().as_u16(), 200);
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        }
+        outcome(app.get("/api/v1/sessions", &client.secret).await, 401).await;
+        // Other clients are unaffected.
+        assert_eq!(app.get("/api/v1/sessions", &app.submitter_token).await.status().as_u16(), 200);
+    }
+}
 
 async fn unauthenticated_requests_get_401(app: TestApp) {
     let res = app.client.post(app.url("/api/v1/sessions")).json(&session()).send().await.unwrap();
