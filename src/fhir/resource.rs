@@ -23,7 +23,16 @@ pub struct PreparedResource {
     /// Owned by one session (Encounter, Condition): deleted when a later version of that session
     /// no longer produces it. Shared resources (Patient, Practitioner, ...) are never deleted so.
     pub owned: bool,
+    /// The stored JSON around the version metadata: `head` + `"versionId":..,"lastUpdated":..` +
+    /// `tail`, serialised once here (in parallel, before the single-writer transaction).
+    json: (String, String),
 }
+
+/// Stand-ins serialised in place of the version metadata, then cut out (a control character,
+/// which serde_json escapes, so the marker cannot come from content).
+const MARK_VERSION: &str = "\u{1}v";
+const MARK_UPDATED: &str = "\u{1}t";
+const MARKER: &str = r#""versionId":"\u0001v","lastUpdated":"\u0001t""#;
 
 /// Resource types a session version owns.
 pub const SESSION_OWNED_TYPES: &[&str] = &["Encounter", "Condition"];
@@ -43,15 +52,31 @@ impl PreparedResource {
         let content_sha256 = crate::intake::sha256_hex(&crate::intake::canonical_json(&content));
         let index = registry.index(&content);
         let owned = SESSION_OWNED_TYPES.contains(&resource_type.as_str());
-        Self { resource_type, id, content, content_sha256, index, owned }
+        let marked =
+            serde_json::to_string(&Versioned { content: &content, version: MARK_VERSION, last_updated: MARK_UPDATED }).unwrap_or_default();
+        let json = match marked.find(MARKER) {
+            Some(at) => (marked[..at].to_string(), marked[at + MARKER.len()..].to_string()),
+            // Not an object: stored as it is, without version metadata.
+            None => (marked, String::new()),
+        };
+        Self { resource_type, id, content, content_sha256, index, owned, json }
     }
 
-    /// The stored JSON: the content with `meta.versionId` and `meta.lastUpdated` set (serialised
-    /// in one pass, without copying the content).
+    /// The stored JSON: the content with `meta.versionId` and `meta.lastUpdated` set.
     pub fn versioned_json(&self, version_id: i64, last_updated: &str) -> String {
-        let version = version_id.to_string();
-        let v = Versioned { content: &self.content, version: &version, last_updated };
-        serde_json::to_string(&v).unwrap_or_default()
+        let (head, tail) = &self.json;
+        if tail.is_empty() {
+            return head.clone();
+        }
+        let mut out = String::with_capacity(head.len() + tail.len() + last_updated.len() + 48);
+        out.push_str(head);
+        out.push_str("\"versionId\":\"");
+        out.push_str(&version_id.to_string());
+        out.push_str("\",\"lastUpdated\":\"");
+        out.push_str(last_updated);
+        out.push('"');
+        out.push_str(tail);
+        out
     }
 }
 

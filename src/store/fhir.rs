@@ -154,65 +154,121 @@ pub(crate) use insert_rows;
 /// The current state of a stored resource during a write.
 #[derive(Debug, Clone)]
 pub(crate) struct Current {
+    pub(crate) rid: Option<i64>,
     pub(crate) version_id: i64,
     pub(crate) sha: String,
     pub(crate) deleted: bool,
-    pub(crate) stored: bool,
-}
-
-/// Everything a job's FHIR write does, computed in memory from the stored state.
-#[derive(Default)]
-pub(crate) struct FhirPlan {
-    pub(crate) versions: Vec<Vec<Bind>>,
-    pub(crate) currents: Vec<Vec<Bind>>,
-    pub(crate) reindex: Vec<(String, String)>,
-    pub(crate) index: Vec<Vec<Bind>>,
-    pub(crate) links: Vec<Vec<Bind>>,
-    pub(crate) owned_sessions: Vec<String>,
-    pub(crate) owned: Vec<Vec<Bind>>,
 }
 
 type Key = (String, String);
 
+/// A resource version to insert, keyed by `(type, id)` until the resource's `rid` is known.
+pub(crate) struct VersionRow {
+    key: Key,
+    version_id: i64,
+    deleted: bool,
+    session_id: String,
+    session_version: i64,
+    content: String,
+}
+
+/// Everything a job's FHIR write does, computed in memory from the stored state.
+#[derive(Default)]
+pub(crate) struct FhirPlan<'a> {
+    /// New versions.
+    pub(crate) versions: Vec<VersionRow>,
+    /// Upserts of `fhir_resources` (type, id, version, last updated, sha, deleted).
+    pub(crate) currents: Vec<Vec<Bind>>,
+    /// Stored resources whose index rows are replaced.
+    pub(crate) reindex: Vec<i64>,
+    /// Index rows of changed resources: key, sequence number, entry.
+    pub(crate) index: Vec<(Key, i64, &'a crate::fhir::search::IndexEntry)>,
+    /// Resource -> LEA links.
+    pub(crate) links: BTreeSet<(Key, &'a str)>,
+    /// Amended sessions whose owned resources are listed again.
+    pub(crate) owned_sessions: Vec<String>,
+    /// Session -> owned resource.
+    pub(crate) owned: Vec<(String, Key)>,
+}
+
+impl FhirPlan<'_> {
+    /// The rows to insert once every resource's `rid` is known: versions, index, links, owned.
+    /// (The version contents move out.)
+    pub(crate) fn rows(&mut self, rids: &HashMap<Key, i64>, last_updated_us: i64) -> [Vec<Vec<Bind>>; 4] {
+        let rid = |k: &Key| Bind::Int(rids.get(k).copied().unwrap_or_default());
+        let versions = self
+            .versions
+            .iter_mut()
+            .map(|v| {
+                vec![
+                    rid(&v.key),
+                    Bind::Int(v.version_id),
+                    Bind::Int(last_updated_us),
+                    Bind::Bool(v.deleted),
+                    Bind::Text(v.session_id.clone()),
+                    Bind::Int(v.session_version),
+                    Bind::Text(std::mem::take(&mut v.content)),
+                ]
+            })
+            .collect();
+        let index = self
+            .index
+            .iter()
+            .map(|(k, seq, e)| {
+                vec![
+                    rid(k),
+                    Bind::Text(e.param.clone()),
+                    Bind::Int(*seq),
+                    Bind::Text(k.0.clone()),
+                    Bind::OptText(e.system.clone()),
+                    Bind::OptText(e.value.clone()),
+                    Bind::OptInt(e.lo),
+                    Bind::OptInt(e.hi),
+                ]
+            })
+            .collect();
+        let links = self.links.iter().map(|(k, lea)| vec![rid(k), Bind::Text((*lea).to_string())]).collect();
+        let owned = self.owned.iter().map(|(s, k)| vec![Bind::Text(s.clone()), rid(k)]).collect();
+        [versions, index, links, owned]
+    }
+}
+
 /// Plans the write of `writes` given the stored state `state` and each amended session's
 /// previously owned resources `prev_owned`.
-pub(crate) fn plan(
-    writes: &[FhirWrite<'_>],
+pub(crate) fn plan<'a>(
+    writes: &'a [FhirWrite<'a>],
     mut state: HashMap<Key, Current>,
     prev_owned: &HashMap<String, Vec<Key>>,
     received_at: DateTime<Utc>,
-) -> FhirPlan {
+) -> FhirPlan<'a> {
     let lu = received_at.timestamp_micros();
     let lu_text = received_at.to_rfc3339_opts(SecondsFormat::Micros, true);
     let mut plan = FhirPlan::default();
     // Final state of every changed key: Some(resource) or None when deleted.
     let mut finals: BTreeMap<Key, Option<&PreparedResource>> = BTreeMap::new();
-    let mut links: BTreeSet<(Key, &str)> = BTreeSet::new();
     for w in writes {
         let mut owned_now: BTreeSet<Key> = BTreeSet::new();
         for res in w.resources.iter() {
             let key = (res.resource_type.clone(), res.id.clone());
-            links.insert((key.clone(), w.lea));
+            plan.links.insert((key.clone(), w.lea));
             if res.owned {
                 owned_now.insert(key.clone());
             }
-            let cur = state.entry(key.clone()).or_insert(Current { version_id: 0, sha: String::new(), deleted: false, stored: false });
+            let cur = state.entry(key.clone()).or_insert(Current { rid: None, version_id: 0, sha: String::new(), deleted: false });
             if cur.version_id > 0 && !cur.deleted && cur.sha == res.content_sha256 {
                 continue;
             }
             cur.version_id += 1;
             cur.sha.clone_from(&res.content_sha256);
             cur.deleted = false;
-            plan.versions.push(vec![
-                Bind::Text(key.0.clone()),
-                Bind::Text(key.1.clone()),
-                Bind::Int(cur.version_id),
-                Bind::Int(lu),
-                Bind::Bool(false),
-                Bind::Text(w.session_id.to_string()),
-                Bind::Int(w.session_version),
-                Bind::Text(res.versioned_json(cur.version_id, &lu_text)),
-            ]);
+            plan.versions.push(VersionRow {
+                key: key.clone(),
+                version_id: cur.version_id,
+                deleted: false,
+                session_id: w.session_id.to_string(),
+                session_version: w.session_version,
+                content: res.versioned_json(cur.version_id, &lu_text),
+            });
             finals.insert(key, Some(res));
         }
         if w.amended {
@@ -226,22 +282,20 @@ pub(crate) fn plan(
                 }
                 cur.version_id += 1;
                 cur.deleted = true;
-                plan.versions.push(vec![
-                    Bind::Text(key.0.clone()),
-                    Bind::Text(key.1.clone()),
-                    Bind::Int(cur.version_id),
-                    Bind::Int(lu),
-                    Bind::Bool(true),
-                    Bind::Text(w.session_id.to_string()),
-                    Bind::Int(w.session_version),
-                    Bind::Text(String::new()),
-                ]);
+                plan.versions.push(VersionRow {
+                    key: key.clone(),
+                    version_id: cur.version_id,
+                    deleted: true,
+                    session_id: w.session_id.to_string(),
+                    session_version: w.session_version,
+                    content: String::new(),
+                });
                 finals.insert(key.clone(), None);
             }
             plan.owned_sessions.push(w.session_id.to_string());
         }
         for key in owned_now {
-            plan.owned.push(vec![Bind::Text(w.session_id.to_string()), Bind::Text(key.0), Bind::Text(key.1)]);
+            plan.owned.push((w.session_id.to_string(), key));
         }
     }
     for (key, res) in finals {
@@ -254,26 +308,14 @@ pub(crate) fn plan(
             Bind::Text(cur.sha.clone()),
             Bind::Bool(cur.deleted),
         ]);
-        if cur.stored {
-            plan.reindex.push(key.clone());
+        if let Some(rid) = cur.rid {
+            plan.reindex.push(rid);
         }
         if let Some(res) = res {
             for (seq, e) in res.index.iter().enumerate() {
-                plan.index.push(vec![
-                    Bind::Text(key.0.clone()),
-                    Bind::Text(key.1.clone()),
-                    Bind::Text(e.param.clone()),
-                    Bind::Int(i64::try_from(seq).unwrap_or(i64::MAX)),
-                    Bind::OptText(e.system.clone()),
-                    Bind::OptText(e.value.clone()),
-                    Bind::OptInt(e.lo),
-                    Bind::OptInt(e.hi),
-                ]);
+                plan.index.push((key.clone(), i64::try_from(seq).unwrap_or(i64::MAX), e));
             }
         }
-    }
-    for ((ty, id), lea) in links {
-        plan.links.push(vec![Bind::Text(ty), Bind::Text(id), Bind::Text(lea.to_string())]);
     }
     plan
 }
@@ -282,7 +324,7 @@ pub(crate) fn plan(
 /// at time `$received_at`; `?` propagates database errors.
 macro_rules! apply_fhir {
     ($tx:expr, $writes:expr, $received_at:expr) => {{
-        use $crate::store::fhir::{Bind, Current, placeholders};
+        use $crate::store::fhir::{Current, placeholders};
         let pos = $crate::store::fhir::positional(&*$tx);
         let writes: &[$crate::store::fhir::FhirWrite<'_>] = $writes;
         if !writes.is_empty() {
@@ -299,7 +341,8 @@ macro_rules! apply_fhir {
             let mut prev_owned: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
             for chunk in amended.chunks(500) {
                 let sql = format!(
-                    "SELECT session_id, resource_type, id FROM fhir_session_resources WHERE session_id IN ({})",
+                    "SELECT s.session_id, r.resource_type, r.id FROM fhir_session_resources s JOIN fhir_resources r ON r.rid = s.rid \
+                     WHERE s.session_id IN ({})",
                     placeholders(1, chunk.len(), pos)
                 );
                 let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql)).persistent(false);
@@ -324,85 +367,75 @@ macro_rules! apply_fhir {
                 let ids: Vec<&String> = ids.iter().collect();
                 for chunk in ids.chunks(500) {
                     let sql = format!(
-                        "SELECT id, version_id, content_sha256, deleted FROM fhir_resources WHERE resource_type = {} AND id IN ({})",
+                        "SELECT rid, id, version_id, content_sha256, deleted FROM fhir_resources WHERE resource_type = {} AND id IN ({})",
                         placeholders(1, 1, pos),
                         placeholders(2, chunk.len(), pos)
                     );
                     let mut q =
-                        sqlx::query_as::<_, (String, i64, String, bool)>(sqlx::AssertSqlSafe(sql)).persistent(false).bind(ty.as_str());
+                        sqlx::query_as::<_, (i64, String, i64, String, bool)>(sqlx::AssertSqlSafe(sql)).persistent(false).bind(ty.as_str());
                     for id in chunk {
                         q = q.bind(id.as_str());
                     }
-                    for (id, version_id, sha, deleted) in q.fetch_all(&mut **$tx).await? {
-                        state.insert((ty.clone(), id), Current { version_id, sha, deleted, stored: true });
+                    for (rid, id, version_id, sha, deleted) in q.fetch_all(&mut **$tx).await? {
+                        state.insert((ty.clone(), id), Current { rid: Some(rid), version_id, sha, deleted });
                     }
                 }
             }
+            let mut rids: std::collections::HashMap<(String, String), i64> =
+                state.iter().filter_map(|(k, c)| c.rid.map(|r| (k.clone(), r))).collect();
             // 2. What changes, in memory.
-            let plan = $crate::store::fhir::plan(writes, state, &prev_owned, $received_at);
-            // 3. Set-based writes.
-            $crate::store::fhir::insert_rows!(
-                $tx,
-                "fhir_resource_versions (resource_type, id, version_id, last_updated_us, deleted, session_id, session_version, content)",
-                8,
-                &plan.versions,
-                ""
-            );
-            $crate::store::fhir::insert_rows!(
-                $tx,
-                "fhir_resources (resource_type, id, version_id, last_updated_us, content_sha256, deleted)",
-                6,
-                &plan.currents,
-                "ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, \
-                 last_updated_us = excluded.last_updated_us, content_sha256 = excluded.content_sha256, deleted = excluded.deleted"
-            );
-            let mut reindex: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-            for (ty, id) in &plan.reindex {
-                reindex.entry(ty.as_str()).or_default().push(id.as_str());
-            }
-            for (ty, ids) in reindex {
-                for chunk in ids.chunks(500) {
-                    let sql = format!(
-                        "DELETE FROM fhir_search WHERE resource_type = {} AND id IN ({})",
-                        placeholders(1, 1, pos),
-                        placeholders(2, chunk.len(), pos)
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false).bind(ty);
-                    for id in chunk {
-                        q = q.bind(*id);
-                    }
-                    q.execute(&mut **$tx).await?;
+            let mut plan = $crate::store::fhir::plan(writes, state, &prev_owned, $received_at);
+            // 3. Set-based writes: the current pointers first, which allocates new resources' rids.
+            let per = $crate::store::fhir::MAX_BINDS / 6;
+            for chunk in plan.currents.chunks(per) {
+                let sql = format!(
+                    "INSERT INTO fhir_resources (resource_type, id, version_id, last_updated_us, content_sha256, deleted) VALUES {} \
+                     ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, \
+                     last_updated_us = excluded.last_updated_us, content_sha256 = excluded.content_sha256, deleted = excluded.deleted \
+                     RETURNING rid, resource_type, id",
+                    $crate::store::fhir::values_sql(chunk.len(), 6, pos)
+                );
+                let q = $crate::store::fhir::bind_all!(
+                    sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe(sql)).persistent(false),
+                    chunk.iter().flatten()
+                );
+                for (rid, ty, id) in q.fetch_all(&mut **$tx).await? {
+                    rids.insert((ty, id), rid);
                 }
             }
+            let [versions, index, links, owned] = plan.rows(&rids, $received_at.timestamp_micros());
             $crate::store::fhir::insert_rows!(
                 $tx,
-                "fhir_search (resource_type, id, param, seq, system, value, lo_us, hi_us)",
-                8,
-                &plan.index,
+                "fhir_resource_versions (rid, version_id, last_updated_us, deleted, session_id, session_version, content)",
+                7,
+                &versions,
                 ""
             );
-            $crate::store::fhir::insert_rows!(
-                $tx,
-                "fhir_resource_leas (resource_type, id, lea_id)",
-                3,
-                &plan.links,
-                "ON CONFLICT DO NOTHING"
-            );
-            for chunk in plan.owned_sessions.chunks(500) {
-                let sql = format!("DELETE FROM fhir_session_resources WHERE session_id IN ({})", placeholders(1, chunk.len(), pos));
-                let q = $crate::store::fhir::bind_all!(
-                    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false),
-                    chunk.iter().map(|s| Bind::Text(s.clone())).collect::<Vec<_>>().iter()
-                );
+            for chunk in plan.reindex.chunks(500) {
+                let sql = format!("DELETE FROM fhir_search WHERE rid IN ({})", placeholders(1, chunk.len(), pos));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+                for rid in chunk {
+                    q = q.bind(*rid);
+                }
                 q.execute(&mut **$tx).await?;
             }
             $crate::store::fhir::insert_rows!(
                 $tx,
-                "fhir_session_resources (session_id, resource_type, id)",
-                3,
-                &plan.owned,
-                "ON CONFLICT DO NOTHING"
+                "fhir_search (rid, param, seq, resource_type, system, value, lo_us, hi_us)",
+                8,
+                &index,
+                ""
             );
+            $crate::store::fhir::insert_rows!($tx, "fhir_resource_leas (rid, lea_id)", 2, &links, "ON CONFLICT DO NOTHING");
+            for chunk in plan.owned_sessions.chunks(500) {
+                let sql = format!("DELETE FROM fhir_session_resources WHERE session_id IN ({})", placeholders(1, chunk.len(), pos));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+                for s in chunk {
+                    q = q.bind(s.as_str());
+                }
+                q.execute(&mut **$tx).await?;
+            }
+            $crate::store::fhir::insert_rows!($tx, "fhir_session_resources (session_id, rid)", 2, &owned, "ON CONFLICT DO NOTHING");
         }
     }};
 }
@@ -446,10 +479,9 @@ pub struct SearchPage {
 pub type ReadScope<'a> = Option<&'a str>;
 
 const SELECT_RESOURCE: &str = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, v.content \
-     FROM fhir_resources r JOIN fhir_resource_versions v \
-     ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.version_id";
+     FROM fhir_resources r JOIN fhir_resource_versions v ON v.rid = r.rid AND v.version_id = r.version_id";
 
-const IN_SCOPE: &str = "EXISTS (SELECT 1 FROM fhir_resource_leas l WHERE l.resource_type = r.resource_type AND l.id = r.id AND l.lea_id = ";
+const IN_SCOPE: &str = "EXISTS (SELECT 1 FROM fhir_resource_leas l WHERE l.rid = r.rid AND l.lea_id = ";
 
 /// Builds the WHERE clause and binds of a search.
 struct SqlBuilder {
@@ -506,19 +538,28 @@ impl SqlBuilder {
                     })
                     .collect(),
             ),
-            Criterion::Date(p, cmps) => (p, cmps.iter().map(|d| self.date_cond("s.lo_us", "s.hi_us", d)).collect()),
+            Criterion::Date(p, cmps) => {
+                let alts: Vec<String> = cmps.iter().map(|d| self.date_cond("s.lo_us", "s.hi_us", d)).collect();
+                let p = self.bind(Bind::Text(p.to_string()));
+                return Some((format!("s.param = {p}"), format!("({})", alts.join(" OR "))));
+            }
         };
+        // Values are never NULL on these rows; saying so lets the database use the partial
+        // value index (which leaves out the value-less date rows).
         let p = self.bind(Bind::Text(param.to_string()));
-        Some((format!("s.param = {p}"), format!("({})", alts.join(" OR "))))
+        Some((format!("s.param = {p} AND s.value IS NOT NULL"), format!("({})", alts.join(" OR "))))
     }
 
-    /// A criterion as a condition on `fhir_resources r`. `drive` writes it as `r.id IN (...)`
+    /// A criterion as a condition on `fhir_resources r`. `drive` writes it as `r.rid IN (...)`
     /// so the database starts from the index; otherwise a correlated EXISTS.
     fn criterion(&mut self, c: &Criterion, drive: Option<&str>) -> String {
         match c {
             Criterion::Ids(ids) => {
                 let list: Vec<String> = ids.iter().map(|i| self.bind(Bind::Text(i.clone()))).collect();
-                format!("r.id IN ({})", list.join(", "))
+                match drive {
+                    Some(ty) => format!("(r.resource_type = {} AND r.id IN ({}))", self.bind(Bind::Text(ty.to_string())), list.join(", ")),
+                    None => format!("r.id IN ({})", list.join(", ")),
+                }
             }
             Criterion::LastUpdated(cmps) => {
                 let alts: Vec<String> = cmps.iter().map(|d| self.date_cond("r.last_updated_us", "r.last_updated_us", d)).collect();
@@ -528,11 +569,9 @@ impl SqlBuilder {
                 let Some((param, alts)) = self.index_cond(c) else { return "1 = 1".into() };
                 if let Some(ty) = drive {
                     let ty = self.bind(Bind::Text(ty.to_string()));
-                    format!("r.id IN (SELECT s.id FROM fhir_search s WHERE s.resource_type = {ty} AND {param} AND {alts})")
+                    format!("r.rid IN (SELECT s.rid FROM fhir_search s WHERE s.resource_type = {ty} AND {param} AND {alts})")
                 } else {
-                    format!(
-                        "EXISTS (SELECT 1 FROM fhir_search s WHERE s.resource_type = r.resource_type AND s.id = r.id AND {param} AND {alts})"
-                    )
+                    format!("EXISTS (SELECT 1 FROM fhir_search s WHERE s.rid = r.rid AND {param} AND {alts})")
                 }
             }
         }
@@ -550,9 +589,15 @@ fn selective(c: &Criterion) -> bool {
 
 fn where_clause(req: &SearchRequest, scope: ReadScope<'_>, with_cursor: bool) -> SqlBuilder {
     let mut b = SqlBuilder { sql: String::new(), binds: Vec::new() };
-    let ty = b.bind(Bind::Text(req.resource_type.clone()));
-    let mut conds = vec![format!("r.resource_type = {ty}"), "NOT r.deleted".to_string()];
     let driver = req.criteria.iter().position(selective);
+    let mut conds = vec!["NOT r.deleted".to_string()];
+    // With a driving index criterion the type is already fixed by it; naming it again here
+    // tempted SQLite to walk every resource of the type in id order instead of looking the
+    // matches up by rid.
+    if driver.is_none() {
+        let ty = b.bind(Bind::Text(req.resource_type.clone()));
+        conds.insert(0, format!("r.resource_type = {ty}"));
+    }
     for (i, c) in req.criteria.iter().enumerate() {
         let cond = b.criterion(c, (Some(i) == driver).then_some(req.resource_type.as_str()));
         conds.push(cond);
@@ -598,9 +643,9 @@ impl Store {
         scope: ReadScope<'_>,
     ) -> Result<Option<StoredResource>, StoreError> {
         let sql = format!(
-            "SELECT v.resource_type, v.id, v.version_id, v.last_updated_us, v.deleted, v.content FROM fhir_resource_versions v \
-             JOIN fhir_resources r ON r.resource_type = v.resource_type AND r.id = v.id \
-             WHERE v.resource_type = $1 AND v.id = $2 AND v.version_id = $3 AND ($4 IS NULL OR {IN_SCOPE}$4))"
+            "SELECT r.resource_type, r.id, v.version_id, v.last_updated_us, v.deleted, v.content FROM fhir_resource_versions v \
+             JOIN fhir_resources r ON r.rid = v.rid \
+             WHERE r.resource_type = $1 AND r.id = $2 AND v.version_id = $3 AND ($4 IS NULL OR {IN_SCOPE}$4))"
         );
         let row = with_db!(self.db(), pool => {
             sqlx::query_as::<_, StoredResource>(sqlx::AssertSqlSafe(sql)).bind(resource_type).bind(id).bind(version_id).bind(scope).fetch_optional(pool).await?
@@ -618,9 +663,9 @@ impl Store {
         scope: ReadScope<'_>,
     ) -> Result<Vec<StoredResource>, StoreError> {
         let sql = format!(
-            "SELECT v.resource_type, v.id, v.version_id, v.last_updated_us, v.deleted, v.content FROM fhir_resource_versions v \
-             JOIN fhir_resources r ON r.resource_type = v.resource_type AND r.id = v.id \
-             WHERE v.resource_type = $1 AND v.id = $2 AND ($3 IS NULL OR v.version_id < $3) AND ($4 IS NULL OR {IN_SCOPE}$4)) \
+            "SELECT r.resource_type, r.id, v.version_id, v.last_updated_us, v.deleted, v.content FROM fhir_resource_versions v \
+             JOIN fhir_resources r ON r.rid = v.rid \
+             WHERE r.resource_type = $1 AND r.id = $2 AND ($3 IS NULL OR v.version_id < $3) AND ($4 IS NULL OR {IN_SCOPE}$4)) \
              ORDER BY v.version_id DESC LIMIT $5"
         );
         let rows = with_db!(self.db(), pool => {
@@ -673,7 +718,8 @@ impl Store {
         let mut out = Vec::new();
         for chunk in ids.chunks(100) {
             let sql = format!(
-                "SELECT DISTINCT value FROM fhir_search WHERE resource_type = $1 AND param = $2 AND id IN ({}) AND value IS NOT NULL",
+                "SELECT DISTINCT s.value FROM fhir_search s JOIN fhir_resources r ON r.rid = s.rid \
+                 WHERE r.resource_type = $1 AND s.param = $2 AND r.id IN ({}) AND s.value IS NOT NULL",
                 placeholders(3, chunk.len(), false)
             );
             let rows: Vec<String> = with_db!(self.db(), pool => {

@@ -271,6 +271,8 @@ async fn every_search_parameter_and_prefix(app: TestApp) {
     assert_eq!(search(&app, "Patient?birthdate=ge2011-01-01").await, one_id(&ana));
     assert_eq!(search(&app, &format!("Patient?_id={ana}")).await, one_id(&ana));
     assert_eq!(search(&app, &format!("Patient?_id={ana},{jose}")).await.len(), 2);
+    assert!(search(&app, &format!("Patient?_id={e1}")).await.is_empty(), "an Encounter's id is no Patient");
+    assert!(search(&app, &format!("Encounter?_id={ana}")).await.is_empty(), "a Patient's id is no Encounter");
 
     // Encounter: patient, subject, date with every prefix, location, practitioner, status.
     assert_eq!(as_set(search(&app, &format!("Encounter?patient={ana}")).await), set(&[e1, e3]));
