@@ -55,6 +55,8 @@ pub(crate) enum Bind {
     Int(i64),
     OptInt(Option<i64>),
     Bool(bool),
+    Time(DateTime<Utc>),
+    Bytes(Vec<u8>),
 }
 
 /// Binds every value of `$binds` onto `$q` (either backend).
@@ -68,6 +70,8 @@ macro_rules! bind_all {
                 $crate::store::fhir::Bind::Int(i) => q.bind(*i),
                 $crate::store::fhir::Bind::OptInt(i) => q.bind(*i),
                 $crate::store::fhir::Bind::Bool(b) => q.bind(*b),
+                $crate::store::fhir::Bind::Time(t) => q.bind(*t),
+                $crate::store::fhir::Bind::Bytes(b) => q.bind(b.as_slice()),
             };
         }
         q

@@ -180,12 +180,14 @@ struct SessionRow {
     created_at: DateTime<Utc>,
 }
 
-pub(crate) const SELECT_CURRENT: &str =
-    "SELECT id, current_version, current_content_sha256, updated_at FROM sessions WHERE lea_id = $1 AND source_id = $2";
-// PostgreSQL: lock the row so concurrent amendments of one session serialise. SQLite already
-// holds the database write lock after the INSERT that precedes this SELECT.
-const SELECT_CURRENT_FOR_UPDATE: &str =
-    "SELECT id, current_version, current_content_sha256, updated_at FROM sessions WHERE lea_id = $1 AND source_id = $2 FOR UPDATE";
+/// `sessions` and its columns, for the multi-row inserts of [`apply_job`].
+pub(crate) const SESSION_COLUMNS: &str =
+    "sessions (id, lea_id, source_id, site_id, current_version, current_content_sha256, service_start, created_at, updated_at)";
+/// How the current versions are read: as they are on SQLite (the writer already holds the
+/// database write lock after the INSERT before the SELECT).
+pub(crate) const SELECT_CURRENT: &str = "";
+// PostgreSQL: lock the rows so concurrent amendments of one session serialise.
+const SELECT_CURRENT_FOR_UPDATE: &str = " FOR UPDATE";
 
 /// One unit of intake writing: records and rejections of one request (or import chunk).
 #[derive(Debug, Clone)]
@@ -202,66 +204,86 @@ pub struct WriteJob {
 /// its outcomes; `?` propagates database errors. `$select` reads the session's current version
 /// (with `FOR UPDATE` on PostgreSQL).
 macro_rules! apply_job {
-    ($tx:expr, $job:expr, $select:expr) => {{
+    ($tx:expr, $job:expr, $for_update:expr) => {{
+        use $crate::store::fhir::Bind;
+        use $crate::store::sessions::SESSION_COLUMNS;
         let job: &$crate::store::WriteJob = $job;
         let who = &job.who;
         let mut outcomes = Vec::with_capacity(job.records.len());
         let mut fhir_writes: Vec<$crate::store::fhir::FhirWrite<'_>> = Vec::new();
+        let pos = $crate::store::fhir::positional(&*$tx);
+        // Set-based: a few multi-row statements per job instead of four round trips per record.
+        // 1. Every session exists before it is read (on PostgreSQL the SELECT ... FOR UPDATE
+        //    below then serialises concurrent writers of one session).
+        let mut seen = std::collections::HashSet::new();
+        let first: Vec<&$crate::store::IntakeRecord> = job.records.iter().filter(|r| seen.insert(r.session_id.as_str())).collect();
+        let new_rows: Vec<Vec<Bind>> = first
+            .iter()
+            .map(|r| {
+                vec![
+                    Bind::Text(r.session_id.clone()),
+                    Bind::Text(r.lea.clone()),
+                    Bind::Text(r.source_id.clone()),
+                    Bind::Text(r.site.clone()),
+                    Bind::Int(0),
+                    Bind::Text(String::new()),
+                    Bind::Time(r.service_start),
+                    Bind::Time(who.received_at),
+                    Bind::Time(who.received_at),
+                ]
+            })
+            .collect();
+        $crate::store::fhir::insert_rows!($tx, SESSION_COLUMNS, 9, &new_rows, "ON CONFLICT DO NOTHING");
+        // 2. Their current versions.
+        let mut current: std::collections::HashMap<String, $crate::store::sessions::CurrentRow> = Default::default();
+        for chunk in first.chunks(500) {
+            let sql = format!(
+                "SELECT id, current_version, current_content_sha256, updated_at FROM sessions WHERE id IN ({}){}",
+                $crate::store::fhir::placeholders(1, chunk.len(), pos),
+                $for_update
+            );
+            let mut q = sqlx::query_as::<_, $crate::store::sessions::CurrentRow>(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for r in chunk {
+                q = q.bind(r.session_id.as_str());
+            }
+            for row in q.fetch_all(&mut **$tx).await? {
+                current.insert(row.id.clone(), row);
+            }
+        }
+        // 3. In record order: duplicates, new versions.
+        let mut versions: Vec<Vec<Bind>> = Vec::new();
+        let mut changed: std::collections::BTreeMap<&str, &$crate::store::IntakeRecord> = Default::default();
         for r in &job.records {
-            // Insert first: the row exists (or already existed) before we read it.
-            sqlx::query(
-                "INSERT INTO sessions (id, lea_id, source_id, site_id, current_version, current_content_sha256, \
-                 service_start, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, '', $5, $6, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(&r.session_id)
-            .bind(&r.lea)
-            .bind(&r.source_id)
-            .bind(&r.site)
-            .bind(r.service_start)
-            .bind(who.received_at)
-            .execute(&mut **$tx)
-            .await?;
-            let current: $crate::store::sessions::CurrentRow =
-                sqlx::query_as($select).bind(&r.lea).bind(&r.source_id).fetch_one(&mut **$tx).await?;
-            if current.current_version > 0 && current.current_content_sha256 == r.content_sha256 {
+            let Some(cur) = current.get_mut(&r.session_id) else {
+                return Err($crate::store::StoreError::Database(sqlx::Error::RowNotFound));
+            };
+            if cur.current_version > 0 && cur.current_content_sha256 == r.content_sha256 {
                 outcomes.push($crate::store::WriteOutcome {
-                    id: current.id,
-                    version: current.current_version,
+                    id: cur.id.clone(),
+                    version: cur.current_version,
                     status: $crate::store::WriteStatus::Duplicate,
-                    received_at: current.updated_at,
+                    received_at: cur.updated_at,
                 });
                 continue;
             }
-            let version = current.current_version + 1;
-            sqlx::query(
-                "INSERT INTO session_versions (session_id, version, content_sha256, raw_sha256, raw, raw_format, record, \
-                 received_at, client_id, request_id, batch_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(&current.id)
-            .bind(version)
-            .bind(&r.content_sha256)
-            .bind(&r.raw_sha256)
-            .bind(&r.raw)
-            .bind(r.raw_format)
-            .bind(&r.record)
-            .bind(who.received_at)
-            .bind(&who.client_id)
-            .bind(&who.request_id)
-            .bind(&who.batch_id)
-            .execute(&mut **$tx)
-            .await?;
-            sqlx::query(
-                "UPDATE sessions SET current_version = $1, current_content_sha256 = $2, site_id = $3, service_start = $4, \
-                 updated_at = $5 WHERE id = $6",
-            )
-            .bind(version)
-            .bind(&r.content_sha256)
-            .bind(&r.site)
-            .bind(r.service_start)
-            .bind(who.received_at)
-            .bind(&current.id)
-            .execute(&mut **$tx)
-            .await?;
+            let version = cur.current_version + 1;
+            cur.current_version = version;
+            cur.current_content_sha256.clone_from(&r.content_sha256);
+            cur.updated_at = who.received_at;
+            changed.insert(r.session_id.as_str(), r);
+            versions.push(vec![
+                Bind::Text(r.session_id.clone()),
+                Bind::Int(version),
+                Bind::Text(r.content_sha256.clone()),
+                Bind::Text(r.raw_sha256.clone()),
+                Bind::Bytes(r.raw.clone()),
+                Bind::Text(r.raw_format.to_string()),
+                Bind::Text(r.record.clone()),
+                Bind::Time(who.received_at),
+                Bind::Text(who.client_id.clone()),
+                Bind::OptText(who.request_id.clone()),
+                Bind::OptText(who.batch_id.clone()),
+            ]);
             if let Some(set) = &r.fhir {
                 let resources = if set.assumed_version == version {
                     std::borrow::Cow::Borrowed(set.resources.as_slice())
@@ -277,8 +299,43 @@ macro_rules! apply_job {
                 });
             }
             let status = if version == 1 { $crate::store::WriteStatus::Created } else { $crate::store::WriteStatus::Amended };
-            outcomes.push($crate::store::WriteOutcome { id: current.id, version, status, received_at: who.received_at });
+            outcomes.push($crate::store::WriteOutcome { id: r.session_id.clone(), version, status, received_at: who.received_at });
         }
+        // 4. The new versions, and the sessions' new current state.
+        $crate::store::fhir::insert_rows!(
+            $tx,
+            "session_versions (session_id, version, content_sha256, raw_sha256, raw, raw_format, record, received_at, client_id, \
+             request_id, batch_id)",
+            11,
+            &versions,
+            ""
+        );
+        let updates: Vec<Vec<Bind>> = changed
+            .values()
+            .filter_map(|r| {
+                let cur = current.get(&r.session_id)?;
+                Some(vec![
+                    Bind::Text(r.session_id.clone()),
+                    Bind::Text(r.lea.clone()),
+                    Bind::Text(r.source_id.clone()),
+                    Bind::Text(r.site.clone()),
+                    Bind::Int(cur.current_version),
+                    Bind::Text(cur.current_content_sha256.clone()),
+                    Bind::Time(r.service_start),
+                    Bind::Time(who.received_at),
+                    Bind::Time(who.received_at),
+                ])
+            })
+            .collect();
+        $crate::store::fhir::insert_rows!(
+            $tx,
+            SESSION_COLUMNS,
+            9,
+            &updates,
+            "ON CONFLICT (id) DO UPDATE SET current_version = excluded.current_version, \
+             current_content_sha256 = excluded.current_content_sha256, site_id = excluded.site_id, \
+             service_start = excluded.service_start, updated_at = excluded.updated_at"
+        );
         $crate::store::fhir::apply_fhir!($tx, &fhir_writes, who.received_at);
         for rej in &job.rejections {
             sqlx::query(
