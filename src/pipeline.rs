@@ -88,6 +88,8 @@ pub enum Checked {
     /// The mapping produced an invalid resource: a defect of the mapping files, not of the
     /// record. The whole request fails (500) and nothing is stored.
     MappingDefect(String),
+    /// A valid record already moved into the write job (by [`commit`]).
+    Stored,
 }
 
 /// Records after validation, still in order.
@@ -252,10 +254,15 @@ pub async fn commit(
     let store_valid = !(atomic && prepared.rejected() > 0);
     let mut to_store = Vec::new();
     let mut rejections = Vec::new();
-    for (rec, checked) in &prepared.items {
+    let mut prepared = prepared;
+    for (rec, checked) in &mut prepared.items {
         match checked {
-            Checked::Valid(r) if store_valid => to_store.push((**r).clone()),
-            Checked::Valid(_) | Checked::MappingDefect(_) => {}
+            Checked::Valid(_) if store_valid => {
+                if let Checked::Valid(r) = std::mem::replace(checked, Checked::Stored) {
+                    to_store.push(*r);
+                }
+            }
+            Checked::Valid(_) | Checked::MappingDefect(_) | Checked::Stored => {}
             Checked::Rejected(issues) => {
                 let parsed = rec.parsed.as_ref().ok();
                 rejections.push(Rejection {
@@ -298,7 +305,7 @@ pub async fn commit(
             outcome: None,
         };
         match checked {
-            Checked::Valid(_) if store_valid => {
+            Checked::Stored => {
                 let o = outcomes.next().ok_or_else(|| StoreError::Corrupt("fewer write outcomes than records".into()))?;
                 result.status = o.status.into();
                 result.id = Some(o.id);

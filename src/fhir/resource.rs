@@ -14,9 +14,8 @@ pub struct PreparedResource {
     pub resource_type: String,
     /// `id`.
     pub id: String,
-    /// The resource without `meta.versionId` / `meta.lastUpdated` (the store sets them).
-    pub content: Value,
-    /// SHA-256 of `content` serialised with sorted keys: same hash, same resource, no new version.
+    /// SHA-256 of the resource serialised with sorted keys and fixed stand-ins for the version
+    /// metadata: same hash, same resource, no new version.
     pub content_sha256: String,
     /// Search index rows.
     pub index: Vec<IndexEntry>,
@@ -49,17 +48,18 @@ impl PreparedResource {
         }
         let resource_type = content["resourceType"].as_str().unwrap_or_default().to_string();
         let id = content["id"].as_str().unwrap_or_default().to_string();
-        let content_sha256 = crate::intake::sha256_hex(&crate::intake::canonical_json(&content));
         let index = registry.index(&content);
         let owned = SESSION_OWNED_TYPES.contains(&resource_type.as_str());
         let marked =
             serde_json::to_string(&Versioned { content: &content, version: MARK_VERSION, last_updated: MARK_UPDATED }).unwrap_or_default();
+        // Keys are sorted (see `canonical_json`), so the marked serialisation is canonical too.
+        let content_sha256 = crate::intake::sha256_hex(marked.as_bytes());
         let json = match marked.find(MARKER) {
             Some(at) => (marked[..at].to_string(), marked[at + MARKER.len()..].to_string()),
             // Not an object: stored as it is, without version metadata.
             None => (marked, String::new()),
         };
-        Self { resource_type, id, content, content_sha256, index, owned, json }
+        Self { resource_type, id, content_sha256, index, owned, json }
     }
 
     /// The stored JSON: the content with `meta.versionId` and `meta.lastUpdated` set.
@@ -131,13 +131,16 @@ impl Serialize for Versioned<'_> {
 mod tests {
     use super::*;
 
+    fn stored_with_another_version(r: &PreparedResource) -> Value {
+        serde_json::from_str(&r.versioned_json(7, "2030-01-01T00:00:00Z")).unwrap()
+    }
+
     #[test]
     fn versioned_json_sets_meta_and_keeps_the_rest() {
         let registry = SearchRegistry::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
         let with_meta = serde_json::json!({"resourceType": "Patient", "id": "p1", "gender": "female",
             "meta": {"security": [{"code": "R"}], "versionId": "9", "lastUpdated": "2000-01-01T00:00:00Z"}});
         let r = PreparedResource::new(with_meta, &registry);
-        assert!(r.content["meta"].get("versionId").is_none(), "the hash ignores version metadata");
         let out: Value = serde_json::from_str(&r.versioned_json(3, "2026-11-23T10:00:00.000001Z")).unwrap();
         assert_eq!(
             out["meta"],
@@ -147,6 +150,7 @@ mod tests {
         let bare = PreparedResource::new(serde_json::json!({"resourceType": "Patient", "id": "p2"}), &registry);
         let out: Value = serde_json::from_str(&bare.versioned_json(1, "t")).unwrap();
         assert_eq!(out["meta"], serde_json::json!({"versionId": "1", "lastUpdated": "t"}));
-        assert_eq!(r.content_sha256, PreparedResource::new(r.content.clone(), &registry).content_sha256);
+        // The hash ignores version metadata.
+        assert_eq!(r.content_sha256, PreparedResource::new(stored_with_another_version(&r), &registry).content_sha256);
     }
 }

@@ -98,6 +98,13 @@ pub struct ParamDef {
     pub documentation: String,
 }
 
+impl ParamDef {
+    /// Whether reference `Type/id` points at one of the parameter's target types.
+    fn targets_type(&self, reference: &str) -> bool {
+        reference.split_once('/').is_some_and(|(ty, _)| self.targets.iter().any(|t| t == ty))
+    }
+}
+
 /// The supported parameters, built from the official definitions.
 #[derive(Debug, Clone)]
 pub struct SearchRegistry {
@@ -274,7 +281,7 @@ fn index_value(p: &ParamDef, v: &Value, out: &mut Vec<IndexEntry>) {
         },
         ParamKind::Reference => {
             if let Some(r) = v.get("reference").and_then(Value::as_str).and_then(normalise_reference)
-                && p.targets.iter().any(|t| r.starts_with(&format!("{t}/")))
+                && p.targets_type(&r)
             {
                 out.push(entry(None, Some(r), None, None));
             }
@@ -597,7 +604,7 @@ fn parse_reference(p: &ParamDef, v: &str) -> Result<Vec<String>, OutcomeIssue> {
         return Ok(p.targets.iter().map(|t| format!("{t}/{v}")).collect());
     }
     match normalise_reference(v) {
-        Some(r) if p.targets.iter().any(|t| r.starts_with(&format!("{t}/"))) => Ok(vec![r]),
+        Some(r) if p.targets_type(&r) => Ok(vec![r]),
         Some(r) => Err(bad(&p.name, format!("`{}` points at {}, which is not one of {}", p.name, r, p.targets.join(", ")))),
         None => {
             Err(bad(&p.name, format!("`{}` needs an id or a reference such as {}/123", p.name, p.targets.first().map_or("Patient", |s| s))))
