@@ -76,6 +76,9 @@ pub fn report_path(input: &Path) -> PathBuf {
     input.with_file_name(name)
 }
 
+/// A chunk's write, running while the next chunk is validated and mapped.
+type PendingWrite = tokio::task::JoinHandle<Result<super::receipt::BatchReceipt, crate::store::StoreError>>;
+
 struct Importer<'a> {
     pipeline: &'a Pipeline,
     store: &'a Store,
@@ -83,9 +86,13 @@ struct Importer<'a> {
     report: csv::Writer<File>,
     summary: ImportSummary,
     batch_id: String,
+    pending: Option<PendingWrite>,
 }
 
 impl Importer<'_> {
+    /// Validates and maps `chunk` (on a blocking thread) while the previous chunk is written,
+    /// then waits for that write and queues this chunk's. Two chunks are in flight at most, and
+    /// nothing is written after a failed write.
     async fn flush(&mut self, chunk: &mut Vec<RawRecord>) -> anyhow::Result<()> {
         if chunk.is_empty() {
             return Ok(());
@@ -94,7 +101,16 @@ impl Importer<'_> {
         let (pipe, who) = (self.pipeline.clone(), self.who.clone());
         let prepared =
             tokio::task::spawn_blocking(move || pipe.prepare(&who, records, chrono::Utc::now())).await.context("validation task failed")?;
-        let receipt = pipeline::commit(self.store, &self.who, prepared, false, Some(self.batch_id.clone())).await?;
+        self.settle().await?;
+        let (store, who, batch_id) = (self.store.clone(), self.who.clone(), self.batch_id.clone());
+        self.pending = Some(tokio::spawn(async move { pipeline::commit(&store, &who, prepared, false, Some(batch_id)).await }));
+        Ok(())
+    }
+
+    /// Waits for the queued write, if any, and adds its receipt to the summary and the report.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        let Some(pending) = self.pending.take() else { return Ok(()) };
+        let receipt = pending.await.context("write task failed")??;
         self.summary.received += receipt.received;
         self.summary.created += receipt.created;
         self.summary.amended += receipt.amended;
@@ -137,6 +153,7 @@ pub async fn import_file(pipeline: &Pipeline, store: &Store, path: &Path, option
         report,
         summary: ImportSummary { report: report_file, ..Default::default() },
         batch_id: uuid::Uuid::new_v4().to_string(),
+        pending: None,
     };
     let chunk_size = options.chunk_size.max(1);
     let mut chunk = Vec::with_capacity(chunk_size);
@@ -221,6 +238,7 @@ pub async fn import_file(pipeline: &Pipeline, store: &Store, path: &Path, option
         }
     }
     importer.flush(&mut chunk).await?;
+    importer.settle().await?;
     bar.finish_and_clear();
     Ok(importer.summary)
 }

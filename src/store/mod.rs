@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use secrecy::ExposeSecret;
+use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
@@ -98,18 +99,20 @@ pub fn now_micros() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-/// WAL size (frames) above which the checkpointer also resets the WAL: ~64 MB at 4 KB pages.
-const WAL_RESET_FRAMES: i64 = 16_384;
+/// WAL size above which the checkpointer also resets the WAL (in frames of one page each).
+const WAL_RESET_BYTES: i64 = 64 * 1024 * 1024;
 
 /// Checkpoints the SQLite WAL every second without blocking writers (PASSIVE copies what no
 /// reader still needs); ends when the pool closes.
 ///
 /// Under a continuous stream of writes a PASSIVE checkpoint never finds the WAL fully copied, so
 /// the WAL is never restarted and grows without bound (measured: 12 GB after 150,000 imported
-/// sessions, and every read slowed with it). When the WAL holds more than [`WAL_RESET_FRAMES`]
-/// frames, a TRUNCATE checkpoint waits (busy timeout) for the writer between transactions, copies
+/// sessions, and every read slowed with it). When the WAL holds more than [`WAL_RESET_BYTES`],
+/// a TRUNCATE checkpoint waits (busy timeout) for the writer between transactions, copies
 /// the rest and empties the file; if it cannot get in, it tries again on the next tick.
 async fn checkpoint_loop(pool: SqlitePool) {
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&pool).await.unwrap_or(4096);
+    let reset_frames = WAL_RESET_BYTES / page_size.max(512);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -118,7 +121,7 @@ async fn checkpoint_loop(pool: SqlitePool) {
             break;
         }
         match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await {
-            Ok((_, log_frames, _)) if log_frames > WAL_RESET_FRAMES => {
+            Ok((_, log_frames, _)) if log_frames > reset_frames => {
                 match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&pool).await {
                     Ok((0, _, _)) => tracing::debug!(log_frames, "WAL reset"),
                     Ok(_) => tracing::debug!(log_frames, "WAL reset postponed: busy"),
@@ -151,12 +154,18 @@ pub struct ClientRow {
     pub disabled_at: Option<DateTime<Utc>>,
 }
 
+/// Statements slower than this are logged as warnings (sqlx's default, 1 s, flagged every
+/// checkpoint and multi-row insert of a busy import; the log carries the SQL text with its
+/// placeholders, never bound values).
+const SLOW_STATEMENT: Duration = Duration::from_secs(5);
+
 impl Store {
     /// Connects (creating the SQLite file and its folder when needed).
     pub async fn connect(settings: &DatabaseSettings) -> Result<Store, StoreError> {
         let url = settings.url.expose_secret();
+        let mut writer = None;
         let db = if url.starts_with("postgres") {
-            let options = PgConnectOptions::from_str(url)?;
+            let options = PgConnectOptions::from_str(url)?.log_slow_statements(log::LevelFilter::Warn, SLOW_STATEMENT);
             let pool = PgPoolOptions::new()
                 .max_connections(settings.max_connections)
                 .acquire_timeout(Duration::from_secs(5))
@@ -165,6 +174,7 @@ impl Store {
             Db::Postgres(pool)
         } else {
             let options = SqliteConnectOptions::from_str(url)?
+                .log_slow_statements(log::LevelFilter::Warn, SLOW_STATEMENT)
                 .create_if_missing(true)
                 // WAL: readers never block the writer and vice versa.
                 .journal_mode(SqliteJournalMode::Wal)
@@ -176,12 +186,10 @@ impl Store {
                 // No automatic checkpoint inside a committing write (it stalls every queued
                 // writer); a background task checkpoints instead (see `checkpoint_loop`).
                 .pragma("wal_autocheckpoint", "0")
-                // Search values and resource ids are random keys, so writes land on random pages:
-                // with the 2 MB default page cache a 1,000-session transaction spills dirty
-                // pages mid-transaction and re-reads pages for nearly every row. Up to 48 MB of
-                // cache per connection (allocated as used; no mmap, which counted the whole file
-                // in the import's resident memory), and statement journals in memory.
-                .pragma("cache_size", "-49152")
+                // Page cache per reading connection (allocated as used; no mmap, which counted the
+                // whole file in the import's resident memory); the writer's own connection gets
+                // more (below). Statement journals in memory.
+                .pragma("cache_size", "-16384")
                 // 16 KiB pages (for a new file): fewer b-tree splits and WAL frames per session
                 // written. Measured with `benches/fhir.sh`: batch intake ~1,550 -> ~1,900
                 // sessions/s against 4 KiB; 32 and 64 KiB pages slowed reads by a quarter.
@@ -193,19 +201,22 @@ impl Store {
             {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
             }
+            // Intake writes go through one connection of their own (see `writer.rs`). Search
+            // values and resource ids are random keys, so writes land on random pages: with a
+            // small cache a 1,000-session transaction spills dirty pages mid-transaction and
+            // re-reads pages for nearly every row, hence 48 MB for this connection alone (every
+            // pool connection used to get it, and an import's resident memory grew to match).
+            let writer_options = options.clone().pragma("cache_size", "-49152");
             let pool = SqlitePoolOptions::new()
                 .max_connections(settings.max_connections)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(options)
                 .await?;
+            let writer_pool =
+                SqlitePoolOptions::new().max_connections(1).acquire_timeout(Duration::from_secs(30)).connect_with(writer_options).await?;
+            tokio::spawn(checkpoint_loop(pool.clone()));
+            writer = Some(writer::GroupWriter::spawn(writer_pool));
             Db::Sqlite(pool)
-        };
-        let writer = match &db {
-            Db::Sqlite(pool) => {
-                tokio::spawn(checkpoint_loop(pool.clone()));
-                Some(writer::GroupWriter::spawn(pool.clone()))
-            }
-            Db::Postgres(_) => None,
         };
         Ok(Store { db, writer })
     }
@@ -233,8 +244,11 @@ impl Store {
         Ok(())
     }
 
-    /// Closes the pool.
+    /// Closes the pools.
     pub async fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
         with_db!(&self.db, pool => pool.close().await);
     }
 

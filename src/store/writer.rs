@@ -27,14 +27,21 @@ type Reply = oneshot::Sender<Result<Vec<WriteOutcome>, StoreError>>;
 #[derive(Clone, Debug)]
 pub(crate) struct GroupWriter {
     tx: mpsc::Sender<(WriteJob, Reply)>,
+    pool: SqlitePool,
 }
 
 impl GroupWriter {
     /// Starts the writer task on the current runtime.
+    /// `pool` is the writer's own (one connection).
     pub(crate) fn spawn(pool: SqlitePool) -> GroupWriter {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run(pool, rx));
-        GroupWriter { tx }
+        tokio::spawn(run(pool.clone(), rx));
+        GroupWriter { tx, pool }
+    }
+
+    /// Closes the writer's connection (jobs queued later fail).
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// Queues a job and waits for its outcomes.
