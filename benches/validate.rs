@@ -16,6 +16,10 @@ use wellness_gateway::pipeline::{self, Submitter};
 use wellness_gateway::settings::Settings;
 use wellness_gateway::validate::Validator;
 
+/// The allocator the shipped binary uses (`src/main.rs`), so the figures are the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn ndjson(n: usize) -> Vec<u8> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example: serde_json::Value =
