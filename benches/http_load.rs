@@ -46,6 +46,30 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Every task's latencies, sorted, and the seconds since `started`.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, started: Instant) -> (Vec<Duration>, f64) {
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    (all, secs)
+}
+
+/// `T s = N req/s; latency p50 .., p90 .., p99 .., max ..` of sorted latencies over `secs`.
+fn latency_summary(sorted: &[Duration], secs: f64) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!(
+        "{secs:.2} s = {:.0} req/s; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        sorted.len() as f64 / secs,
+        ms(percentile(sorted, 0.50)),
+        ms(percentile(sorted, 0.90)),
+        ms(percentile(sorted, 0.99)),
+        ms(sorted.last().copied().unwrap_or_default()),
+    )
+}
+
 async fn batch(url: String, token: String, batches: usize, size: usize, concurrency: usize) {
     let client = reqwest::Client::new();
     let run = format!("{}", std::process::id());
@@ -137,21 +161,8 @@ async fn single(url: String, token: String, requests: usize, concurrency: usize)
             latencies
         }));
     }
-    let mut all = Vec::with_capacity(requests);
-    for t in tasks {
-        all.extend(t.await.expect("task"));
-    }
-    let secs = started.elapsed().as_secs_f64();
-    all.sort();
-    println!(
-        "single POST: {} requests, {concurrency} concurrent, {secs:.2} s = {:.0} req/s; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        all.len(),
-        all.len() as f64 / secs,
-        percentile(&all, 0.50).as_secs_f64() * 1e3,
-        percentile(&all, 0.90).as_secs_f64() * 1e3,
-        percentile(&all, 0.99).as_secs_f64() * 1e3,
-        all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-    );
+    let (all, secs) = gather(tasks, started).await;
+    println!("single POST: {} requests, {concurrency} concurrent, {}", all.len(), latency_summary(&all, secs));
 }
 
 /// GETs `paths` round-robin with `concurrency` clients and prints throughput and latency.
@@ -191,20 +202,11 @@ async fn get_load(label: &str, url: &str, token: &str, paths: Vec<String>, reque
             latencies
         }));
     }
-    let mut all = Vec::with_capacity(requests);
-    for t in tasks {
-        all.extend(t.await.expect("task"));
-    }
-    let secs = started.elapsed().as_secs_f64();
-    all.sort();
+    let (all, secs) = gather(tasks, started).await;
     println!(
-        "{label}: {} requests, {concurrency} concurrent, {secs:.2} s = {:.0} req/s; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {:.1} resources per response",
+        "{label}: {} requests, {concurrency} concurrent, {}; {:.1} resources per response",
         all.len(),
-        all.len() as f64 / secs,
-        percentile(&all, 0.50).as_secs_f64() * 1e3,
-        percentile(&all, 0.90).as_secs_f64() * 1e3,
-        percentile(&all, 0.99).as_secs_f64() * 1e3,
-        all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        latency_summary(&all, secs),
         matched.load(Ordering::Relaxed) as f64 / all.len().max(1) as f64,
     );
 }

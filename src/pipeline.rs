@@ -243,7 +243,7 @@ fn check_one(
 pub async fn commit(
     store: &Store,
     who: &Submitter,
-    prepared: Prepared,
+    mut prepared: Prepared,
     atomic: bool,
     batch_id: Option<String>,
 ) -> Result<BatchReceipt, StoreError> {
@@ -254,7 +254,6 @@ pub async fn commit(
     let store_valid = !(atomic && prepared.rejected() > 0);
     let mut to_store = Vec::new();
     let mut rejections = Vec::new();
-    let mut prepared = prepared;
     for (rec, checked) in &mut prepared.items {
         match checked {
             Checked::Valid(_) if store_valid => {

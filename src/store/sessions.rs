@@ -183,6 +183,23 @@ struct SessionRow {
 /// `sessions` and its columns, for the multi-row inserts of [`apply_job`].
 pub(crate) const SESSION_COLUMNS: &str =
     "sessions (id, lea_id, source_id, site_id, current_version, current_content_sha256, service_start, created_at, updated_at)";
+/// A `sessions` row ([`SESSION_COLUMNS`]) for `r` at `version` with content hash `sha`, written at
+/// `at` (creation and update time; an update keeps the stored creation time).
+pub(crate) fn session_row(r: &IntakeRecord, version: i64, sha: &str, at: DateTime<Utc>) -> Vec<super::fhir::Bind> {
+    use super::fhir::Bind;
+    vec![
+        Bind::Text(r.session_id.clone()),
+        Bind::Text(r.lea.clone()),
+        Bind::Text(r.source_id.clone()),
+        Bind::Text(r.site.clone()),
+        Bind::Int(version),
+        Bind::Text(sha.to_string()),
+        Bind::Time(r.service_start),
+        Bind::Time(at),
+        Bind::Time(at),
+    ]
+}
+
 /// How the current versions are read: as they are on SQLite (the writer already holds the
 /// database write lock after the INSERT before the SELECT).
 pub(crate) const SELECT_CURRENT: &str = "";
@@ -217,22 +234,7 @@ macro_rules! apply_job {
         //    below then serialises concurrent writers of one session).
         let mut seen = std::collections::HashSet::new();
         let first: Vec<&$crate::store::IntakeRecord> = job.records.iter().filter(|r| seen.insert(r.session_id.as_str())).collect();
-        let new_rows: Vec<Vec<Bind>> = first
-            .iter()
-            .map(|r| {
-                vec![
-                    Bind::Text(r.session_id.clone()),
-                    Bind::Text(r.lea.clone()),
-                    Bind::Text(r.source_id.clone()),
-                    Bind::Text(r.site.clone()),
-                    Bind::Int(0),
-                    Bind::Text(String::new()),
-                    Bind::Time(r.service_start),
-                    Bind::Time(who.received_at),
-                    Bind::Time(who.received_at),
-                ]
-            })
-            .collect();
+        let new_rows: Vec<Vec<Bind>> = first.iter().map(|r| $crate::store::sessions::session_row(r, 0, "", who.received_at)).collect();
         $crate::store::fhir::insert_rows!($tx, SESSION_COLUMNS, 9, &new_rows, "ON CONFLICT DO NOTHING");
         // 2. Their current versions.
         let mut current: std::collections::HashMap<String, $crate::store::sessions::CurrentRow> = Default::default();
@@ -255,7 +257,7 @@ macro_rules! apply_job {
         let mut changed: std::collections::BTreeMap<&str, &$crate::store::IntakeRecord> = Default::default();
         for r in &job.records {
             let Some(cur) = current.get_mut(&r.session_id) else {
-                return Err($crate::store::StoreError::Database(sqlx::Error::RowNotFound));
+                return Err($crate::store::StoreError::Corrupt(format!("session {} was not found right after its insert", r.session_id)));
             };
             if cur.current_version > 0 && cur.current_content_sha256 == r.content_sha256 {
                 outcomes.push($crate::store::WriteOutcome {
@@ -314,17 +316,7 @@ macro_rules! apply_job {
             .values()
             .filter_map(|r| {
                 let cur = current.get(&r.session_id)?;
-                Some(vec![
-                    Bind::Text(r.session_id.clone()),
-                    Bind::Text(r.lea.clone()),
-                    Bind::Text(r.source_id.clone()),
-                    Bind::Text(r.site.clone()),
-                    Bind::Int(cur.current_version),
-                    Bind::Text(cur.current_content_sha256.clone()),
-                    Bind::Time(r.service_start),
-                    Bind::Time(who.received_at),
-                    Bind::Time(who.received_at),
-                ])
+                Some($crate::store::sessions::session_row(r, cur.current_version, &cur.current_content_sha256, who.received_at))
             })
             .collect();
         $crate::store::fhir::insert_rows!(
