@@ -44,6 +44,8 @@ pub(crate) struct FhirWrite<'a> {
     pub(crate) session_version: i64,
     pub(crate) lea: &'a str,
     pub(crate) amended: bool,
+    /// Receipt of the session version: the resources' `meta.lastUpdated`.
+    pub(crate) received_at: DateTime<Utc>,
     pub(crate) resources: std::borrow::Cow<'a, [PreparedResource]>,
 }
 
@@ -81,6 +83,14 @@ pub(crate) use bind_all;
 
 /// Most bound values per statement (SQLite allows 32,766, PostgreSQL 65,535).
 pub(crate) const MAX_BINDS: usize = 8_000;
+
+/// Whether a dynamically built statement with `binds` bound values is kept prepared in the
+/// connection's statement cache. Small statements repeat (a single-session request writes the
+/// same shapes every time) and are worth preparing once; large multi-row ones vary in row count
+/// and a cache of them grew the import's memory by hundreds of MB.
+pub(crate) fn cache_statement(binds: usize) -> bool {
+    binds <= 256
+}
 
 /// How a backend numbers bound parameters in dynamically built SQL.
 ///
@@ -146,9 +156,8 @@ macro_rules! insert_rows {
                 $crate::store::fhir::values_sql(chunk.len(), $ncols, $crate::store::fhir::positional(&*$tx)),
                 $tail
             );
-            // Not cached: a prepared multi-row insert is large and the row counts vary, so a
-            // statement cache of them grew the import's memory by hundreds of MB.
-            let q = $crate::store::fhir::bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false), chunk.iter().flatten());
+            let cache = $crate::store::fhir::cache_statement(chunk.len() * $ncols);
+            let q = $crate::store::fhir::bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(cache), chunk.iter().flatten());
             q.execute(&mut **$tx).await?;
         }
     }};
@@ -173,6 +182,7 @@ pub(crate) struct VersionRow {
     deleted: bool,
     session_id: String,
     session_version: i64,
+    last_updated_us: i64,
     content: String,
 }
 
@@ -198,7 +208,7 @@ pub(crate) struct FhirPlan<'a> {
 impl FhirPlan<'_> {
     /// The rows to insert once every resource's `rid` is known: versions, index, links, owned.
     /// (The version contents move out.)
-    pub(crate) fn rows(&mut self, rids: &HashMap<Key, i64>, last_updated_us: i64) -> [Vec<Vec<Bind>>; 4] {
+    pub(crate) fn rows(&mut self, rids: &HashMap<Key, i64>) -> [Vec<Vec<Bind>>; 4] {
         let rid = |k: &Key| Bind::Int(rids.get(k).copied().unwrap_or_default());
         let versions = self
             .versions
@@ -207,7 +217,7 @@ impl FhirPlan<'_> {
                 vec![
                     rid(&v.key),
                     Bind::Int(v.version_id),
-                    Bind::Int(last_updated_us),
+                    Bind::Int(v.last_updated_us),
                     Bind::Bool(v.deleted),
                     Bind::Text(v.session_id.clone()),
                     Bind::Int(v.session_version),
@@ -237,20 +247,22 @@ impl FhirPlan<'_> {
     }
 }
 
-/// Plans the write of `writes` given the stored state `state` and each amended session's
-/// previously owned resources `prev_owned`.
+/// Plans the write of `writes` (in order) given the stored state `state` and each amended
+/// session's previously owned resources `prev_owned`.
 pub(crate) fn plan<'a>(
     writes: &'a [FhirWrite<'a>],
     mut state: HashMap<Key, Current>,
     prev_owned: &HashMap<String, Vec<Key>>,
-    received_at: DateTime<Utc>,
 ) -> FhirPlan<'a> {
-    let lu = received_at.timestamp_micros();
-    let lu_text = received_at.to_rfc3339_opts(SecondsFormat::Micros, true);
     let mut plan = FhirPlan::default();
-    // Final state of every changed key: Some(resource) or None when deleted.
-    let mut finals: BTreeMap<Key, Option<&PreparedResource>> = BTreeMap::new();
+    // Final state of every changed key: Some(resource) or None when deleted, and its time.
+    let mut finals: BTreeMap<Key, (Option<&PreparedResource>, i64)> = BTreeMap::new();
+    let mut lu_text = (i64::MIN, String::new());
     for w in writes {
+        let lu = w.received_at.timestamp_micros();
+        if lu_text.0 != lu {
+            lu_text = (lu, w.received_at.to_rfc3339_opts(SecondsFormat::Micros, true));
+        }
         let mut owned_now: BTreeSet<Key> = BTreeSet::new();
         for res in w.resources.iter() {
             let key = (res.resource_type.clone(), res.id.clone());
@@ -271,9 +283,10 @@ pub(crate) fn plan<'a>(
                 deleted: false,
                 session_id: w.session_id.to_string(),
                 session_version: w.session_version,
-                content: res.versioned_json(cur.version_id, &lu_text),
+                last_updated_us: lu,
+                content: res.versioned_json(cur.version_id, &lu_text.1),
             });
-            finals.insert(key, Some(res));
+            finals.insert(key, (Some(res), lu));
         }
         if w.amended {
             for key in prev_owned.get(w.session_id).map(Vec::as_slice).unwrap_or_default() {
@@ -292,9 +305,10 @@ pub(crate) fn plan<'a>(
                     deleted: true,
                     session_id: w.session_id.to_string(),
                     session_version: w.session_version,
+                    last_updated_us: lu,
                     content: String::new(),
                 });
-                finals.insert(key.clone(), None);
+                finals.insert(key.clone(), (None, lu));
             }
             plan.owned_sessions.push(w.session_id.to_string());
         }
@@ -302,7 +316,7 @@ pub(crate) fn plan<'a>(
             plan.owned.push((w.session_id.to_string(), key));
         }
     }
-    for (key, res) in finals {
+    for (key, (res, lu)) in finals {
         let Some(cur) = state.get(&key) else { continue };
         plan.currents.push(vec![
             Bind::Text(key.0.clone()),
@@ -324,10 +338,10 @@ pub(crate) fn plan<'a>(
     plan
 }
 
-/// Writes the FHIR resources of `$writes` (a `&[FhirWrite]`) inside the open transaction `$tx`
-/// at time `$received_at`; `?` propagates database errors.
+/// Writes the FHIR resources of `$writes` (a `&[FhirWrite]`, in order) inside the open
+/// transaction `$tx`; `?` propagates database errors.
 macro_rules! apply_fhir {
-    ($tx:expr, $writes:expr, $received_at:expr) => {{
+    ($tx:expr, $writes:expr) => {{
         use $crate::store::fhir::{Current, placeholders};
         let pos = $crate::store::fhir::positional(&*$tx);
         let writes: &[$crate::store::fhir::FhirWrite<'_>] = $writes;
@@ -349,7 +363,8 @@ macro_rules! apply_fhir {
                      WHERE s.session_id IN ({})",
                     placeholders(1, chunk.len(), pos)
                 );
-                let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql)).persistent(false);
+                let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql))
+                    .persistent($crate::store::fhir::cache_statement(chunk.len()));
                 for s in chunk {
                     q = q.bind(*s);
                 }
@@ -375,8 +390,9 @@ macro_rules! apply_fhir {
                         placeholders(1, 1, pos),
                         placeholders(2, chunk.len(), pos)
                     );
-                    let mut q =
-                        sqlx::query_as::<_, (i64, String, i64, String, bool)>(sqlx::AssertSqlSafe(sql)).persistent(false).bind(ty.as_str());
+                    let mut q = sqlx::query_as::<_, (i64, String, i64, String, bool)>(sqlx::AssertSqlSafe(sql))
+                        .persistent($crate::store::fhir::cache_statement(chunk.len() + 1))
+                        .bind(ty.as_str());
                     for id in chunk {
                         q = q.bind(id.as_str());
                     }
@@ -388,7 +404,7 @@ macro_rules! apply_fhir {
             let mut rids: std::collections::HashMap<(String, String), i64> =
                 state.iter().filter_map(|(k, c)| c.rid.map(|r| (k.clone(), r))).collect();
             // 2. What changes, in memory.
-            let mut plan = $crate::store::fhir::plan(writes, state, &prev_owned, $received_at);
+            let mut plan = $crate::store::fhir::plan(writes, state, &prev_owned);
             // 3. Set-based writes: the current pointers first, which allocates new resources' rids.
             let per = $crate::store::fhir::MAX_BINDS / 6;
             for chunk in plan.currents.chunks(per) {
@@ -400,14 +416,15 @@ macro_rules! apply_fhir {
                     $crate::store::fhir::values_sql(chunk.len(), 6, pos)
                 );
                 let q = $crate::store::fhir::bind_all!(
-                    sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe(sql)).persistent(false),
+                    sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe(sql))
+                        .persistent($crate::store::fhir::cache_statement(chunk.len() * 6)),
                     chunk.iter().flatten()
                 );
                 for (rid, ty, id) in q.fetch_all(&mut **$tx).await? {
                     rids.insert((ty, id), rid);
                 }
             }
-            let [versions, index, links, owned] = plan.rows(&rids, $received_at.timestamp_micros());
+            let [versions, index, links, owned] = plan.rows(&rids);
             $crate::store::fhir::insert_rows!(
                 $tx,
                 "fhir_resource_versions (rid, version_id, last_updated_us, deleted, session_id, session_version, content)",
@@ -417,7 +434,7 @@ macro_rules! apply_fhir {
             );
             for chunk in plan.reindex.chunks(500) {
                 let sql = format!("DELETE FROM fhir_search WHERE rid IN ({})", placeholders(1, chunk.len(), pos));
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_statement(chunk.len()));
                 for rid in chunk {
                     q = q.bind(*rid);
                 }
@@ -433,7 +450,7 @@ macro_rules! apply_fhir {
             $crate::store::fhir::insert_rows!($tx, "fhir_resource_leas (rid, lea_id)", 2, &links, "ON CONFLICT DO NOTHING");
             for chunk in plan.owned_sessions.chunks(500) {
                 let sql = format!("DELETE FROM fhir_session_resources WHERE session_id IN ({})", placeholders(1, chunk.len(), pos));
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_statement(chunk.len()));
                 for s in chunk {
                     q = q.bind(s.as_str());
                 }

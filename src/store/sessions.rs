@@ -217,24 +217,32 @@ pub struct WriteJob {
     pub rejections: Vec<Rejection>,
 }
 
-/// Applies one [`WriteJob`] inside an open transaction `$tx` (either backend) and evaluates to
-/// its outcomes; `?` propagates database errors. `$select` reads the session's current version
-/// (with `FOR UPDATE` on PostgreSQL).
+/// Applies [`WriteJob`]s (`$jobs`, a `&[&WriteJob]`, in order) inside an open transaction `$tx`
+/// (either backend) and evaluates to each job's outcomes; `?` propagates database errors.
+/// `$for_update` is appended to the read of the sessions' current versions (`FOR UPDATE` on
+/// PostgreSQL).
+///
+/// Set-based: the jobs' records are written together with a few multi-row statements, however
+/// many jobs and records there are (a group of single-session requests costs the statements of
+/// one batch, not of each request).
 macro_rules! apply_job {
-    ($tx:expr, $job:expr, $for_update:expr) => {{
+    ($tx:expr, $jobs:expr, $for_update:expr) => {{
         use $crate::store::fhir::Bind;
         use $crate::store::sessions::SESSION_COLUMNS;
-        let job: &$crate::store::WriteJob = $job;
-        let who = &job.who;
-        let mut outcomes = Vec::with_capacity(job.records.len());
+        let jobs: &[&$crate::store::WriteJob] = $jobs;
+        let mut outcomes: Vec<Vec<$crate::store::WriteOutcome>> = jobs.iter().map(|j| Vec::with_capacity(j.records.len())).collect();
         let mut fhir_writes: Vec<$crate::store::fhir::FhirWrite<'_>> = Vec::new();
         let pos = $crate::store::fhir::positional(&*$tx);
-        // Set-based: a few multi-row statements per job instead of four round trips per record.
+        // Every record with its job's index and who-and-when, in order.
+        let records: Vec<(usize, &$crate::store::NewVersion, &$crate::store::IntakeRecord)> =
+            jobs.iter().enumerate().flat_map(|(i, j)| j.records.iter().map(move |r| (i, &j.who, r))).collect();
         // 1. Every session exists before it is read (on PostgreSQL the SELECT ... FOR UPDATE
         //    below then serialises concurrent writers of one session).
         let mut seen = std::collections::HashSet::new();
-        let first: Vec<&$crate::store::IntakeRecord> = job.records.iter().filter(|r| seen.insert(r.session_id.as_str())).collect();
-        let new_rows: Vec<Vec<Bind>> = first.iter().map(|r| $crate::store::sessions::session_row(r, 0, "", who.received_at)).collect();
+        let first: Vec<(&$crate::store::NewVersion, &$crate::store::IntakeRecord)> =
+            records.iter().filter(|(_, _, r)| seen.insert(r.session_id.as_str())).map(|&(_, who, r)| (who, r)).collect();
+        let new_rows: Vec<Vec<Bind>> =
+            first.iter().map(|(who, r)| $crate::store::sessions::session_row(r, 0, "", who.received_at)).collect();
         $crate::store::fhir::insert_rows!($tx, SESSION_COLUMNS, 9, &new_rows, "ON CONFLICT DO NOTHING");
         // 2. Their current versions.
         let mut current: std::collections::HashMap<String, $crate::store::sessions::CurrentRow> = Default::default();
@@ -244,8 +252,9 @@ macro_rules! apply_job {
                 $crate::store::fhir::placeholders(1, chunk.len(), pos),
                 $for_update
             );
-            let mut q = sqlx::query_as::<_, $crate::store::sessions::CurrentRow>(sqlx::AssertSqlSafe(sql)).persistent(false);
-            for r in chunk {
+            let mut q = sqlx::query_as::<_, $crate::store::sessions::CurrentRow>(sqlx::AssertSqlSafe(sql))
+                .persistent($crate::store::fhir::cache_statement(chunk.len()));
+            for (_, r) in chunk {
                 q = q.bind(r.session_id.as_str());
             }
             for row in q.fetch_all(&mut **$tx).await? {
@@ -254,13 +263,13 @@ macro_rules! apply_job {
         }
         // 3. In record order: duplicates, new versions.
         let mut versions: Vec<Vec<Bind>> = Vec::new();
-        let mut changed: std::collections::BTreeMap<&str, &$crate::store::IntakeRecord> = Default::default();
-        for r in &job.records {
+        let mut changed: std::collections::BTreeMap<&str, (&$crate::store::NewVersion, &$crate::store::IntakeRecord)> = Default::default();
+        for &(job, who, r) in &records {
             let Some(cur) = current.get_mut(&r.session_id) else {
                 return Err($crate::store::StoreError::Corrupt(format!("session {} was not found right after its insert", r.session_id)));
             };
             if cur.current_version > 0 && cur.current_content_sha256 == r.content_sha256 {
-                outcomes.push($crate::store::WriteOutcome {
+                outcomes[job].push($crate::store::WriteOutcome {
                     id: cur.id.clone(),
                     version: cur.current_version,
                     status: $crate::store::WriteStatus::Duplicate,
@@ -272,7 +281,7 @@ macro_rules! apply_job {
             cur.current_version = version;
             cur.current_content_sha256.clone_from(&r.content_sha256);
             cur.updated_at = who.received_at;
-            changed.insert(r.session_id.as_str(), r);
+            changed.insert(r.session_id.as_str(), (who, r));
             versions.push(vec![
                 Bind::Text(r.session_id.clone()),
                 Bind::Int(version),
@@ -297,11 +306,12 @@ macro_rules! apply_job {
                     session_version: version,
                     lea: &r.lea,
                     amended: version > 1,
+                    received_at: who.received_at,
                     resources,
                 });
             }
             let status = if version == 1 { $crate::store::WriteStatus::Created } else { $crate::store::WriteStatus::Amended };
-            outcomes.push($crate::store::WriteOutcome { id: r.session_id.clone(), version, status, received_at: who.received_at });
+            outcomes[job].push($crate::store::WriteOutcome { id: r.session_id.clone(), version, status, received_at: who.received_at });
         }
         // 4. The new versions, and the sessions' new current state.
         $crate::store::fhir::insert_rows!(
@@ -314,7 +324,7 @@ macro_rules! apply_job {
         );
         let updates: Vec<Vec<Bind>> = changed
             .values()
-            .filter_map(|r| {
+            .filter_map(|(who, r)| {
                 let cur = current.get(&r.session_id)?;
                 Some($crate::store::sessions::session_row(r, cur.current_version, &cur.current_content_sha256, who.received_at))
             })
@@ -328,25 +338,28 @@ macro_rules! apply_job {
              current_content_sha256 = excluded.current_content_sha256, site_id = excluded.site_id, \
              service_start = excluded.service_start, updated_at = excluded.updated_at"
         );
-        $crate::store::fhir::apply_fhir!($tx, &fhir_writes, who.received_at);
-        for rej in &job.rejections {
-            sqlx::query(
-                "INSERT INTO intake_rejections (id, lea_id, client_id, batch_id, request_id, record_index, source_id, \
-                 raw_sha256, raw, issues, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(&rej.lea)
-            .bind(&who.client_id)
-            .bind(&who.batch_id)
-            .bind(&who.request_id)
-            .bind(rej.record_index)
-            .bind(&rej.source_id)
-            .bind(&rej.raw_sha256)
-            .bind(&rej.raw)
-            .bind(&rej.issues_json)
-            .bind(who.received_at)
-            .execute(&mut **$tx)
-            .await?;
+        $crate::store::fhir::apply_fhir!($tx, &fhir_writes);
+        for job in jobs {
+            let who = &job.who;
+            for rej in &job.rejections {
+                sqlx::query(
+                    "INSERT INTO intake_rejections (id, lea_id, client_id, batch_id, request_id, record_index, source_id, \
+                     raw_sha256, raw, issues, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(&rej.lea)
+                .bind(&who.client_id)
+                .bind(&who.batch_id)
+                .bind(&who.request_id)
+                .bind(rej.record_index)
+                .bind(&rej.source_id)
+                .bind(&rej.raw_sha256)
+                .bind(&rej.raw)
+                .bind(&rej.issues_json)
+                .bind(who.received_at)
+                .execute(&mut **$tx)
+                .await?;
+            }
         }
         outcomes
     }};
@@ -365,15 +378,15 @@ impl Store {
             (Db::Sqlite(_), Some(writer)) => writer.submit(job).await,
             (Db::Postgres(pool), _) => {
                 let mut tx = pool.begin().await?;
-                let outcomes = apply_job!(&mut tx, &job, SELECT_CURRENT_FOR_UPDATE);
+                let outcomes = apply_job!(&mut tx, &[&job], SELECT_CURRENT_FOR_UPDATE);
                 tx.commit().await?;
-                Ok(outcomes)
+                Ok(outcomes.into_iter().next().unwrap_or_default())
             }
             (Db::Sqlite(pool), None) => {
                 let mut tx = pool.begin().await?;
-                let outcomes = apply_job!(&mut tx, &job, SELECT_CURRENT);
+                let outcomes = apply_job!(&mut tx, &[&job], SELECT_CURRENT);
                 tx.commit().await?;
-                Ok(outcomes)
+                Ok(outcomes.into_iter().next().unwrap_or_default())
             }
         }
     }
