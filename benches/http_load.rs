@@ -6,8 +6,12 @@
 //! cargo bench --bench http_load -- single URL TOKEN [requests=20000] [concurrency=32]
 //! cargo bench --bench http_load -- fhir-read   URL TOKEN [requests=50000] [concurrency=64]
 //! cargo bench --bench http_load -- fhir-search URL TOKEN [requests=20000] [concurrency=8] [students=100000]
+//! cargo bench --bench http_load -- token URL CLIENT_ID [requests=5000] [concurrency=16] [alg=ES384|RS384]
 //! cargo bench --bench http_load -- gen-csv FILE ROWS [students=ROWS]
 //! ```
+//!
+//! `token` signs all client assertions first (with the fixture keys of `tests/fixtures/smart/`,
+//! which the partner CLIENT_ID must be registered with), then times only the token requests.
 //!
 //! `fhir-read` reads the first 1,000 Encounters' ids, then `GET /fhir/Encounter/{id}` over them;
 //! `fhir-search` looks up 200 students' Patient ids, then runs
@@ -165,6 +169,78 @@ async fn single(url: String, token: String, requests: usize, concurrency: usize)
     println!("single POST: {} requests, {concurrency} concurrent, {}", all.len(), latency_summary(&all, secs));
 }
 
+async fn token(url: String, client_id: String, requests: usize, concurrency: usize, alg: String) {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smart");
+    let (alg, key, kid) = match alg.as_str() {
+        "RS384" => {
+            (Algorithm::RS384, EncodingKey::from_rsa_pem(&std::fs::read(dir.join("rs384-private.pem")).unwrap()).unwrap(), "test-rs384")
+        }
+        _ => (Algorithm::ES384, EncodingKey::from_ec_pem(&std::fs::read(dir.join("es384-private.pem")).unwrap()).unwrap(), "test-es384"),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    let exp = jsonwebtoken::get_current_timestamp() + 280;
+    let signing = Instant::now();
+    let forms: Vec<String> = (0..requests + concurrency)
+        .map(|i| {
+            let claims = serde_json::json!({"iss": client_id, "sub": client_id, "aud": format!("{url}/auth/token"), "exp": exp, "jti": format!("bench-{}-{i}", std::process::id())});
+            let assertion = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+            serde_urlencoded::to_string([
+                ("grant_type", "client_credentials"),
+                ("scope", "system/*.read"),
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                ("client_assertion", &assertion),
+            ])
+            .unwrap()
+        })
+        .collect();
+    eprintln!("signed {} {alg:?} assertions in {:.1} s (not timed)", forms.len(), signing.elapsed().as_secs_f64());
+    let forms = Arc::new(forms);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let post = |client: reqwest::Client, url: String, body: String| async move {
+        let res = client
+            .post(format!("{url}/auth/token"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status();
+        let _ = res.bytes().await;
+        assert_eq!(status.as_u16(), 200, "token refused");
+    };
+    // Warm-up: connections, the client's JWKS in the cache.
+    for i in requests..requests + concurrency {
+        post(client.clone(), url.clone(), forms[i].clone()).await;
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, forms, next) = (client.clone(), url.clone(), forms.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let t0 = Instant::now();
+                post(client.clone(), url.clone(), forms[i].clone()).await;
+                latencies.push(t0.elapsed());
+            }
+            latencies
+        }));
+    }
+    let (all, secs) = gather(tasks, started).await;
+    println!(
+        "token ({alg:?}): {} tokens, {concurrency} concurrent, {}",
+        all.len(),
+        latency_summary(&all, secs).replace("req/s", "tokens/s")
+    );
+}
+
 /// GETs `paths` round-robin with `concurrency` clients and prints throughput and latency.
 async fn get_load(label: &str, url: &str, token: &str, paths: Vec<String>, requests: usize, concurrency: usize, bundles: bool) {
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
@@ -271,12 +347,19 @@ fn main() {
         Some("fhir-search") => {
             rt.block_on(fhir_search(args[1].clone(), args[2].clone(), arg(&args, 3, 20_000), arg(&args, 4, 8), arg(&args, 5, 100_000)))
         }
+        Some("token") => rt.block_on(token(
+            args[1].clone(),
+            args[2].clone(),
+            arg(&args, 3, 5_000),
+            arg(&args, 4, 16),
+            args.get(5).cloned().unwrap_or_else(|| "ES384".into()),
+        )),
         Some("gen-csv") => {
             let rows = arg(&args, 2, 1_000_000);
             gen_csv(&args[1], rows, arg(&args, 3, rows))
         }
         _ => eprintln!(
-            "usage: http_load batch|single|fhir-read|fhir-search URL TOKEN [...] | gen-csv FILE ROWS [STUDENTS] (see the file's doc)"
+            "usage: http_load batch|single|fhir-read|fhir-search URL TOKEN [...] | token URL CLIENT_ID [...] | gen-csv FILE ROWS [STUDENTS] (see the file's doc)"
         ),
     }
 }

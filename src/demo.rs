@@ -12,7 +12,6 @@ use crate::store::Store;
 pub const DEMO_CLIENTS: &[(&str, &str, Option<&str>, &str)] = &[
     ("demo-submitter-lea-demo", "submitter", Some("lea-demo"), "demo-submitter-lea-demo-token"),
     ("demo-submitter-lea-other", "submitter", Some("lea-other"), "demo-submitter-lea-other-token"),
-    ("demo-partner-fqhc-demo", "partner", Some("fqhc-demo"), "demo-partner-fqhc-demo-token"),
     ("demo-finance", "finance", None, "demo-finance-token"),
     ("demo-admin", "admin", None, "demo-admin-token"),
 ];

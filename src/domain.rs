@@ -148,3 +148,50 @@ mod tests {
         assert!(MediCalCin::parse("9123456AA").is_err());
     }
 }
+
+/// Why a partner asks for data: the v3 PurposeOfUse codes a consent can name (DOMAIN.md 4.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PurposeOfUse {
+    /// Treatment (`TREAT`).
+    Treat,
+    /// Payment (`HPAYMT`).
+    Payment,
+    /// Health-care operations (`HOPERAT`).
+    Operations,
+}
+
+impl PurposeOfUse {
+    /// The code system of the codes below.
+    pub const SYSTEM: &'static str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+
+    /// Every purpose.
+    pub const ALL: [PurposeOfUse; 3] = [PurposeOfUse::Treat, PurposeOfUse::Payment, PurposeOfUse::Operations];
+
+    /// The v3-ActReason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            PurposeOfUse::Treat => "TREAT",
+            PurposeOfUse::Payment => "HPAYMT",
+            PurposeOfUse::Operations => "HOPERAT",
+        }
+    }
+
+    /// Parses a code, alone or as `system|code`.
+    pub fn parse(s: &str) -> Result<PurposeOfUse, String> {
+        let code = match s.split_once('|') {
+            Some((system, code)) if system == Self::SYSTEM || system == "http://terminology.hl7.org/CodeSystem/v3-PurposeOfUse" => code,
+            Some((system, _)) => return Err(format!("purpose of use system `{system}` is not v3-ActReason")),
+            None => s,
+        };
+        Self::ALL
+            .into_iter()
+            .find(|p| p.code() == code)
+            .ok_or_else(|| format!("purpose of use `{code}` is not one of TREAT, HPAYMT, HOPERAT"))
+    }
+}
+
+impl fmt::Display for PurposeOfUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}

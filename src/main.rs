@@ -83,7 +83,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClientsCommand {
-    /// Register a client; prints its secret once, alone on the last line.
+    /// Register a client. A secret client's secret is printed once, alone on the last line; a
+    /// partner (`--jwks`) has no secret and its client_id is printed alone on the last line.
     Add {
         /// Display name.
         #[arg(long)]
@@ -94,6 +95,13 @@ enum ClientsCommand {
         /// Organisation: the LEA of a submitter, the FQHC of a partner.
         #[arg(long)]
         org: Option<String>,
+        /// Partners: the client's JWKS (public keys), as a file (stored) or an https URL
+        /// (fetched and cached), for SMART Backend Services.
+        #[arg(long, value_name = "FILE_OR_URL")]
+        jwks: Option<String>,
+        /// Partners: the scopes it may be granted, space-separated (default `system/*.read`).
+        #[arg(long)]
+        scope: Option<String>,
     },
     /// Disable a client: its secret is refused from then on (a running server notices within
     /// `server.auth_cache_seconds`).
@@ -182,13 +190,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 settings.partnerships.len()
             );
         }
-        Command::Clients { command: ClientsCommand::Add { name, role, org } } => {
+        Command::Clients { command: ClientsCommand::Add { name, role, org, jwks, scope } } => {
             let store = startup::open_store(&settings).await?;
-            let client = auth::register_client(&store, &settings, &name, role, org.as_deref()).await?;
-            println!("client_id: {}", client.client_id);
+            let creds = auth::Credentials { jwks, scope };
+            let registered = auth::register(&store, &settings, &name, role, org.as_deref(), creds).await?;
             println!("role: {}{}", role.as_str(), org.map(|o| format!(" ({o})")).unwrap_or_default());
-            println!("The secret below is shown once; store it now. Use it as 'Authorization: Bearer <secret>'.");
-            println!("{}", client.secret);
+            match registered {
+                auth::Registered::Secret(client) => {
+                    println!("client_id: {}", client.client_id);
+                    println!("The secret below is shown once; store it now. Use it as 'Authorization: Bearer <secret>'.");
+                    println!("{}", client.secret);
+                }
+                auth::Registered::Jwks { client_id, scopes } => {
+                    println!("scopes: {scopes}");
+                    println!("Authenticates with SMART Backend Services at /auth/token (RS384 or ES384 assertion, iss = sub = client_id).");
+                    println!("client_id:");
+                    println!("{client_id}");
+                }
+            }
         }
         Command::Clients { command: ClientsCommand::Disable { id } } => {
             let store = startup::open_store(&settings).await?;

@@ -53,6 +53,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// Intake limits and semantic-check thresholds.
     pub intake: IntakeSettings,
+    /// SMART Backend Services tokens for FQHC partners.
+    pub auth: AuthSettings,
     /// Local educational agencies and FQHCs.
     pub organizations: Vec<Organization>,
     /// School sites.
@@ -87,6 +89,48 @@ pub struct ServerSettings {
     pub auth_cache_seconds: u64,
     /// TLS with rustls.
     pub tls: TlsSettings,
+}
+
+/// SMART Backend Services: how partners' client assertions are checked and access tokens issued.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Key that signs access tokens (HS256), at least 32 bytes. Every instance sharing a database
+    /// needs the same key. Unset: a random key per process (tokens die with a restart and are not
+    /// accepted by another instance), with a warning. Set it through `WG__AUTH__TOKEN_SIGNING_KEY`.
+    #[serde(serialize_with = "serialize_opt_secret")]
+    pub token_signing_key: Option<SecretString>,
+    /// Lifetime of an access token, in seconds (SMART recommends no more than 300).
+    pub access_token_seconds: u64,
+    /// Longest a client assertion may live (`exp` no further than this in the future), in seconds.
+    pub assertion_max_seconds: u64,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_seconds: u64,
+    /// How long a JWKS fetched from a client's `jwks_url` is cached, in seconds. An unknown `kid`
+    /// refetches at most once per `jwks_refetch_seconds`.
+    pub jwks_cache_seconds: u64,
+    /// See `jwks_cache_seconds`.
+    pub jwks_refetch_seconds: u64,
+    /// Allow `http://` JWKS URLs (tests and local development only; partners must use https).
+    pub allow_http_jwks: bool,
+    /// The token endpoint URL partners put in `aud`, if it differs from what the request shows
+    /// (behind a proxy): e.g. `https://gateway.example.org/auth/token`.
+    pub token_url: Option<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            token_signing_key: None,
+            access_token_seconds: 300,
+            assertion_max_seconds: 300,
+            leeway_seconds: 30,
+            jwks_cache_seconds: 300,
+            jwks_refetch_seconds: 10,
+            allow_http_jwks: false,
+            token_url: None,
+        }
+    }
 }
 
 /// Locations of the rule files compiled at start-up.
@@ -270,6 +314,13 @@ pub struct Clinician {
     pub credential: String,
 }
 
+fn serialize_opt_secret<S: serde::Serializer>(s: &Option<SecretString>, ser: S) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(s) => ser.serialize_some(s.expose_secret()),
+        None => ser.serialize_none(),
+    }
+}
+
 fn serialize_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
     ser.serialize_str(s.expose_secret())
 }
@@ -419,6 +470,17 @@ impl Settings {
         }
         if intake.page_size_default == 0 || intake.page_size_default > intake.page_size_max {
             return Err(self.invalid("intake.page_size_default", "must be between 1 and intake.page_size_max"));
+        }
+        if let Some(key) = &self.auth.token_signing_key
+            && key.expose_secret().len() < 32
+        {
+            return Err(self.invalid("auth.token_signing_key", "must be at least 32 bytes"));
+        }
+        if self.auth.access_token_seconds == 0 || self.auth.access_token_seconds > 3600 {
+            return Err(self.invalid("auth.access_token_seconds", "must be between 1 and 3600"));
+        }
+        if self.auth.assertion_max_seconds == 0 {
+            return Err(self.invalid("auth.assertion_max_seconds", "must be at least 1"));
         }
         if self.server.max_body_bytes < 1024 {
             return Err(self.invalid("server.max_body_bytes", "must be at least 1024"));

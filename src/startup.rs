@@ -26,8 +26,10 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// The OpenAPI document, built once.
     pub openapi: Arc<serde_json::Value>,
-    /// Verified client secrets (by SHA-256) for `server.auth_cache_seconds`.
+    /// Verified client secrets and access tokens (by SHA-256) for `server.auth_cache_seconds`.
     pub auth_cache: moka::sync::Cache<String, crate::auth::Principal>,
+    /// SMART Backend Services: token issue and verification.
+    pub smart: crate::auth::smart::SmartAuth,
 }
 
 /// A built, bound, not yet running server.
@@ -65,6 +67,21 @@ fn tls_config(settings: &Settings) -> anyhow::Result<rustls::ServerConfig> {
         .context("the TLS certificate and key do not match or are unsupported")
 }
 
+/// Forgets expired client-assertion jti values once a minute (a replay of an expired assertion
+/// is refused by its `exp` already).
+async fn purge_jti_loop(store: Store) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        match store.purge_jti(crate::store::now_micros().timestamp_micros()).await {
+            Ok(n) if n > 0 => tracing::debug!(removed = n, "expired assertion jti values purged"),
+            Ok(_) => {}
+            Err(_) if store.is_closed() => break,
+            Err(e) => tracing::warn!(error = %e, "purging expired assertion jti values failed"),
+        }
+    }
+}
+
 impl Application {
     /// Builds the application from settings.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
@@ -81,7 +98,9 @@ impl Application {
             .max_capacity(10_000)
             .time_to_live(std::time::Duration::from_secs(settings.server.auth_cache_seconds))
             .build();
-        let state = web::Data::new(AppState { settings: settings.clone(), store: store.clone(), pipeline, openapi, auth_cache });
+        let smart = crate::auth::smart::SmartAuth::new(&settings.auth)?;
+        tokio::spawn(purge_jti_loop(store.clone()));
+        let state = web::Data::new(AppState { settings: settings.clone(), store: store.clone(), pipeline, openapi, auth_cache, smart });
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
         let port = listener.local_addr()?.port();

@@ -12,6 +12,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, get, web};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::auth::scope::Interaction;
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::fhir::search::{Cursor, SERVED_TYPES, SearchRegistry, is_id};
@@ -44,6 +45,7 @@ fn served_type(ty: &str) -> Result<&'static str, ApiError> {
 /// what this client may read.
 fn instance<'a>(ty: &str, id: &str, who: &'a Principal) -> Result<(&'static str, ReadScope<'a>), ApiError> {
     let ty = served_type(ty)?;
+    who.require_scope(ty, Interaction::Read)?;
     if !is_id(id) {
         return Err(ApiError::NotFound(format!("`{id}` is not a FHIR id")));
     }
@@ -144,7 +146,12 @@ pub fn capability_statement(registry: &SearchRegistry, base: &str) -> serde_json
             "documentation": "Read-only. Searches are strict: unknown parameters and modifiers answer 400. Paging uses opaque keyset cursors in `next` links. `_count` up to 1000 (default 50); `_sort` by `_lastUpdated`, `-_lastUpdated` or `_id`; `_summary=count`.",
             "security": {
                 "cors": false,
-                "description": "Bearer tokens issued per client (`wellness-gateway clients add`). Admin clients read everything; a submitter reads its own LEA's records. FQHC partner access is decided by consent and is not enabled yet."
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{ "url": "token", "valueUri": format!("{}/auth/token", base.strip_suffix("/fhir").unwrap_or(base)) }]
+                }],
+                "service": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR" }] }],
+                "description": "FQHC partners: SMART Backend Services (client_credentials with an RS384/ES384 client assertion at /auth/token; system/*.read or v2 system/<Type>.rs scopes). Other clients: bearer secrets issued per client (`wellness-gateway clients add`); admin clients read everything, a submitter reads its own LEA's records. Partner access to records is decided by consent and is not enabled yet."
             },
             "resource": resources,
         }],
@@ -242,6 +249,7 @@ pub async fn search(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let ty = served_type(&path)?;
+    who.require_scope(ty, Interaction::Search)?;
     let scope = scope(&who)?;
     let pairs = query_pairs(&req)?;
     let query = state.pipeline.search.parse(ty, &pairs).map_err(ApiError::BadRequest)?;

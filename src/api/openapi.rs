@@ -15,6 +15,8 @@ use crate::startup::AppState;
     paths(
         super::health::live,
         super::health::ready,
+        super::auth::token,
+        super::auth::smart_config,
         super::intake::post_session,
         super::intake::post_batch,
         super::intake::get_session,

@@ -3,7 +3,7 @@
 
 use actix_web::web;
 
-use super::{extractors, fhir, health, intake, openapi};
+use super::{auth, extractors, fhir, health, intake, openapi};
 use crate::error::ApiError;
 
 /// Registers every route, the query/path error renderers and the 404/405 fallbacks.
@@ -13,6 +13,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(health::live) // open
         .service(health::ready) // open
         .service(openapi::openapi_json) // open: describes the API, holds no data
+        .service(auth::token) // open: authenticates the client by its signed assertion
+        .service(auth::smart_config) // open: discovery, holds no data
+        .service(auth::smart_config_fhir) // open: discovery, holds no data
         .service(intake::post_batch) // submitter (own LEA), admin
         .service(intake::post_session) // submitter (own LEA), admin
         .service(intake::list_sessions) // submitter (own LEA), admin

@@ -7,6 +7,7 @@
 //! compile-time macros cannot check two dialects in one crate, so queries are runtime
 //! `query`/`query_as` and the shared test suite, run on both backends, is the query check.
 
+mod clients;
 pub(crate) mod fhir;
 mod sessions;
 mod writer;
@@ -22,6 +23,7 @@ use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+pub use clients::{NewSmartClient, SmartClientRow};
 pub use fhir::{ReadScope, Remap, SearchPage, SessionResources, StoredResource};
 pub use sessions::{
     IntakeRecord, ListFilter, NewVersion, Rejection, SessionSummary, StoredSession, VersionMeta, WriteJob, WriteOutcome, WriteStatus,
@@ -245,6 +247,11 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         with_db!(&self.db, pool => { sqlx::query("SELECT 1").execute(pool).await?; });
         Ok(())
+    }
+
+    /// Whether [`Store::close`] was called (background loops stop then).
+    pub fn is_closed(&self) -> bool {
+        with_db!(&self.db, pool => pool.is_closed())
     }
 
     /// Closes the pools.

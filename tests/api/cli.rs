@@ -110,3 +110,32 @@ fn migrate_check_and_config_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("bad.toml") && err.contains("sites[0].lea"), "{err}");
 }
+
+#[test]
+fn clients_add_registers_a_smart_partner() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("g.db").display());
+    let jwks = crate::helpers::repo_path("tests/fixtures/smart/jwks.json");
+    let out = gateway(&url)
+        .args(["clients", "add", "--name", "FQHC EHR", "--role", "partner", "--org", "fqhc-demo", "--jwks"])
+        .arg(&jwks)
+        .args(["--scope", "system/Encounter.rs system/Patient.read"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap();
+    assert!(uuid::Uuid::parse_str(last).is_ok(), "the client id alone on the last line: {stdout}");
+    assert!(stdout.contains("system/Encounter.rs system/Patient.read"));
+    // A URL must be https; a secret-style partner is refused; --jwks is for partners only.
+    let out = gateway(&url)
+        .args(["clients", "add", "--name", "x", "--role", "partner", "--org", "fqhc-demo", "--jwks", "http://example.org/jwks"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("https"));
+    let out = gateway(&url).args(["clients", "add", "--name", "x", "--role", "partner", "--org", "fqhc-demo"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--jwks"));
+    let out = gateway(&url).args(["clients", "add", "--name", "x", "--role", "admin", "--jwks"]).arg(&jwks).output().unwrap();
+    assert!(!out.status.success());
+}

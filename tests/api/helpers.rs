@@ -7,7 +7,7 @@ use std::sync::Once;
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use wellness_gateway::auth::{Role, register_client};
+use wellness_gateway::auth::{Credentials, Registered, Role, register, register_client};
 use wellness_gateway::settings::{LogFormat, Settings};
 use wellness_gateway::startup::Application;
 use wellness_gateway::store::Store;
@@ -105,7 +105,10 @@ pub struct TestApp {
     pub submitter_token: String,
     pub other_submitter_token: String,
     pub admin_token: String,
+    /// An access token of `partner_client_id` (SMART, ES384 assertion, `system/*.read`).
     pub partner_token: String,
+    /// The FQHC partner registered with `tests/fixtures/smart/jwks.json`.
+    pub partner_client_id: String,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -130,19 +133,16 @@ pub async fn start(settings: Settings, db: TestDb, register: bool) -> TestApp {
     tokio::spawn(app.run_until_stopped());
     let store = Store::connect(&settings.database).await.expect("test store connects");
     let mut tokens = Vec::new();
+    let mut partner_client_id = String::new();
     if register {
-        for (role, org) in [
-            (Role::Submitter, Some("lea-demo")),
-            (Role::Submitter, Some("lea-other")),
-            (Role::Admin, None),
-            (Role::Partner, Some("fqhc-demo")),
-        ] {
+        for (role, org) in [(Role::Submitter, Some("lea-demo")), (Role::Submitter, Some("lea-other")), (Role::Admin, None)] {
             tokens.push(register_client(&store, &settings, "test client", role, org).await.expect("client registers").secret);
         }
+        partner_client_id = register_partner(&store, &settings, "fqhc-demo", None).await;
     } else {
-        tokens.resize(4, String::new());
+        tokens.resize(3, String::new());
     }
-    TestApp {
+    let mut app = TestApp {
         address,
         client: reqwest::Client::builder().build().expect("http client"),
         store,
@@ -151,8 +151,111 @@ pub async fn start(settings: Settings, db: TestDb, register: bool) -> TestApp {
         submitter_token: tokens[0].clone(),
         other_submitter_token: tokens[1].clone(),
         admin_token: tokens[2].clone(),
-        partner_token: tokens[3].clone(),
+        partner_token: String::new(),
+        partner_client_id,
         handle,
+    };
+    // (Over plain HTTP only; the TLS test talks to the server with its own client.)
+    if register && !app.settings.server.tls.enabled {
+        app.partner_token = app.smart_token(&app.partner_client_id.clone(), "system/*.read", None).await;
+    }
+    app
+}
+
+/// Registers a partner of `fqhc` with the fixture JWKS (or `scope`); returns its client id.
+pub async fn register_partner(store: &Store, settings: &Settings, fqhc: &str, scope: Option<&str>) -> String {
+    let creds =
+        Credentials { jwks: Some(repo_path("tests/fixtures/smart/jwks.json").display().to_string()), scope: scope.map(str::to_owned) };
+    match register(store, settings, "test partner", Role::Partner, Some(fqhc), creds).await.expect("partner registers") {
+        Registered::Jwks { client_id, .. } => client_id,
+        Registered::Secret(_) => panic!("a partner gets no secret"),
+    }
+}
+
+/// Which fixture key signs an assertion.
+#[derive(Debug, Clone, Copy)]
+pub enum Key {
+    Rs384,
+    Es384,
+    /// A P-384 key that is not in the client's JWKS, presented under the kid of one that is.
+    Impostor,
+}
+
+/// What to put in a client assertion (defaults: a valid one).
+pub struct Assertion<'a> {
+    pub client_id: &'a str,
+    pub aud: String,
+    pub key: Key,
+    pub kid: Option<&'a str>,
+    pub exp_in_secs: i64,
+    pub jti: String,
+}
+
+impl Assertion<'_> {
+    pub fn sign(&self) -> String {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        let (alg, pem, default_kid) = match self.key {
+            Key::Rs384 => (Algorithm::RS384, "rs384-private.pem", "test-rs384"),
+            Key::Es384 => (Algorithm::ES384, "es384-private.pem", "test-es384"),
+            Key::Impostor => (Algorithm::ES384, "other-es384-private.pem", "test-es384"),
+        };
+        let pem = std::fs::read(repo_path(&format!("tests/fixtures/smart/{pem}"))).unwrap();
+        let key = match alg {
+            Algorithm::RS384 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+            _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+        };
+        let mut header = Header::new(alg);
+        header.kid = Some(self.kid.unwrap_or(default_kid).to_string());
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let claims = json!({
+            "iss": self.client_id, "sub": self.client_id, "aud": self.aud,
+            "exp": now + self.exp_in_secs, "jti": self.jti,
+        });
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+}
+
+impl TestApp {
+    /// A valid assertion for `client_id` signed with the ES384 fixture key.
+    pub fn assertion<'a>(&self, client_id: &'a str) -> Assertion<'a> {
+        Assertion {
+            client_id,
+            aud: self.url("/auth/token"),
+            key: Key::Es384,
+            kid: None,
+            exp_in_secs: 240,
+            jti: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// POSTs a token request; returns the raw response.
+    pub async fn token_request(&self, assertion: &str, scope: &str, purpose: Option<&str>) -> reqwest::Response {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("scope", scope),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", assertion),
+        ];
+        if let Some(p) = purpose {
+            form.push(("purpose_of_use", p));
+        }
+        let body = serde_urlencoded::to_string(&form).unwrap();
+        self.client
+            .post(self.url("/auth/token"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("token request sent")
+    }
+
+    /// An access token for a registered partner (panics when refused).
+    pub async fn smart_token(&self, client_id: &str, scope: &str, purpose: Option<&str>) -> String {
+        let res = self.token_request(&self.assertion(client_id).sign(), scope, purpose).await;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 200, "token refused: {body}");
+        body["access_token"].as_str().unwrap().to_owned()
     }
 }
 

@@ -10,3 +10,4 @@ mod fhir;
 mod intake;
 mod mapping;
 mod server;
+mod smart;
