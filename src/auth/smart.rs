@@ -187,6 +187,9 @@ impl SmartAuth {
         access_validation.set_audience(&[ISSUER]);
         access_validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         access_validation.leeway = 0;
+        // reqwest is built without a default crypto provider; the process uses ring, as the
+        // TLS listener does (a second install is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())

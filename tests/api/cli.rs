@@ -139,3 +139,33 @@ fn clients_add_registers_a_smart_partner() {
     let out = gateway(&url).args(["clients", "add", "--name", "x", "--role", "admin", "--jwks"]).arg(&jwks).output().unwrap();
     assert!(!out.status.success());
 }
+
+/// The binary itself starts and serves (the tests above build the app in-process; this catches
+/// what only `main` sets up, such as the TLS crypto provider of outgoing HTTP clients).
+#[test]
+fn serve_starts_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("g.db").display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = gateway(&url).arg("serve").env("WG__SERVER__PORT", port.to_string()).spawn().unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /.well-known/smart-configuration HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            ready = out.starts_with("HTTP/1.1 200") && out.contains("token_endpoint");
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(exited.is_none(), "serve exited: {exited:?}");
+    assert!(ready, "serve did not answer on port {port}");
+}
