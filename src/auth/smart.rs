@@ -190,6 +190,7 @@ impl SmartAuth {
         // reqwest is built without a default crypto provider; the process uses ring, as the
         // TLS listener does (a second install is a no-op).
         let _ = rustls::crypto::ring::default_provider().install_default();
+        super::ring_verify::install();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
