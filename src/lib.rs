@@ -28,6 +28,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod consent;
 pub mod demo;
 pub mod domain;
 pub mod error;
@@ -35,6 +36,7 @@ pub mod fhir;
 pub mod intake;
 pub mod mapping;
 pub mod pipeline;
+pub mod serve;
 pub mod settings;
 pub mod startup;
 pub mod store;

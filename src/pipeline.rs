@@ -36,6 +36,8 @@ pub struct Pipeline {
     pub mapper: Arc<Mapper>,
     /// Search parameters (index rows of stored resources).
     pub search: Arc<SearchRegistry>,
+    /// Consent category labels and partnerships.
+    pub consent: Arc<crate::consent::ConsentRules>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -50,7 +52,8 @@ impl Pipeline {
         let validator = Validator::new(&settings.rules.schemas_dir, settings.clone())?;
         let mapper = Arc::new(Mapper::from_settings(&settings, &validator)?);
         let search = Arc::new(SearchRegistry::load(&settings.rules.schemas_dir)?);
-        Ok(Self { settings, validator, mapper, search })
+        let consent = Arc::new(crate::consent::ConsentRules::from_settings(&settings)?);
+        Ok(Self { settings, validator, mapper, search, consent })
     }
 
     /// Validation and mapping (CPU only); see [`prepare`].
@@ -153,8 +156,26 @@ struct MapJob {
     received_at: DateTime<Utc>,
 }
 
+/// What the consent decision reads about a session, taken from its mapped Encounter: the
+/// student's Patient id and the Encounter's security labels (JSON array of `system|code`).
+fn disclosure_facts(resources: &[serde_json::Value]) -> (Option<String>, Option<String>) {
+    let Some(enc) = resources.iter().find(|r| r["resourceType"] == "Encounter") else { return (None, None) };
+    let patient = enc["subject"]["reference"].as_str().and_then(|r| r.strip_prefix("Patient/")).map(str::to_owned);
+    let labels: Vec<String> = enc["meta"]["security"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| Some(format!("{}|{}", c["system"].as_str()?, c["code"].as_str()?))).collect())
+        .unwrap_or_default();
+    (patient, serde_json::to_string(&labels).ok())
+}
+
 impl MapJob {
     fn map(&self, version: i64) -> Result<Vec<PreparedResource>, MapError> {
+        self.map_with_facts(version).map(|(r, _)| r)
+    }
+
+    /// The resources and the session's [`disclosure_facts`].
+    #[allow(clippy::type_complexity)]
+    fn map_with_facts(&self, version: i64) -> Result<(Vec<PreparedResource>, (Option<String>, Option<String>)), MapError> {
         let sv = SessionVersion {
             valid: &self.valid,
             record: &self.record,
@@ -164,7 +185,8 @@ impl MapJob {
             received_at: self.received_at,
         };
         let mapped = self.pipeline.mapper.map_session(&self.pipeline.settings, &self.set, &sv)?;
-        Ok(mapped.resources.into_iter().map(|r| PreparedResource::new(r, &self.pipeline.search)).collect())
+        let facts = disclosure_facts(&mapped.resources);
+        Ok((mapped.resources.into_iter().map(|r| PreparedResource::new(r, &self.pipeline.search)).collect(), facts))
     }
 }
 
@@ -193,8 +215,10 @@ fn with_resources(
         received_at,
     };
     // Mapped for version 1 (the common case); the store maps again if the session exists.
-    match job.map(1) {
-        Ok(resources) => {
+    match job.map_with_facts(1) {
+        Ok((resources, (patient_id, security))) => {
+            record.patient_id = patient_id;
+            record.security = security;
             let job = Arc::new(job);
             let remap = move |version: i64| job.map(version).map_err(|e| e.to_string());
             record.fhir = Some(SessionResources { assumed_version: 1, resources, remap: Arc::new(remap) });
@@ -234,6 +258,8 @@ fn check_one(
         raw_format: rec.format.media_type(),
         record: String::from_utf8(canonical).unwrap_or_default(),
         fhir: None,
+        patient_id: None,
+        security: None,
     };
     Ok((valid, record))
 }

@@ -1,9 +1,10 @@
 //! `/fhir`: a FHIR R4 REST API over the stored resources: `metadata`, read, vread, instance
 //! history and search with keyset paging.
 //!
-//! Access (issue 3): `admin` clients read everything; a `submitter` reads what its own LEA's
-//! sessions produced. FQHC partners get access with consent decisions (a later issue), so every
-//! other role is refused here.
+//! Access: `admin` clients read everything; a `submitter` reads what its own LEA's sessions
+//! produced; an FQHC `partner` (SMART access token) reads what consent permits: every resource
+//! it would receive is judged by [`crate::serve`], and a withheld one is answered exactly like
+//! one that does not exist (404, left out of searches, counts, `_include` and history).
 
 use std::time::{Duration, SystemTime};
 
@@ -13,26 +14,60 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::auth::scope::Interaction;
-use crate::auth::{Principal, Role};
+use crate::auth::{PURPOSE_HEADER, Principal, Role};
 use crate::error::ApiError;
 use crate::fhir::search::{Cursor, SERVED_TYPES, SearchRegistry, is_id};
 use crate::fhir::{FHIR_JSON, IssueCode, OutcomeIssue};
+use crate::serve::Partner;
 use crate::startup::AppState;
 use crate::store::{ReadScope, StoredResource};
 
-/// What this client may read.
-fn scope(who: &Principal) -> Result<ReadScope<'_>, ApiError> {
+/// What this client may read: an LEA scope (admins: every LEA; submitters: their own), or, for
+/// an FQHC partner, whatever consent permits (every resource is judged, see [`crate::serve`]).
+enum Access<'a> {
+    Scoped(ReadScope<'a>),
+    Partner(Partner<'a>),
+}
+
+impl<'a> Access<'a> {
+    fn store_scope(&self) -> ReadScope<'a> {
+        match self {
+            Access::Scoped(s) => *s,
+            Access::Partner(_) => None,
+        }
+    }
+}
+
+fn access<'a>(who: &'a Principal, req: &HttpRequest) -> Result<Access<'a>, ApiError> {
     match who.role {
-        Role::Admin => Ok(None),
+        Role::Admin => Ok(Access::Scoped(None)),
         Role::Submitter => match who.org.as_deref() {
-            Some(lea) => Ok(Some(lea)),
+            Some(lea) => Ok(Access::Scoped(Some(lea))),
             None => Err(ApiError::Forbidden("this submitter client is not bound to an LEA".into())),
         },
-        role => Err(ApiError::Forbidden(format!(
-            "a {} client may not read FHIR data yet: partner access is decided by consent, which this gateway does not enable yet",
-            role.as_str()
-        ))),
+        Role::Partner => {
+            let org = who.org.as_deref().ok_or_else(|| ApiError::Forbidden("this partner client is not bound to an FQHC".into()))?;
+            let header = req.headers().get(PURPOSE_HEADER).map(|v| v.to_str().unwrap_or("?"));
+            let purpose = who.purpose(header)?;
+            Ok(Access::Partner(Partner { org, purpose, today: chrono::Utc::now().date_naive() }))
+        }
+        role => Err(ApiError::Forbidden(format!("a {} client may not read FHIR data", role.as_str()))),
     }
+}
+
+/// For a partner: the resource if consent permits it (redacted and labelled), else `None`
+/// (the caller answers exactly as for a resource that does not exist).
+async fn disclose_one(state: &AppState, access: &Access<'_>, r: StoredResource) -> Result<Option<StoredResource>, ApiError> {
+    let Access::Partner(p) = access else { return Ok(Some(r)) };
+    let judged = crate::serve::judge(&state.store, &state.pipeline.consent, *p, vec![r]).await?;
+    Ok(judged.into_iter().next().filter(|j| j.verdict.permitted).map(|j| j.resource))
+}
+
+/// For a partner: only what consent permits, in order.
+async fn disclose_many(state: &AppState, access: &Access<'_>, rows: Vec<StoredResource>) -> Result<Vec<StoredResource>, ApiError> {
+    let Access::Partner(p) = access else { return Ok(rows) };
+    let judged = crate::serve::judge(&state.store, &state.pipeline.consent, *p, rows).await?;
+    Ok(judged.into_iter().filter(|j| j.verdict.permitted).map(|j| j.resource).collect())
 }
 
 fn served_type(ty: &str) -> Result<&'static str, ApiError> {
@@ -43,13 +78,13 @@ fn served_type(ty: &str) -> Result<&'static str, ApiError> {
 
 /// The checks every instance-level interaction starts with: a served type, a well-formed id, and
 /// what this client may read.
-fn instance<'a>(ty: &str, id: &str, who: &'a Principal) -> Result<(&'static str, ReadScope<'a>), ApiError> {
+fn instance<'a>(ty: &str, id: &str, who: &'a Principal, req: &HttpRequest) -> Result<(&'static str, Access<'a>), ApiError> {
     let ty = served_type(ty)?;
     who.require_scope(ty, Interaction::Read)?;
     if !is_id(id) {
         return Err(ApiError::NotFound(format!("`{id}` is not a FHIR id")));
     }
-    Ok((ty, scope(who)?))
+    Ok((ty, access(who, req)?))
 }
 
 /// `http(s)://host/fhir`, as the client addressed us.
@@ -151,7 +186,7 @@ pub fn capability_statement(registry: &SearchRegistry, base: &str) -> serde_json
                     "extension": [{ "url": "token", "valueUri": format!("{}/auth/token", base.strip_suffix("/fhir").unwrap_or(base)) }]
                 }],
                 "service": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR" }] }],
-                "description": "FQHC partners: SMART Backend Services (client_credentials with an RS384/ES384 client assertion at /auth/token; system/*.read or v2 system/<Type>.rs scopes). Other clients: bearer secrets issued per client (`wellness-gateway clients add`); admin clients read everything, a submitter reads its own LEA's records. Partner access to records is decided by consent and is not enabled yet."
+                "description": "FQHC partners: SMART Backend Services (client_credentials with an RS384/ES384 client assertion at /auth/token; system/*.read or v2 system/<Type>.rs scopes). Other clients: bearer secrets issued per client (`wellness-gateway clients add`); admin clients read everything, a submitter reads its own LEA's records. A partner reads what consent permits for the purpose of use of its request (X-Purpose-Of-Use or the token's purpose, default TREAT); withheld resources are indistinguishable from absent ones."
             },
             "resource": resources,
         }],
@@ -250,7 +285,8 @@ pub async fn search(
 ) -> Result<HttpResponse, ApiError> {
     let ty = served_type(&path)?;
     who.require_scope(ty, Interaction::Search)?;
-    let scope = scope(&who)?;
+    let access = access(&who, &req)?;
+    let scope = access.store_scope();
     let pairs = query_pairs(&req)?;
     let query = state.pipeline.search.parse(ty, &pairs).map_err(ApiError::BadRequest)?;
     let base = base_url(&req);
@@ -263,10 +299,19 @@ pub async fn search(
         if q.is_empty() { format!("{base}/{ty}") } else { format!("{base}/{ty}?{q}") }
     };
     if query.summary_count {
-        let n = state.store.fhir_count(&query, scope).await?;
+        let n = match &access {
+            Access::Partner(p) => crate::serve::count(&state.store, &state.pipeline.consent, *p, &query).await?,
+            Access::Scoped(_) => state.store.fhir_count(&query, scope).await?,
+        };
         return bundle_json("searchset", Some(n), vec![Link { relation: "self", url: link_url(None) }], Vec::new());
     }
-    let page = state.store.fhir_search(&query, scope).await?;
+    let page = match &access {
+        Access::Partner(p) => {
+            let page = crate::serve::search(&state.store, &state.pipeline.consent, *p, &query).await?;
+            crate::store::SearchPage { matches: page.matches, next: page.next }
+        }
+        Access::Scoped(_) => state.store.fhir_search(&query, scope).await?,
+    };
     let mut included = Vec::new();
     if !query.include.is_empty() && !page.matches.is_empty() {
         let ids: Vec<String> = page.matches.iter().map(|r| r.id.clone()).collect();
@@ -276,7 +321,9 @@ pub async fn search(
         }
         refs.sort();
         refs.dedup();
-        included = state.store.fhir_read_many(&refs, scope).await?;
+        // Included types outside the token's scopes are left out, like anything consent withholds.
+        refs.retain(|r| r.split_once('/').is_some_and(|(t, _)| who.require_scope(t, Interaction::Read).is_ok()));
+        included = disclose_many(&state, &access, state.store.fhir_read_many(&refs, scope).await?).await?;
     }
     let mut links = vec![Link { relation: "self", url: link_url(query.cursor.as_ref().map(|c: &Cursor| ("_cursor", c.encode()))) }];
     if let Some(next) = &page.next {
@@ -310,9 +357,11 @@ pub async fn read(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (ty, id) = path.into_inner();
-    let (ty, scope) = instance(&ty, &id, &who)?;
+    let (ty, access) = instance(&ty, &id, &who, &req)?;
     no_query(&req)?;
-    let r = state.store.fhir_read(ty, &id, scope).await?.ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} is not known")))?;
+    let not_found = || ApiError::NotFound(format!("{ty}/{id} is not known"));
+    let r = state.store.fhir_read(ty, &id, access.store_scope()).await?.ok_or_else(not_found)?;
+    let r = disclose_one(&state, &access, r).await?.ok_or_else(not_found)?;
     resource_response(&req, r)
 }
 
@@ -330,11 +379,13 @@ pub async fn vread(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (ty, id, vid) = path.into_inner();
-    let (ty, scope) = instance(&ty, &id, &who)?;
+    let (ty, access) = instance(&ty, &id, &who, &req)?;
     no_query(&req)?;
     let not_found = || ApiError::NotFound(format!("{ty}/{id} has no version {vid:?}"));
     let version: i64 = vid.parse().map_err(|_| not_found())?;
-    let r = state.store.fhir_vread(ty, &id, version, scope).await?.ok_or_else(not_found)?;
+    let r = state.store.fhir_vread(ty, &id, version, access.store_scope()).await?.ok_or_else(not_found)?;
+    // A partner is told "no such version" for a withheld one, and for a resource it may not see.
+    let r = disclose_one(&state, &access, r).await?.ok_or_else(not_found)?;
     resource_response(&req, r)
 }
 
@@ -351,7 +402,8 @@ pub async fn history(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (ty, id) = path.into_inner();
-    let (ty, scope) = instance(&ty, &id, &who)?;
+    let (ty, access) = instance(&ty, &id, &who, &req)?;
+    let scope = access.store_scope();
     let mut count: i64 = 50;
     let mut before: Option<i64> = None;
     let mut link_params = Vec::new();
@@ -378,7 +430,16 @@ pub async fn history(
             }
         }
     }
-    let rows = state.store.fhir_history(ty, &id, before, count + 1, scope).await?;
+    let rows = match access {
+        // A partner gets the versions it may see; every version is judged (histories are short).
+        Access::Partner(_) => {
+            let all = state.store.fhir_history(ty, &id, before, i64::MAX, scope).await?;
+            let mut kept = disclose_many(&state, &access, all).await?;
+            kept.truncate(usize::try_from(count + 1).unwrap_or(usize::MAX));
+            kept
+        }
+        Access::Scoped(_) => state.store.fhir_history(ty, &id, before, count + 1, scope).await?,
+    };
     if rows.is_empty() && before.is_none() {
         return Err(ApiError::NotFound(format!("{ty}/{id} is not known")));
     }

@@ -1,6 +1,7 @@
 //! HTTP only: extract -> call one domain function -> render. No SQL, no rules here.
 
 pub mod auth;
+pub mod consents;
 pub mod extractors;
 pub mod fhir;
 pub mod health;

@@ -23,6 +23,9 @@ use crate::startup::AppState;
         super::intake::get_session_version,
         super::intake::get_session_raw,
         super::intake::list_sessions,
+        super::consents::post_consent,
+        super::consents::get_consent,
+        super::consents::revoke_consent,
         super::fhir::metadata,
         super::fhir::search,
         super::fhir::read,
@@ -30,7 +33,7 @@ use crate::startup::AppState;
         super::fhir::history,
         openapi_json,
     ),
-    components(schemas(crate::fhir::OperationOutcome, crate::intake::receipt::BatchReceipt, crate::intake::receipt::SessionReceipt)),
+    components(schemas(crate::fhir::OperationOutcome, crate::intake::receipt::BatchReceipt, crate::intake::receipt::SessionReceipt, super::consents::ConsentReceipt)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

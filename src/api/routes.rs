@@ -3,7 +3,7 @@
 
 use actix_web::web;
 
-use super::{auth, extractors, fhir, health, intake, openapi};
+use super::{auth, consents, extractors, fhir, health, intake, openapi};
 use crate::error::ApiError;
 
 /// Registers every route, the query/path error renderers and the 404/405 fallbacks.
@@ -22,6 +22,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(intake::get_session_raw) // submitter (own LEA), admin
         .service(intake::get_session_version) // submitter (own LEA), admin
         .service(intake::get_session) // submitter (own LEA), admin
+        .service(consents::post_consent) // submitter (own LEA), admin
+        .service(consents::revoke_consent) // submitter (own LEA), admin
+        .service(consents::get_consent) // submitter (own LEA), admin
         .service(fhir::metadata) // open: describes the API, holds no data
         .service(fhir::history) // submitter (own LEA), admin
         .service(fhir::vread) // submitter (own LEA), admin

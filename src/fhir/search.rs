@@ -32,6 +32,7 @@ pub const SERVED_TYPES: &[&str] = &[
     "Coverage",
     "RelatedPerson",
     "Provenance",
+    "Consent",
 ];
 
 /// Supported search parameters by resource type (besides `_id` and `_lastUpdated`, which every
@@ -42,6 +43,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
     ("Condition", &["patient", "encounter", "code"]),
     ("Coverage", &["beneficiary"]),
     ("Provenance", &["target"]),
+    ("Consent", &["patient", "status", "actor", "period"]),
 ];
 
 /// Supported `_include` values: (source type, reference parameter).

@@ -25,6 +25,12 @@ fn v5(buf: &mut String, parts: &[&str]) -> String {
     uuid::Uuid::new_v5(&ID_NAMESPACE, buf.as_bytes()).hyphenated().encode_lower(&mut out).into()
 }
 
+/// The FHIR Patient id of an LEA's student (one Patient per LEA student id), as the mapping
+/// derives it; consents name the student the same way.
+pub fn patient_id(lea: &str, district_id: &str) -> String {
+    v5(&mut String::new(), &["Patient", lea, district_id])
+}
+
 /// Everything the mapping of one session version reads.
 #[derive(Debug, Clone, Copy)]
 pub struct MapInput<'a> {

@@ -8,6 +8,7 @@
 //! `query`/`query_as` and the shared test suite, run on both backends, is the query check.
 
 mod clients;
+mod consents;
 pub(crate) mod fhir;
 mod sessions;
 mod writer;
@@ -24,6 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use clients::{NewSmartClient, SmartClientRow};
+pub use consents::{ConsentOutcome, ConsentWrite, SessionFacts, StoredDirective};
 pub use fhir::{ReadScope, Remap, SearchPage, SessionResources, StoredResource};
 pub use sessions::{
     IntakeRecord, ListFilter, NewVersion, Rejection, SessionSummary, StoredSession, VersionMeta, WriteJob, WriteOutcome, WriteStatus,

@@ -12,29 +12,37 @@ use crate::fhir::{IssueCode, OutcomeIssue};
 
 /// File name of the session schema under `schemas/`.
 pub const SESSION_SCHEMA_FILE: &str = "session.schema.json";
+/// File name of the consent-form schema under `schemas/`.
+pub const CONSENT_SCHEMA_FILE: &str = "consent.schema.json";
 
 /// The compiled schemas.
 pub struct SchemaSet {
     session: jsonschema::Validator,
     session_document: Value,
+    consent: jsonschema::Validator,
+}
+
+fn compile(dir: &Path, file: &str) -> anyhow::Result<(jsonschema::Validator, Value)> {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading schema {}", path.display()))?;
+    compile_text(&text).with_context(|| format!("compiling schema {}", path.display()))
+}
+
+fn compile_text(text: &str) -> anyhow::Result<(jsonschema::Validator, Value)> {
+    let document: Value = serde_json::from_str(text).context("schema is not valid JSON")?;
+    let validator = jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&document)
+        .map_err(|e| anyhow::anyhow!("schema does not compile: {e}"))?;
+    Ok((validator, document))
 }
 
 impl SchemaSet {
     /// Loads and compiles every schema the gateway uses from `dir`.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let path = dir.join(SESSION_SCHEMA_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading schema {}", path.display()))?;
-        Self::from_session_schema_text(&text).with_context(|| format!("compiling schema {}", path.display()))
-    }
-
-    /// Compiles the session schema from its text (also used by the embedded copy in tests/benches).
-    pub fn from_session_schema_text(text: &str) -> anyhow::Result<Self> {
-        let document: Value = serde_json::from_str(text).context("schema is not valid JSON")?;
-        let session = jsonschema::draft202012::options()
-            .should_validate_formats(true)
-            .build(&document)
-            .map_err(|e| anyhow::anyhow!("schema does not compile: {e}"))?;
-        Ok(Self { session, session_document: document })
+        let (session, session_document) = compile(dir, SESSION_SCHEMA_FILE)?;
+        let (consent, _) = compile(dir, CONSENT_SCHEMA_FILE)?;
+        Ok(Self { session, session_document, consent })
     }
 
     /// The session schema as a JSON document (for OpenAPI and the CSV column layout).
@@ -44,21 +52,30 @@ impl SchemaSet {
 
     /// Checks a record against the session schema.
     pub fn check_session(&self, value: &Value) -> Result<(), Vec<OutcomeIssue>> {
-        if self.session.is_valid(value) {
-            return Ok(());
-        }
-        let errors: Vec<jsonschema::ValidationError<'_>> = self.session.iter_errors(value).collect();
-        // A value of the wrong type also fails its enum/length rules: report only the type there.
-        let wrong_type: Vec<&str> =
-            errors.iter().filter(|e| matches!(e.kind(), ValidationErrorKind::Type { .. })).map(|e| e.instance_path().as_str()).collect();
-        let mut issues: Vec<OutcomeIssue> = errors
-            .iter()
-            .filter(|e| matches!(e.kind(), ValidationErrorKind::Type { .. }) || !wrong_type.contains(&e.instance_path().as_str()))
-            .flat_map(describe)
-            .collect();
-        issues.dedup_by(|a, b| a.diagnostics == b.diagnostics && a.expression == b.expression);
-        Err(issues)
+        check(&self.session, value)
     }
+
+    /// Checks a consent form against the consent schema.
+    pub fn check_consent(&self, value: &Value) -> Result<(), Vec<OutcomeIssue>> {
+        check(&self.consent, value)
+    }
+}
+
+fn check(validator: &jsonschema::Validator, value: &Value) -> Result<(), Vec<OutcomeIssue>> {
+    if validator.is_valid(value) {
+        return Ok(());
+    }
+    let errors: Vec<jsonschema::ValidationError<'_>> = validator.iter_errors(value).collect();
+    // A value of the wrong type also fails its enum/length rules: report only the type there.
+    let wrong_type: Vec<&str> =
+        errors.iter().filter(|e| matches!(e.kind(), ValidationErrorKind::Type { .. })).map(|e| e.instance_path().as_str()).collect();
+    let mut issues: Vec<OutcomeIssue> = errors
+        .iter()
+        .filter(|e| matches!(e.kind(), ValidationErrorKind::Type { .. }) || !wrong_type.contains(&e.instance_path().as_str()))
+        .flat_map(describe)
+        .collect();
+    issues.dedup_by(|a, b| a.diagnostics == b.diagnostics && a.expression == b.expression);
+    Err(issues)
 }
 
 fn expression_name(pointer: &str) -> String {

@@ -449,10 +449,10 @@ async fn access_is_admin_or_the_submitting_lea_only(app: TestApp) {
     assert!(matches(&b).is_empty());
     let b = get_json(&app, "/fhir/Practitioner?_summary=count", &app.other_submitter_token).await;
     assert_eq!(b["total"], 0);
-    // FQHC partners wait for consent decisions (a later issue).
-    let issues = outcome(app.get(&format!("/fhir/Encounter/{id}"), &app.partner_token).await, 403).await;
-    assert!(issues[0]["diagnostics"].as_str().unwrap().contains("consent"));
-    outcome(app.get("/fhir/Encounter", &app.partner_token).await, 403).await;
+    // An FQHC partner without a consent sees nothing (tests/api/consent.rs tries every path).
+    outcome(app.get(&format!("/fhir/Encounter/{id}"), &app.partner_token).await, 404).await;
+    let b = get_json(&app, "/fhir/Encounter", &app.partner_token).await;
+    assert!(matches(&b).is_empty());
     outcome(app.get("/fhir/Encounter", "not-a-token").await, 401).await;
     // The submitting LEA and admins read it.
     get_json(&app, &format!("/fhir/Encounter/{id}"), &app.submitter_token).await;

@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod batch;
 mod cli;
+mod consent;
 mod corpora;
 mod fhir;
 mod intake;

@@ -1,0 +1,115 @@
+//! Recording consents: a school-native form becomes a directive and a FHIR `Consent` version;
+//! a revocation writes a new, inactive version that every later decision sees at once (nothing
+//! about consent is cached between requests, so every instance sharing the database agrees).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::form::{self, ConsentForm};
+use super::model::{Directive, Status};
+use crate::fhir::resource::PreparedResource;
+use crate::fhir::{IssueCode, OutcomeIssue};
+use crate::intake::{canonical_json, sha256_hex};
+use crate::pipeline::Pipeline;
+use crate::store::{ConsentOutcome, ConsentWrite, Store, StoreError};
+
+/// Why a consent was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    /// The form fails the schema or the semantic rules (422).
+    #[error("the consent form is not valid")]
+    Invalid(Vec<OutcomeIssue>),
+    /// Another LEA's consent (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such consent (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ConsentError> for crate::error::ApiError {
+    fn from(e: ConsentError) -> Self {
+        match e {
+            ConsentError::Invalid(issues) => crate::error::ApiError::Unprocessable(issues),
+            ConsentError::Forbidden(m) => crate::error::ApiError::Forbidden(m),
+            ConsentError::NotFound(m) => crate::error::ApiError::NotFound(m),
+            ConsentError::Store(e) => e.into(),
+        }
+    }
+}
+
+fn prepared(pipeline: &Pipeline, source_id: &str) -> impl Fn(&Directive) -> PreparedResource + Sync {
+    let pipeline = pipeline.clone();
+    let source_id = source_id.to_string();
+    move |d: &Directive| PreparedResource::new(form::to_fhir(d, &source_id, &pipeline.consent.labels), &pipeline.search)
+}
+
+/// Records a school-native consent form for LEA `scope` (`None`: any LEA, admins).
+pub async fn record_form(
+    pipeline: &Pipeline,
+    store: &Store,
+    scope: Option<&str>,
+    value: &Value,
+    now: DateTime<Utc>,
+) -> Result<ConsentOutcome, ConsentError> {
+    if let (Some(scope), Some(lea)) = (scope, value.get("lea").and_then(Value::as_str))
+        && lea != scope
+    {
+        return Err(ConsentError::Invalid(vec![
+            OutcomeIssue::error(IssueCode::Security, format!("this client records consents for LEA {scope:?} only")).at_pointer("/lea"),
+        ]));
+    }
+    pipeline.validator.schemas().check_consent(value).map_err(ConsentError::Invalid)?;
+    let form: ConsentForm = serde_json::from_value(value.clone()).map_err(|e| {
+        ConsentError::Invalid(vec![OutcomeIssue::error(IssueCode::Structure, format!("the consent form could not be read: {e}"))])
+    })?;
+    form.check(&pipeline.settings, now.date_naive()).map_err(ConsentError::Invalid)?;
+    let patient = crate::mapping::engine::patient_id(&form.lea, &form.student.district_id);
+    let directive = form.directive(&patient, 0);
+    let sha = sha256_hex(&canonical_json(value));
+    let fhir = prepared(pipeline, &form.source_id);
+    let out = store
+        .write_consent(&ConsentWrite {
+            directive: &directive,
+            source_id: &form.source_id,
+            content_sha256: Some(&sha),
+            fhir: &fhir,
+            at: now,
+        })
+        .await?;
+    tracing::info!(consent_id = %directive.id, outcome = ?out, "consent recorded");
+    Ok(out)
+}
+
+/// Revokes a consent (a new, inactive version). Revoking an inactive consent changes nothing.
+pub async fn revoke(
+    pipeline: &Pipeline,
+    store: &Store,
+    scope: Option<&str>,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<ConsentOutcome, ConsentError> {
+    let stored = visible(store, scope, id).await?;
+    if stored.directive.status == Status::Inactive {
+        return Ok(ConsentOutcome::Duplicate { id: id.to_string(), version: stored.directive.version });
+    }
+    let mut directive = stored.directive;
+    directive.status = Status::Inactive;
+    let fhir = prepared(pipeline, &stored.source_id);
+    let out = store
+        .write_consent(&ConsentWrite { directive: &directive, source_id: &stored.source_id, content_sha256: None, fhir: &fhir, at: now })
+        .await?;
+    tracing::info!(consent_id = %id, outcome = ?out, "consent revoked");
+    Ok(out)
+}
+
+/// A consent this scope may see (another LEA's consent is a 404, as if it did not exist).
+pub async fn visible(store: &Store, scope: Option<&str>, id: &str) -> Result<crate::store::StoredDirective, ConsentError> {
+    match store.consent_directive(id).await? {
+        Some(s) if scope.is_none_or(|lea| lea == s.directive.lea) => Ok(s),
+        _ => Err(ConsentError::NotFound(format!("consent {id} is not known"))),
+    }
+}

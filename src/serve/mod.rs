@@ -1,0 +1,386 @@
+//! Stage 6: what an FQHC partner may see of stored resources, decided by consent.
+//!
+//! [`judge`] takes stored resources (a read, the versions of a history, a page of search
+//! matches, `_include`d resources), finds the facts each decision needs (the session a resource
+//! belongs to, its student, site, date of service and security labels, the student's consents),
+//! calls [`crate::consent::decide`] once per resource and applies the permit's obligations to the
+//! content (DS4P labels, minimum necessary). The handlers serve only what it permits, and treat
+//! the rest exactly like a resource that does not exist.
+//!
+//! What a resource is judged by:
+//! - Encounter, Condition, Provenance: the session they belong to (site, date of service,
+//!   student) and the resource's own security labels (a Provenance takes its session's);
+//! - Patient, Coverage, RelatedPerson: the student's sessions: visible when at least one of them
+//!   is (a partner never learns of a student it may not see any session of);
+//! - Organization, Location, Practitioner, PractitionerRole: directory data without PHI, visible to
+//!   every partner (rule `directory`);
+//! - Consent and anything else: never (rule `not-disclosed`).
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::NaiveDate;
+use serde_json::{Value, json};
+
+use crate::consent::{Ask, Categories, Compiled, ConsentRules, Decision, Facts, Obligations};
+use crate::domain::PurposeOfUse;
+use crate::store::{SessionFacts, Store, StoreError, StoredResource};
+
+const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+const CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+const LOCAL_SECURITY: &str = "urn:wellness-gateway:codesystem:security";
+/// Extension carrying the 42 CFR 2.32 notice on disclosed Part 2 data.
+pub const PART2_NOTICE_EXTENSION: &str = "urn:wellness-gateway:fhir:extension:part2-redisclosure-notice";
+/// 42 CFR 2.32(a)(1) notice text.
+pub const PART2_NOTICE: &str = "This record which has been disclosed to you is protected by Federal confidentiality rules (42 CFR part 2). \
+These rules prohibit you from using or disclosing this record, or testimony that describes the information contained in this record, \
+in any civil, criminal, administrative, or legislative proceedings by any Federal, State, or local authority, against the patient, \
+unless authorized by the consent of the patient, except as provided at 42 CFR 2.12(c)(5) or as authorized by a court in accordance \
+with 42 CFR 2.64 or 2.65. In addition, the Federal rules prohibit you from making any other use or disclosure of this record unless \
+at least one of the following applies: (i) Further use or disclosure is expressly permitted by the written consent of the individual \
+whose information is being disclosed in this record or as otherwise permitted by 42 CFR part 2. (ii) You are a covered entity or \
+business associate and have received the record for treatment, payment, or health care operations, or (iii) You have received the \
+record from a covered entity or business associate as permitted by 45 CFR part 164, subparts A and E. A general authorization for \
+the release of medical or other information is NOT sufficient to meet the required elements of written consent to further use or \
+redisclose the record (see 42 CFR 2.31).";
+
+/// Who asks and why.
+#[derive(Debug, Clone, Copy)]
+pub struct Partner<'a> {
+    /// The partner's FQHC (configuration id).
+    pub org: &'a str,
+    /// Purpose of use.
+    pub purpose: PurposeOfUse,
+    /// Today (consents are judged in force on this date).
+    pub today: NaiveDate,
+}
+
+/// The decision about one resource, for the response and the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Disclosed or withheld.
+    pub permitted: bool,
+    /// The rule that decided (`consent`, `no-consent`, `partner-site`, `directory`, ...).
+    pub rule: &'static str,
+    /// The consent (id, version) that permitted, or whose exception withheld.
+    pub consent: Option<(String, i64)>,
+    /// The student the resource is about, when it is about one.
+    pub patient: Option<String>,
+}
+
+impl Verdict {
+    fn deny(rule: &'static str, patient: Option<String>) -> Verdict {
+        Verdict { permitted: false, rule, consent: None, patient }
+    }
+}
+
+/// A judged resource: its content is the redacted, labelled one when permitted.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    /// The resource (content rewritten when permitted; untouched otherwise, and not to be sent).
+    pub resource: StoredResource,
+    /// The decision.
+    pub verdict: Verdict,
+}
+
+enum Subject {
+    /// Belongs to this session; `own_labels`: judge by the resource's labels (else the session's).
+    Session {
+        id: String,
+        own_labels: bool,
+    },
+    /// About this student.
+    Patient(String),
+    Directory,
+    Never,
+}
+
+fn reference_id<'v>(v: &'v Value, ty: &str) -> Option<&'v str> {
+    v.as_str()?.strip_prefix(ty)?.strip_prefix('/')
+}
+
+fn subject_of(r: &StoredResource, content: &Value) -> Subject {
+    let session = |id: Option<&str>, own_labels: bool| match id {
+        Some(id) => Subject::Session { id: id.to_string(), own_labels },
+        None => Subject::Never,
+    };
+    let patient = |id: Option<&str>| id.map(|p| Subject::Patient(p.to_string())).unwrap_or(Subject::Never);
+    match r.resource_type.as_str() {
+        "Encounter" => session(Some(&r.id), true),
+        "Condition" => session(reference_id(&content["encounter"]["reference"], "Encounter"), true),
+        "Provenance" => {
+            session(content["target"].as_array().and_then(|t| t.iter().find_map(|x| reference_id(&x["reference"], "Encounter"))), false)
+        }
+        "Patient" => Subject::Patient(r.id.clone()),
+        "Coverage" => patient(reference_id(&content["beneficiary"]["reference"], "Patient")),
+        "RelatedPerson" => patient(reference_id(&content["patient"]["reference"], "Patient")),
+        "Organization" | "Location" | "Practitioner" | "PractitionerRole" => Subject::Directory,
+        _ => Subject::Never,
+    }
+}
+
+/// The decision facts of labels (`system|code` pairs).
+fn label_facts<'l>(labels: impl Iterator<Item = (&'l str, &'l str)>, rules: &ConsentRules) -> (Categories, bool, bool) {
+    let (mut cats, mut minor, mut psythpn) = (Categories::NONE, false, false);
+    for (system, code) in labels {
+        if let Some(c) = rules.labels.category_of(system, code) {
+            cats = cats.with(c);
+        }
+        minor |= system == LOCAL_SECURITY && code == "minor-consent";
+        psythpn |= system == ACT_CODE && code == "PSYTHPN";
+    }
+    (cats, minor, psythpn)
+}
+
+fn content_labels(content: &Value) -> impl Iterator<Item = (&str, &str)> {
+    content["meta"]["security"].as_array().into_iter().flatten().filter_map(|c| Some((c["system"].as_str()?, c["code"].as_str()?)))
+}
+
+fn session_labels(s: &SessionFacts) -> Vec<(String, String)> {
+    let list: Vec<String> = s.security.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default();
+    list.iter().filter_map(|l| l.split_once('|').map(|(a, b)| (a.to_string(), b.to_string()))).collect()
+}
+
+struct Context<'a> {
+    rules: &'a ConsentRules,
+    ask: Ask<'a>,
+    sessions: HashMap<String, SessionFacts>,
+    consents: HashMap<String, Vec<Compiled>>,
+    /// Every session of each patient-level subject.
+    patient_sessions: HashMap<String, Vec<SessionFacts>>,
+}
+
+impl Context<'_> {
+    fn decide_session(&self, s: &SessionFacts, labels: (Categories, bool, bool)) -> (Verdict, Option<Obligations>) {
+        let Some(patient) = s.patient_id.clone() else {
+            // Stored before consent facts were kept: never disclosed.
+            return (Verdict::deny("no-consent", None), None);
+        };
+        let facts = Facts {
+            site: &s.site_id,
+            service_date: s.service_start.date_naive(),
+            categories: labels.0,
+            minor_consented: labels.1,
+            psychotherapy_note: labels.2,
+        };
+        let consents = self.consents.get(&patient).map(Vec::as_slice).unwrap_or_default();
+        match crate::consent::decide(&self.ask, &facts, consents, &self.rules.partnerships) {
+            Decision::Permit { consent, obligations } => (
+                Verdict { permitted: true, rule: "consent", consent: Some((consent.id.clone(), consent.version)), patient: Some(patient) },
+                Some(obligations),
+            ),
+            Decision::Deny { rule, consent } => (
+                Verdict { permitted: false, rule: rule.id(), consent: consent.map(|c| (c.id.clone(), c.version)), patient: Some(patient) },
+                None,
+            ),
+        }
+    }
+
+    fn judge_one(&self, r: &StoredResource, content: &Value) -> (Verdict, Option<Obligations>) {
+        match subject_of(r, content) {
+            Subject::Directory => (Verdict { permitted: true, rule: "directory", consent: None, patient: None }, None),
+            Subject::Never => (Verdict::deny("not-disclosed", None), None),
+            Subject::Session { id, own_labels } => {
+                let Some(s) = self.sessions.get(&id) else { return (Verdict::deny("no-consent", None), None) };
+                let labels = if own_labels {
+                    label_facts(content_labels(content), self.rules)
+                } else {
+                    let l = session_labels(s);
+                    label_facts(l.iter().map(|(a, b)| (a.as_str(), b.as_str())), self.rules)
+                };
+                self.decide_session(s, labels)
+            }
+            Subject::Patient(p) => {
+                let mut first_denial = None;
+                for s in self.patient_sessions.get(&p).into_iter().flatten() {
+                    let l = session_labels(s);
+                    let (v, o) = self.decide_session(s, label_facts(l.iter().map(|(a, b)| (a.as_str(), b.as_str())), self.rules));
+                    if v.permitted {
+                        // The student's own record: general data, under that session's permit.
+                        return (v, o.map(|o| Obligations { part2: false, ..o }));
+                    }
+                    first_denial.get_or_insert(v);
+                }
+                let mut v = first_denial.unwrap_or_else(|| Verdict::deny("no-consent", None));
+                v.patient = Some(p);
+                (v, None)
+            }
+        }
+    }
+}
+
+fn has_label(content: &Value, system: &str, code: &str) -> bool {
+    content_labels(content).any(|(s, c)| s == system && c == code)
+}
+
+fn push_label(content: &mut Value, system: &str, code: &str, display: &str) {
+    if has_label(content, system, code) {
+        return;
+    }
+    if !content["meta"].is_object() {
+        content["meta"] = json!({});
+    }
+    let meta = &mut content["meta"];
+    if !meta["security"].is_array() {
+        meta["security"] = json!([]);
+    }
+    if let Some(list) = meta["security"].as_array_mut() {
+        list.push(json!({ "system": system, "code": code, "display": display }));
+    }
+}
+
+/// Applies a permit's obligations to a resource's content: DS4P labels (confidentiality R, the
+/// purpose of use, Part 2's no-redisclosure label and notice) and, for purposes other than
+/// treatment, the minimum necessary (narrative `text` and `note` removed, marked `REDACTED`).
+pub fn apply_obligations(content: &mut Value, o: &Obligations) {
+    if o.restricted && !has_label(content, CONFIDENTIALITY, "V") {
+        push_label(content, CONFIDENTIALITY, "R", "restricted");
+    }
+    push_label(content, PurposeOfUse::SYSTEM, o.purpose.code(), o.purpose.code());
+    if o.part2 {
+        push_label(content, ACT_CODE, "NORDSCLCD", "no redisclosure without consent directive");
+        if let Some(obj) = content.as_object_mut() {
+            let ext = obj.entry("extension").or_insert_with(|| json!([]));
+            if let Some(list) = ext.as_array_mut()
+                && !list.iter().any(|e| e["url"] == PART2_NOTICE_EXTENSION)
+            {
+                list.push(json!({ "url": PART2_NOTICE_EXTENSION, "valueString": PART2_NOTICE }));
+            }
+        }
+    }
+    if o.minimum_necessary {
+        let removed = content.as_object_mut().map(|obj| [obj.remove("text").is_some(), obj.remove("note").is_some()]).unwrap_or_default();
+        if removed.iter().any(|r| *r) {
+            push_label(content, "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "REDACTED", "redacted");
+        }
+    }
+}
+
+/// Judges stored resources for a partner (see the module doc). Deletions are withheld.
+pub async fn judge(
+    store: &Store,
+    rules: &ConsentRules,
+    who: Partner<'_>,
+    resources: Vec<StoredResource>,
+) -> Result<Vec<Judged>, StoreError> {
+    let parsed: Vec<Value> = resources.iter().map(|r| serde_json::from_str(&r.content).unwrap_or(Value::Null)).collect();
+    let subjects: Vec<Subject> = resources.iter().zip(&parsed).map(|(r, c)| subject_of(r, c)).collect();
+    // The facts every decision needs, in a few queries.
+    let session_ids: HashSet<&str> =
+        subjects.iter().filter_map(|s| if let Subject::Session { id, .. } = s { Some(id.as_str()) } else { None }).collect();
+    let patient_ids: HashSet<&str> =
+        subjects.iter().filter_map(|s| if let Subject::Patient(p) = s { Some(p.as_str()) } else { None }).collect();
+    let sessions: HashMap<String, SessionFacts> = if session_ids.is_empty() {
+        HashMap::new()
+    } else {
+        store.session_facts(&session_ids.into_iter().collect::<Vec<_>>()).await?.into_iter().map(|s| (s.id.clone(), s)).collect()
+    };
+    let mut patient_sessions: HashMap<String, Vec<SessionFacts>> = HashMap::new();
+    if !patient_ids.is_empty() {
+        for s in store.patient_session_facts(&patient_ids.into_iter().collect::<Vec<_>>()).await? {
+            if let Some(p) = s.patient_id.clone() {
+                patient_sessions.entry(p).or_default().push(s);
+            }
+        }
+    }
+    let students: HashSet<&str> =
+        sessions.values().chain(patient_sessions.values().flatten()).filter_map(|s| s.patient_id.as_deref()).collect();
+    let mut consents: HashMap<String, Vec<Compiled>> = HashMap::new();
+    if !students.is_empty() {
+        for d in store.consents_of_patients(&students.into_iter().collect::<Vec<_>>()).await? {
+            consents.entry(d.patient.clone()).or_default().push(d.compile());
+        }
+    }
+    let ctx =
+        Context { rules, ask: Ask { partner: who.org, purpose: who.purpose, today: who.today }, sessions, consents, patient_sessions };
+    Ok(resources
+        .into_iter()
+        .zip(parsed)
+        .map(|(mut r, mut content)| {
+            if r.deleted {
+                return Judged { resource: r, verdict: Verdict::deny("not-disclosed", None) };
+            }
+            let (verdict, obligations) = ctx.judge_one(&r, &content);
+            if verdict.permitted
+                && let Some(o) = obligations
+            {
+                apply_obligations(&mut content, &o);
+                r.content = content.to_string();
+            }
+            Judged { resource: r, verdict }
+        })
+        .collect())
+}
+
+/// One page of a partner's search: up to `query.count` permitted matches, the cursor after the
+/// last of them when another permitted match exists (looked ahead, so a `next` link never leads
+/// to an empty page that would reveal hidden matches), and every verdict for the audit trail.
+#[derive(Debug, Default)]
+pub struct PartnerPage {
+    /// Permitted matches, redacted.
+    pub matches: Vec<StoredResource>,
+    /// Where the next page starts.
+    pub next: Option<crate::fhir::search::Cursor>,
+    /// Verdicts of every match examined.
+    pub verdicts: Vec<(String, String, Verdict)>,
+}
+
+fn cursor_after(r: &StoredResource, sort: crate::fhir::search::Sort) -> crate::fhir::search::Cursor {
+    crate::fhir::search::Cursor { last_updated: (sort != crate::fhir::search::Sort::Id).then_some(r.last_updated_us), id: r.id.clone() }
+}
+
+/// Rows examined per store round trip while filling a partner's page.
+const SCAN_PAGE: usize = 200;
+
+/// Runs a search for a partner: scans matches in store order, judging each, until the page is
+/// full and one more permitted match is seen, or the matches run out.
+pub async fn search(
+    store: &Store,
+    rules: &ConsentRules,
+    who: Partner<'_>,
+    query: &crate::fhir::search::SearchRequest,
+) -> Result<PartnerPage, StoreError> {
+    let mut out = PartnerPage::default();
+    let mut scan = query.clone();
+    scan.count = SCAN_PAGE.max(query.count + 1);
+    loop {
+        let page = store.fhir_search(&scan, None).await?;
+        let more = page.next.clone();
+        for j in judge(store, rules, who, page.matches).await? {
+            if j.verdict.permitted && out.matches.len() == query.count {
+                // A further permitted match exists: the page ends at the last one kept.
+                out.next = out.matches.last().map(|r| cursor_after(r, query.sort));
+                return Ok(out);
+            }
+            out.verdicts.push((j.resource.resource_type.clone(), j.resource.id.clone(), j.verdict.clone()));
+            if j.verdict.permitted {
+                out.matches.push(j.resource);
+            }
+        }
+        match more {
+            Some(c) => scan.cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// `_summary=count` for a partner: the number of matches it may see (every match is judged).
+pub async fn count(
+    store: &Store,
+    rules: &ConsentRules,
+    who: Partner<'_>,
+    query: &crate::fhir::search::SearchRequest,
+) -> Result<i64, StoreError> {
+    let mut scan = query.clone();
+    scan.count = 1000;
+    scan.cursor = None;
+    let mut n = 0;
+    loop {
+        let page = store.fhir_search(&scan, None).await?;
+        let more = page.next.clone();
+        n += judge(store, rules, who, page.matches).await?.iter().filter(|j| j.verdict.permitted).count() as i64;
+        match more {
+            Some(c) => scan.cursor = Some(c),
+            None => return Ok(n),
+        }
+    }
+}

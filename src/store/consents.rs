@@ -1,0 +1,218 @@
+//! Consent directives (the decision's view) and their FHIR `Consent` versions, written together
+//! in one transaction; and the session facts the consent decision reads.
+
+use chrono::{DateTime, Utc};
+
+use super::fhir::FhirWrite;
+use super::{Db, Store, StoreError, with_db};
+use crate::consent::Directive;
+use crate::fhir::resource::PreparedResource;
+
+/// What a consent write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsentOutcome {
+    /// First version.
+    Created {
+        /// Consent id.
+        id: String,
+        /// Version (the FHIR Consent's `versionId`).
+        version: i64,
+    },
+    /// A new version of an existing consent.
+    Amended {
+        /// Consent id.
+        id: String,
+        /// New version.
+        version: i64,
+    },
+    /// The same form again: nothing changed.
+    Duplicate {
+        /// Consent id.
+        id: String,
+        /// Current version.
+        version: i64,
+    },
+}
+
+/// A consent version to write.
+pub struct ConsentWrite<'a> {
+    /// The directive (its `version` is filled in by the store).
+    pub directive: &'a Directive,
+    /// The LEA's id of the form.
+    pub source_id: &'a str,
+    /// SHA-256 of the canonical form (`None` for a status change such as a revocation, which
+    /// always writes a new version and keeps the form's hash).
+    pub content_sha256: Option<&'a str>,
+    /// Builds the FHIR Consent for the directive at its new version.
+    pub fhir: &'a (dyn Fn(&Directive) -> PreparedResource + Sync),
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A stored directive with its bookkeeping.
+#[derive(Debug, Clone)]
+pub struct StoredDirective {
+    /// The directive.
+    pub directive: Directive,
+    /// The LEA's id of the form.
+    pub source_id: String,
+}
+
+/// The facts of one session the consent decision reads.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionFacts {
+    /// Session id (= its Encounter id).
+    pub id: String,
+    /// LEA.
+    pub lea_id: String,
+    /// School site.
+    pub site_id: String,
+    /// Start of the session (the date of service).
+    pub service_start: DateTime<Utc>,
+    /// The student's Patient id (`None` for sessions stored before consent facts were kept).
+    pub patient_id: Option<String>,
+    /// The Encounter's security labels (JSON array of `system|code`).
+    pub security: Option<String>,
+}
+
+fn parse_directive(json: &str) -> Result<Directive, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("a stored consent directive is unreadable: {e}")))
+}
+
+macro_rules! write_consent {
+    ($tx:expr, $w:expr, $for_update:expr) => {{
+        let w: &ConsentWrite<'_> = $w;
+        let d = w.directive;
+        let prev: Option<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT version, content_sha256 FROM consent_directives WHERE id = $1{}",
+            $for_update
+        )))
+        .bind(&d.id)
+        .fetch_optional(&mut **$tx)
+        .await?;
+        match (&prev, w.content_sha256) {
+            (Some((version, sha)), Some(new)) if sha == new => ConsentOutcome::Duplicate { id: d.id.clone(), version: *version },
+            _ => {
+                let version = prev.as_ref().map(|(v, _)| v + 1).unwrap_or(1);
+                let mut directive = d.clone();
+                directive.version = version;
+                let resource = (w.fhir)(&directive);
+                let write = FhirWrite {
+                    session_id: &directive.id,
+                    session_version: version,
+                    lea: &directive.lea,
+                    amended: false,
+                    received_at: w.at,
+                    resources: std::borrow::Cow::Owned(vec![resource]),
+                };
+                $crate::store::fhir::apply_fhir!($tx, std::slice::from_ref(&write));
+                let json = serde_json::to_string(&directive).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let sha = w.content_sha256.map(str::to_owned).or_else(|| prev.as_ref().map(|(_, s)| s.clone())).unwrap_or_default();
+                sqlx::query(
+                    "INSERT INTO consent_directives (id, lea_id, source_id, patient_id, version, status, directive, content_sha256, updated_us) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status, directive = excluded.directive, \
+                     patient_id = excluded.patient_id, content_sha256 = excluded.content_sha256, updated_us = excluded.updated_us",
+                )
+                .bind(&directive.id)
+                .bind(&directive.lea)
+                .bind(w.source_id)
+                .bind(&directive.patient)
+                .bind(version)
+                .bind(directive.status.code())
+                .bind(json)
+                .bind(sha)
+                .bind(w.at.timestamp_micros())
+                .execute(&mut **$tx)
+                .await?;
+                if prev.is_some() {
+                    ConsentOutcome::Amended { id: directive.id.clone(), version }
+                } else {
+                    ConsentOutcome::Created { id: directive.id.clone(), version }
+                }
+            }
+        }
+    }};
+}
+
+impl Store {
+    /// Writes a consent version (directive + FHIR Consent) in one transaction; the same form
+    /// again is a duplicate.
+    pub async fn write_consent(&self, w: &ConsentWrite<'_>) -> Result<ConsentOutcome, StoreError> {
+        match self.db() {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let out = write_consent!(&mut tx, w, "");
+                tx.commit().await?;
+                Ok(out)
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // Lock the row (or, for a new consent, the key) so concurrent writers serialise.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(&w.directive.id).execute(&mut *tx).await?;
+                let out = write_consent!(&mut tx, w, " FOR UPDATE");
+                tx.commit().await?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// One consent's current directive.
+    pub async fn consent_directive(&self, id: &str) -> Result<Option<StoredDirective>, StoreError> {
+        let row: Option<(String, String)> = with_db!(self.db(), pool => {
+            sqlx::query_as("SELECT directive, source_id FROM consent_directives WHERE id = $1").bind(id).fetch_optional(pool).await?
+        });
+        row.map(|(json, source_id)| Ok(StoredDirective { directive: parse_directive(&json)?, source_id })).transpose()
+    }
+
+    /// The current directives of these patients (every status: the decision skips the inactive).
+    pub async fn consents_of_patients(&self, patient_ids: &[&str]) -> Result<Vec<Directive>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in patient_ids.chunks(500) {
+            let sql = format!(
+                "SELECT directive FROM consent_directives WHERE patient_id IN ({})",
+                super::fhir::placeholders(1, chunk.len(), matches!(self.db(), Db::Sqlite(_)))
+            );
+            let rows: Vec<(String,)> = with_db!(self.db(), pool => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+                for p in chunk {
+                    q = q.bind(*p);
+                }
+                q.fetch_all(pool).await?
+            });
+            for (json,) in rows {
+                out.push(parse_directive(&json)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decision facts of these sessions.
+    pub async fn session_facts(&self, session_ids: &[&str]) -> Result<Vec<SessionFacts>, StoreError> {
+        self.facts_where("id", session_ids).await
+    }
+
+    /// Decision facts of every session of these patients.
+    pub async fn patient_session_facts(&self, patient_ids: &[&str]) -> Result<Vec<SessionFacts>, StoreError> {
+        self.facts_where("patient_id", patient_ids).await
+    }
+
+    async fn facts_where(&self, column: &'static str, keys: &[&str]) -> Result<Vec<SessionFacts>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(500) {
+            let sql = format!(
+                "SELECT id, lea_id, site_id, service_start, patient_id, security FROM sessions WHERE current_version > 0 AND {column} IN ({})",
+                super::fhir::placeholders(1, chunk.len(), matches!(self.db(), Db::Sqlite(_)))
+            );
+            let rows: Vec<SessionFacts> = with_db!(self.db(), pool => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+                for k in chunk {
+                    q = q.bind(*k);
+                }
+                q.fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+}
