@@ -27,6 +27,7 @@
 //! [`store`]; rules live in `schemas/` and `config/`.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod consent;
 pub mod demo;

@@ -54,6 +54,11 @@ enum Command {
         #[arg(long)]
         org: Option<String>,
     },
+    /// The audit trail of partner disclosures.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Manage API clients.
     Clients {
         #[command(subcommand)]
@@ -79,6 +84,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of every AuditEvent; exits non-zero at the first broken event.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -206,6 +217,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("Authenticates with SMART Backend Services at /auth/token (RS384 or ES384 assertion, iss = sub = client_id).");
                     println!("client_id:");
                     println!("{client_id}");
+                }
+            }
+        }
+        Command::Audit { command: AuditCommand::Verify } => {
+            let store = startup::open_store(&settings).await?;
+            let report = wellness_gateway::audit::verify(&store).await?;
+            match report.broken {
+                None => println!("audit chain intact: {} events verified", report.events),
+                Some((seq, why)) => {
+                    anyhow::bail!("audit chain broken at event {seq} ({} events before it verified): {why}", report.events)
                 }
             }
         }

@@ -30,6 +30,8 @@ pub struct AppState {
     pub auth_cache: moka::sync::Cache<String, crate::auth::Principal>,
     /// SMART Backend Services: token issue and verification.
     pub smart: crate::auth::smart::SmartAuth,
+    /// The audit trail writer.
+    pub auditor: crate::audit::Auditor,
 }
 
 /// A built, bound, not yet running server.
@@ -100,7 +102,9 @@ impl Application {
             .build();
         let smart = crate::auth::smart::SmartAuth::new(&settings.auth)?;
         tokio::spawn(purge_jti_loop(store.clone()));
-        let state = web::Data::new(AppState { settings: settings.clone(), store: store.clone(), pipeline, openapi, auth_cache, smart });
+        let auditor = crate::audit::Auditor::spawn(store.clone());
+        let state =
+            web::Data::new(AppState { settings: settings.clone(), store: store.clone(), pipeline, openapi, auth_cache, smart, auditor });
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
         let port = listener.local_addr()?.port();

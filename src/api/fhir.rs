@@ -55,19 +55,46 @@ fn access<'a>(who: &'a Principal, req: &HttpRequest) -> Result<Access<'a>, ApiEr
     }
 }
 
-/// For a partner: the resource if consent permits it (redacted and labelled), else `None`
-/// (the caller answers exactly as for a resource that does not exist).
-async fn disclose_one(state: &AppState, access: &Access<'_>, r: StoredResource) -> Result<Option<StoredResource>, ApiError> {
-    let Access::Partner(p) = access else { return Ok(Some(r)) };
-    let judged = crate::serve::judge(&state.store, &state.pipeline.consent, *p, vec![r]).await?;
-    Ok(judged.into_iter().next().filter(|j| j.verdict.permitted).map(|j| j.resource))
+/// Every resource judged for the audit trail: (type, id, verdict).
+type Verdicts = Vec<(String, String, crate::serve::Verdict)>;
+
+/// For a partner: only what consent permits, in order (redacted and labelled), with every
+/// verdict; for other clients: the rows as they are.
+async fn disclose(state: &AppState, access: &Access<'_>, rows: Vec<StoredResource>) -> Result<(Vec<StoredResource>, Verdicts), ApiError> {
+    let Access::Partner(p) = access else { return Ok((rows, Vec::new())) };
+    let judged = crate::serve::judge(&state.store, &state.pipeline.consent, *p, rows).await?;
+    let verdicts = judged.iter().map(|j| (j.resource.resource_type.clone(), j.resource.id.clone(), j.verdict.clone())).collect();
+    Ok((judged.into_iter().filter(|j| j.verdict.permitted).map(|j| j.resource).collect(), verdicts))
 }
 
-/// For a partner: only what consent permits, in order.
-async fn disclose_many(state: &AppState, access: &Access<'_>, rows: Vec<StoredResource>) -> Result<Vec<StoredResource>, ApiError> {
-    let Access::Partner(p) = access else { return Ok(rows) };
-    let judged = crate::serve::judge(&state.store, &state.pipeline.consent, *p, rows).await?;
-    Ok(judged.into_iter().filter(|j| j.verdict.permitted).map(|j| j.resource).collect())
+/// Writes the AuditEvent of a partner request; the response is sent only after it is durable
+/// (a failure answers 503 and discloses nothing). Other clients are not audited here.
+async fn audit(
+    state: &AppState,
+    who: &Principal,
+    req: &HttpRequest,
+    access: &Access<'_>,
+    interaction: crate::audit::Interaction,
+    verdicts: &Verdicts,
+    count: Option<i64>,
+) -> Result<(), ApiError> {
+    let Access::Partner(p) = access else { return Ok(()) };
+    let token_id = match &who.grant {
+        crate::auth::Grant::Smart { token_id, .. } => Some(token_id.as_str()),
+        crate::auth::Grant::Secret => None,
+    };
+    let d = crate::audit::Disclosure {
+        client_id: &who.client_id,
+        org: p.org,
+        token_id,
+        purpose: p.purpose,
+        interaction,
+        request_id: super::extractors::request_id(req),
+        query: req.uri().to_string(),
+        verdicts,
+        count,
+    };
+    state.auditor.record(crate::audit::event(&d, chrono::Utc::now())).await.map_err(|e| ApiError::Unavailable(e.into()))
 }
 
 fn served_type(ty: &str) -> Result<&'static str, ApiError> {
@@ -300,14 +327,20 @@ pub async fn search(
     };
     if query.summary_count {
         let n = match &access {
-            Access::Partner(p) => crate::serve::count(&state.store, &state.pipeline.consent, *p, &query).await?,
+            Access::Partner(p) => {
+                let (n, verdicts) = crate::serve::count(&state.store, &state.pipeline.consent, *p, &query).await?;
+                audit(&state, &who, &req, &access, crate::audit::Interaction::Count, &verdicts, Some(n)).await?;
+                n
+            }
             Access::Scoped(_) => state.store.fhir_count(&query, scope).await?,
         };
         return bundle_json("searchset", Some(n), vec![Link { relation: "self", url: link_url(None) }], Vec::new());
     }
+    let mut verdicts = Vec::new();
     let page = match &access {
         Access::Partner(p) => {
             let page = crate::serve::search(&state.store, &state.pipeline.consent, *p, &query).await?;
+            verdicts = page.verdicts;
             crate::store::SearchPage { matches: page.matches, next: page.next }
         }
         Access::Scoped(_) => state.store.fhir_search(&query, scope).await?,
@@ -323,8 +356,11 @@ pub async fn search(
         refs.dedup();
         // Included types outside the token's scopes are left out, like anything consent withholds.
         refs.retain(|r| r.split_once('/').is_some_and(|(t, _)| who.require_scope(t, Interaction::Read).is_ok()));
-        included = disclose_many(&state, &access, state.store.fhir_read_many(&refs, scope).await?).await?;
+        let (kept, judged) = disclose(&state, &access, state.store.fhir_read_many(&refs, scope).await?).await?;
+        included = kept;
+        verdicts.extend(judged);
     }
+    audit(&state, &who, &req, &access, crate::audit::Interaction::Search, &verdicts, None).await?;
     let mut links = vec![Link { relation: "self", url: link_url(query.cursor.as_ref().map(|c: &Cursor| ("_cursor", c.encode()))) }];
     if let Some(next) = &page.next {
         links.push(Link { relation: "next", url: link_url(Some(("_cursor", next.encode()))) });
@@ -360,9 +396,10 @@ pub async fn read(
     let (ty, access) = instance(&ty, &id, &who, &req)?;
     no_query(&req)?;
     let not_found = || ApiError::NotFound(format!("{ty}/{id} is not known"));
-    let r = state.store.fhir_read(ty, &id, access.store_scope()).await?.ok_or_else(not_found)?;
-    let r = disclose_one(&state, &access, r).await?.ok_or_else(not_found)?;
-    resource_response(&req, r)
+    let found = state.store.fhir_read(ty, &id, access.store_scope()).await?;
+    let (kept, verdicts) = disclose(&state, &access, found.into_iter().collect()).await?;
+    audit(&state, &who, &req, &access, crate::audit::Interaction::Read, &verdicts, None).await?;
+    resource_response(&req, kept.into_iter().next().ok_or_else(not_found)?)
 }
 
 /// Read one version (`GET /fhir/{type}/{id}/_history/{vid}`).
@@ -383,10 +420,11 @@ pub async fn vread(
     no_query(&req)?;
     let not_found = || ApiError::NotFound(format!("{ty}/{id} has no version {vid:?}"));
     let version: i64 = vid.parse().map_err(|_| not_found())?;
-    let r = state.store.fhir_vread(ty, &id, version, access.store_scope()).await?.ok_or_else(not_found)?;
+    let found = state.store.fhir_vread(ty, &id, version, access.store_scope()).await?;
     // A partner is told "no such version" for a withheld one, and for a resource it may not see.
-    let r = disclose_one(&state, &access, r).await?.ok_or_else(not_found)?;
-    resource_response(&req, r)
+    let (kept, verdicts) = disclose(&state, &access, found.into_iter().collect()).await?;
+    audit(&state, &who, &req, &access, crate::audit::Interaction::Vread, &verdicts, None).await?;
+    resource_response(&req, kept.into_iter().next().ok_or_else(not_found)?)
 }
 
 /// Instance history, newest first (`GET /fhir/{type}/{id}/_history`).
@@ -434,8 +472,20 @@ pub async fn history(
         // A partner gets the versions it may see; every version is judged (histories are short).
         Access::Partner(_) => {
             let all = state.store.fhir_history(ty, &id, before, i64::MAX, scope).await?;
-            let mut kept = disclose_many(&state, &access, all).await?;
+            let versions: Vec<i64> = all.iter().map(|r| r.version_id).collect();
+            let (mut kept, verdicts) = disclose(&state, &access, all).await?;
             kept.truncate(usize::try_from(count + 1).unwrap_or(usize::MAX));
+            // Audit each version by its version id: the refused ones and those sent (the
+            // look-ahead version only decides whether a next link exists).
+            let sent: std::collections::HashSet<i64> =
+                kept.iter().take(usize::try_from(count).unwrap_or(usize::MAX)).map(|r| r.version_id).collect();
+            let verdicts: Verdicts = verdicts
+                .into_iter()
+                .zip(versions)
+                .filter(|((_, _, v), ver)| !v.permitted || sent.contains(ver))
+                .map(|((t, i, v), ver)| (t, format!("{i}/_history/{ver}"), v))
+                .collect();
+            audit(&state, &who, &req, &access, crate::audit::Interaction::History, &verdicts, None).await?;
             kept
         }
         Access::Scoped(_) => state.store.fhir_history(ty, &id, before, count + 1, scope).await?,

@@ -1,5 +1,6 @@
 //! HTTP only: extract -> call one domain function -> render. No SQL, no rules here.
 
+pub mod audit;
 pub mod auth;
 pub mod consents;
 pub mod extractors;

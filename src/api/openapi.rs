@@ -26,6 +26,7 @@ use crate::startup::AppState;
         super::consents::post_consent,
         super::consents::get_consent,
         super::consents::revoke_consent,
+        super::audit::disclosures,
         super::fhir::metadata,
         super::fhir::search,
         super::fhir::read,

@@ -3,7 +3,7 @@
 
 use actix_web::web;
 
-use super::{auth, consents, extractors, fhir, health, intake, openapi};
+use super::{audit, auth, consents, extractors, fhir, health, intake, openapi};
 use crate::error::ApiError;
 
 /// Registers every route, the query/path error renderers and the 404/405 fallbacks.
@@ -25,6 +25,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(consents::post_consent) // submitter (own LEA), admin
         .service(consents::revoke_consent) // submitter (own LEA), admin
         .service(consents::get_consent) // submitter (own LEA), admin
+        .service(audit::disclosures) // submitter (own LEA), admin
+        .service(audit::read_event) // admin (before the generic /fhir/{type}/{id})
+        .service(audit::search_events) // admin (before the generic /fhir/{type})
         .service(fhir::metadata) // open: describes the API, holds no data
         .service(fhir::history) // submitter (own LEA), admin
         .service(fhir::vread) // submitter (own LEA), admin

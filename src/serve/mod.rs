@@ -363,24 +363,27 @@ pub async fn search(
     }
 }
 
-/// `_summary=count` for a partner: the number of matches it may see (every match is judged).
+/// `_summary=count` for a partner: the number of matches it may see (every match is judged),
+/// with every verdict for the audit trail.
 pub async fn count(
     store: &Store,
     rules: &ConsentRules,
     who: Partner<'_>,
     query: &crate::fhir::search::SearchRequest,
-) -> Result<i64, StoreError> {
+) -> Result<(i64, Vec<(String, String, Verdict)>), StoreError> {
     let mut scan = query.clone();
     scan.count = 1000;
     scan.cursor = None;
-    let mut n = 0;
+    let mut verdicts = Vec::new();
     loop {
         let page = store.fhir_search(&scan, None).await?;
         let more = page.next.clone();
-        n += judge(store, rules, who, page.matches).await?.iter().filter(|j| j.verdict.permitted).count() as i64;
+        for j in judge(store, rules, who, page.matches).await? {
+            verdicts.push((j.resource.resource_type, j.resource.id, j.verdict));
+        }
         match more {
             Some(c) => scan.cursor = Some(c),
-            None => return Ok(n),
+            None => return Ok((verdicts.iter().filter(|(_, _, v)| v.permitted).count() as i64, verdicts)),
         }
     }
 }

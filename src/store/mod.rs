@@ -7,6 +7,7 @@
 //! compile-time macros cannot check two dialects in one crate, so queries are runtime
 //! `query`/`query_as` and the shared test suite, run on both backends, is the query check.
 
+mod audit;
 mod clients;
 mod consents;
 pub(crate) mod fhir;
@@ -24,6 +25,7 @@ use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+pub use audit::{ChainRow, GENESIS_HASH, PREVIOUS_HASH_EXTENSION, PendingEvent, event_hash};
 pub use clients::{NewSmartClient, SmartClientRow};
 pub use consents::{ConsentOutcome, ConsentWrite, SessionFacts, StoredDirective};
 pub use fhir::{ReadScope, Remap, SearchPage, SessionResources, StoredResource};

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod audit;
 mod auth;
 mod batch;
 mod cli;

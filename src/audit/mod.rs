@@ -1,0 +1,257 @@
+//! The audit trail of partner disclosures: one FHIR `AuditEvent` per partner request, naming the
+//! client, its FQHC, the purpose of use, the interaction, and every resource judged with its
+//! decision, rule and consent (id/version). The event is written before the response is sent;
+//! if it cannot be written, nothing is disclosed.
+//!
+//! Requests hand their event to one [`Auditor`] task, which appends whatever is queued in one
+//! transaction (group commit: under load many requests share a commit) and answers each request
+//! once its event is durable. The chain and its verification live in `store::audit`.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::PurposeOfUse;
+use crate::serve::Verdict;
+use crate::store::{GENESIS_HASH, PREVIOUS_HASH_EXTENSION, PendingEvent, Store, event_hash};
+
+/// Most events appended in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// The FHIR interaction a partner performed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interaction {
+    /// read
+    Read,
+    /// vread
+    Vread,
+    /// history-instance
+    History,
+    /// search-type (and its `_include`s)
+    Search,
+    /// search-type with `_summary=count`
+    Count,
+}
+
+impl Interaction {
+    fn code(self) -> &'static str {
+        match self {
+            Interaction::Read => "read",
+            Interaction::Vread => "vread",
+            Interaction::History => "history-instance",
+            Interaction::Search | Interaction::Count => "search-type",
+        }
+    }
+}
+
+/// What one partner request disclosed and withheld.
+#[derive(Debug, Clone)]
+pub struct Disclosure<'a> {
+    /// Client id.
+    pub client_id: &'a str,
+    /// The partner's FQHC.
+    pub org: &'a str,
+    /// The access token's id, if any.
+    pub token_id: Option<&'a str>,
+    /// Purpose of use.
+    pub purpose: PurposeOfUse,
+    /// Interaction.
+    pub interaction: Interaction,
+    /// The request id (X-Request-Id).
+    pub request_id: Option<String>,
+    /// The request path and query (may name identifiers: kept in the audit store, never logged).
+    pub query: String,
+    /// Every resource judged: (type, id, verdict).
+    pub verdicts: &'a [(String, String, Verdict)],
+    /// For `_summary=count`: the number answered.
+    pub count: Option<i64>,
+}
+
+fn detail(kind: &str, value: &str) -> Value {
+    json!({ "type": kind, "valueString": value })
+}
+
+/// Builds the AuditEvent of a disclosure.
+pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
+    let id = uuid::Uuid::new_v4().to_string();
+    let disclosed = d.verdicts.iter().any(|(_, _, v)| v.permitted);
+    let refused = d.verdicts.iter().any(|(_, _, v)| !v.permitted);
+    let mut entities: Vec<Value> = d
+        .verdicts
+        .iter()
+        .map(|(ty, rid, v)| {
+            let mut details = vec![detail("decision", if v.permitted { "permit" } else { "deny" }), detail("rule", v.rule)];
+            if let Some((cid, ver)) = &v.consent {
+                details.push(detail("consent", &format!("Consent/{cid}/_history/{ver}")));
+            }
+            json!({
+                "what": { "reference": format!("{ty}/{rid}") },
+                "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
+                "detail": details,
+            })
+        })
+        .collect();
+    let mut patients: Vec<(String, bool)> = Vec::new();
+    for (_, _, v) in d.verdicts {
+        if let Some(p) = &v.patient {
+            match patients.iter_mut().find(|(q, _)| q == p) {
+                Some(e) => e.1 |= v.permitted,
+                None => patients.push((p.clone(), v.permitted)),
+            }
+        }
+    }
+    for (p, was_disclosed) in &patients {
+        entities.push(json!({
+            "what": { "reference": format!("Patient/{p}") },
+            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
+            "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" },
+            "detail": [detail("disclosed", if *was_disclosed { "true" } else { "false" })],
+        }));
+    }
+    let mut query_details = Vec::new();
+    if let Some(rid) = &d.request_id {
+        query_details.push(detail("request-id", rid));
+    }
+    if let Some(n) = d.count {
+        query_details.push(detail("count", &n.to_string()));
+    }
+    let mut query = json!({
+        "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
+        "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query" },
+        "query": base64_encode(d.query.as_bytes()),
+    });
+    if !query_details.is_empty() {
+        query["detail"] = query_details.into();
+    }
+    entities.push(query);
+    let mut agent = json!({
+        "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient" }] },
+        "who": { "identifier": { "system": "urn:wellness-gateway:client-id", "value": d.client_id } },
+        "requestor": true,
+        "purposeOfUse": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": d.purpose.code() }] }],
+    });
+    if let Some(t) = d.token_id {
+        agent["policy"] = json!([format!("urn:wellness-gateway:access-token:{t}")]);
+    }
+    let event = json!({
+        "resourceType": "AuditEvent",
+        "id": id,
+        "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation" },
+        "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": d.interaction.code() }],
+        "action": if matches!(d.interaction, Interaction::Search | Interaction::Count) { "E" } else { "R" },
+        "recorded": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        // 0 = success (something disclosed, or nothing matched); 4 = minor failure (all refused).
+        "outcome": if refused && !disclosed { "4" } else { "0" },
+        "purposeOfEvent": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": d.purpose.code() }] }],
+        "agent": [agent, {
+            "type": { "coding": [{ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID" }] },
+            "who": { "display": "wellness-gateway" },
+            "requestor": false,
+        }],
+        "source": {
+            "observer": { "display": "wellness-gateway" },
+            "type": [{ "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server" }],
+        },
+        "entity": entities,
+        "extension": [{ "url": "urn:wellness-gateway:fhir:extension:partner-organization", "valueString": d.org }],
+    });
+    PendingEvent { id, recorded_us: at.timestamp_micros(), client_id: d.client_id.to_string(), event, patients }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+type Reply = oneshot::Sender<Result<(), String>>;
+
+/// The one task that appends audit events (group commit).
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    tx: mpsc::Sender<(PendingEvent, Reply)>,
+}
+
+/// The audit trail could not be written; nothing may be disclosed.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit trail could not be written: {0}")]
+pub struct AuditError(String);
+
+impl Auditor {
+    /// Starts the task on the current runtime.
+    pub fn spawn(store: Store) -> Auditor {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(run(store, rx));
+        Auditor { tx }
+    }
+
+    /// Appends one event; returns once it is durable.
+    pub async fn record(&self, event: PendingEvent) -> Result<(), AuditError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx.send((event, reply)).await.map_err(|_| AuditError("the audit writer has stopped".into()))?;
+        wait.await.map_err(|_| AuditError("the audit writer has stopped".into()))?.map_err(AuditError)
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::Receiver<(PendingEvent, Reply)>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<PendingEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
+        let result = store.append_audit(&events).await.map_err(|e| {
+            tracing::error!(error = %e, events = events.len(), "audit append failed; the disclosures are refused");
+            e.to_string()
+        });
+        for (_, reply) in batch {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// The result of checking the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Events checked.
+    pub events: i64,
+    /// The first broken position and why, if any.
+    pub broken: Option<(i64, String)>,
+}
+
+/// Checks the whole chain: positions without gaps, each event naming its predecessor's hash,
+/// each hash the SHA-256 of its event. Streams in pages (memory does not grow with the chain).
+pub async fn verify(store: &Store) -> Result<VerifyReport, crate::store::StoreError> {
+    let mut prev = GENESIS_HASH.to_string();
+    let mut expected_seq = 1;
+    let mut checked = 0;
+    loop {
+        let rows = store.audit_chain(expected_seq - 1, 1000).await?;
+        if rows.is_empty() {
+            return Ok(VerifyReport { events: checked, broken: None });
+        }
+        for r in rows {
+            let broken = |why: String| Ok(VerifyReport { events: checked, broken: Some((r.seq, why)) });
+            if r.seq != expected_seq {
+                return broken(format!("events {expected_seq} to {} are missing", r.seq - 1));
+            }
+            if r.prev_hash != prev {
+                return broken("its previous-hash does not match the event before it (an event was removed or replaced)".into());
+            }
+            let named = serde_json::from_str::<Value>(&r.event).ok().and_then(|e| {
+                e["extension"].as_array()?.iter().find(|x| x["url"] == PREVIOUS_HASH_EXTENSION)?["valueString"].as_str().map(str::to_owned)
+            });
+            if named.as_deref() != Some(prev.as_str()) {
+                return broken("the event does not name the hash of the event before it".into());
+            }
+            if event_hash(&r.event) != r.hash {
+                return broken("its content does not match its hash (the event was edited)".into());
+            }
+            prev = r.hash;
+            expected_seq += 1;
+            checked += 1;
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The audit trail: append-only, hash-chained AuditEvents.
+//!
+//! Each event's stored JSON names the hash of the event before it (an extension), and its own
+//! hash is the SHA-256 of that JSON, so editing or removing an event breaks the chain at that
+//! point ([`Store::audit_chain`] feeds `wellness-gateway audit verify`). Appends are serialised:
+//! the batch transaction takes a lock first (PostgreSQL: a transaction advisory lock, so several
+//! instances extend one chain; SQLite: `BEGIN IMMEDIATE`, the database write lock) and reads the
+//! chain's head inside it.
+
+use sha2::{Digest, Sha256};
+
+use super::{Db, Store, StoreError, with_db};
+
+/// The `prev` of the first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Extension carrying the previous event's hash inside each AuditEvent.
+pub const PREVIOUS_HASH_EXTENSION: &str = "urn:wellness-gateway:fhir:extension:audit-previous-hash";
+/// Advisory lock key of the chain (PostgreSQL).
+const CHAIN_LOCK: i64 = 0x5767_6175_6469_7400;
+
+/// An event to append: its AuditEvent JSON (without the chain extension) and index rows.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    /// AuditEvent id.
+    pub id: String,
+    /// Recorded time, µs since the epoch.
+    pub recorded_us: i64,
+    /// The client.
+    pub client_id: String,
+    /// The AuditEvent (an object; the chain extension is added when appended).
+    pub event: serde_json::Value,
+    /// (patient id, disclosed) of the students the event is about.
+    pub patients: Vec<(String, bool)>,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChainRow {
+    /// Position in the chain (1, 2, ...).
+    pub seq: i64,
+    /// AuditEvent id.
+    pub id: String,
+    /// The stored JSON.
+    pub event: String,
+    /// Hash of the event before.
+    pub prev_hash: String,
+    /// SHA-256 of `event`.
+    pub hash: String,
+}
+
+/// SHA-256 (hex) of an event's stored JSON.
+pub fn event_hash(event: &str) -> String {
+    hex::encode(Sha256::digest(event.as_bytes()))
+}
+
+macro_rules! append {
+    ($tx:expr, $events:expr) => {{
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *$tx).await?;
+        let (mut seq, mut prev) = head.unwrap_or((0, GENESIS_HASH.to_string()));
+        for e in $events {
+            let mut event = e.event.clone();
+            if let Some(obj) = event.as_object_mut() {
+                let ext = obj.entry("extension").or_insert_with(|| serde_json::json!([]));
+                if let Some(list) = ext.as_array_mut() {
+                    list.push(serde_json::json!({ "url": PREVIOUS_HASH_EXTENSION, "valueString": prev }));
+                }
+            }
+            let json = event.to_string();
+            let hash = event_hash(&json);
+            seq += 1;
+            sqlx::query(
+                "INSERT INTO audit_events (seq, id, recorded_us, client_id, event, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(seq)
+            .bind(&e.id)
+            .bind(e.recorded_us)
+            .bind(&e.client_id)
+            .bind(&json)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *$tx)
+            .await?;
+            for (patient, disclosed) in &e.patients {
+                sqlx::query("INSERT INTO audit_event_patients (patient_id, seq, disclosed) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(patient)
+                    .bind(seq)
+                    .bind(*disclosed)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+            prev = hash;
+        }
+    }};
+}
+
+impl Store {
+    /// Appends events to the chain in one transaction (all or none).
+    pub async fn append_audit(&self, events: &[PendingEvent]) -> Result<(), StoreError> {
+        match self.db() {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                append!(&mut *tx, events);
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
+                append!(&mut *tx, events);
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` events after position `after`, in chain order.
+    pub async fn audit_chain(&self, after: i64, limit: i64) -> Result<Vec<ChainRow>, StoreError> {
+        let rows = with_db!(self.db(), pool => {
+            sqlx::query_as::<_, ChainRow>("SELECT seq, id, event, prev_hash, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// One event by id.
+    pub async fn audit_event(&self, id: &str) -> Result<Option<ChainRow>, StoreError> {
+        let row = with_db!(self.db(), pool => {
+            sqlx::query_as::<_, ChainRow>("SELECT seq, id, event, prev_hash, hash FROM audit_events WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row)
+    }
+
+    /// Events newest first, before position `before`, optionally only those about `patient`
+    /// (and, with `disclosed_only`, only those that disclosed something of the patient).
+    pub async fn audit_events(
+        &self,
+        patient: Option<&str>,
+        disclosed_only: bool,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        let before = before.unwrap_or(i64::MAX);
+        let rows = with_db!(self.db(), pool => {
+            match patient {
+                Some(p) => sqlx::query_as::<_, ChainRow>(
+                    "SELECT e.seq, e.id, e.event, e.prev_hash, e.hash FROM audit_event_patients p JOIN audit_events e ON e.seq = p.seq \
+                     WHERE p.patient_id = $1 AND p.seq < $2 AND (p.disclosed OR NOT $3) ORDER BY p.seq DESC LIMIT $4",
+                )
+                .bind(p)
+                .bind(before)
+                .bind(disclosed_only)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?,
+                None => sqlx::query_as::<_, ChainRow>(
+                    "SELECT seq, id, event, prev_hash, hash FROM audit_events WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                )
+                .bind(before)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?,
+            }
+        });
+        Ok(rows)
+    }
+}

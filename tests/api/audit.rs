@@ -1,0 +1,114 @@
+//! The audit trail: an AuditEvent per partner request (disclosures and refusals), written before
+//! the response; the accounting of disclosures; admin-only `/fhir/AuditEvent`; a hash chain
+//! whose verification finds an edited or removed event; no disclosure when the audit fails.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, outcome, repo_path, session_with_id, spawn_app_with};
+
+async fn exec(url: &str, sql: &str) {
+    use sqlx::Connection;
+    if url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut c).await.unwrap();
+    }
+}
+
+fn verify(url: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wellness-gateway"))
+        .current_dir(repo_path(""))
+        .env("WG__DATABASE__URL", url)
+        .env("RUST_LOG", "warn")
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+async fn audit_trail(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.server.auth_cache_seconds = 0).await else { return };
+    let session: Value = app.post_json("/api/v1/sessions", &app.submitter_token, &session_with_id("AUD-1")).await.json().await.unwrap();
+    let enc = session["id"].as_str().unwrap().to_owned();
+    let patient = wellness_gateway::mapping::engine::patient_id("lea-demo", "S1002345");
+
+    // A refusal (no consent yet), then a disclosure.
+    assert_eq!(app.get(&format!("/fhir/Encounter/{enc}"), &app.partner_token).await.status(), 404);
+    let form: Value = serde_json::from_str(&std::fs::read_to_string(repo_path("schemas/examples/valid/consent.json")).unwrap()).unwrap();
+    assert_eq!(app.post_json("/api/v1/consents", &app.submitter_token, &form).await.status(), 201);
+    assert_eq!(app.get(&format!("/fhir/Encounter/{enc}"), &app.partner_token).await.status(), 200);
+    assert_eq!(app.get(&format!("/fhir/Encounter?patient={patient}&_include=Encounter:patient"), &app.partner_token).await.status(), 200);
+
+    // Admins read the events, newest first; each is a valid R4 AuditEvent.
+    let b: Value = app.get(&format!("/fhir/AuditEvent?patient={patient}"), &app.admin_token).await.json().await.unwrap();
+    let events: Vec<&Value> = b["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    assert_eq!(events.len(), 3, "{b}");
+    let schema = wellness_gateway::fhir::schema::FhirSchema::load(&repo_path("schemas")).unwrap();
+    for e in &events {
+        schema.validate(e).unwrap_or_else(|v| panic!("{v:?}"));
+    }
+    let (search, read, refused) = (events[0], events[1], events[2]);
+    assert_eq!(refused["outcome"], "4");
+    assert_eq!(refused["entity"][0]["detail"][0]["valueString"], "deny");
+    assert_eq!(refused["entity"][0]["detail"][1]["valueString"], "no-consent");
+    assert_eq!(read["outcome"], "0");
+    assert_eq!(read["subtype"][0]["code"], "read");
+    assert_eq!(read["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+    assert_eq!(read["agent"][0]["who"]["identifier"]["value"], app.partner_client_id.as_str());
+    let consent_id = wellness_gateway::consent::form::consent_id("lea-demo", "CONSENT-2026-0001");
+    assert_eq!(read["entity"][0]["detail"][2]["valueString"], format!("Consent/{consent_id}/_history/1"));
+    let refs: Vec<&str> = search["entity"].as_array().unwrap().iter().filter_map(|e| e["what"]["reference"].as_str()).collect();
+    assert!(refs.contains(&format!("Encounter/{enc}").as_str()) && refs.contains(&format!("Patient/{patient}").as_str()), "{refs:?}");
+    let one = app.get(&format!("/fhir/AuditEvent/{}", read["id"].as_str().unwrap()), &app.admin_token).await;
+    assert_eq!(one.status(), 200);
+    // Nobody else reads them.
+    outcome(app.get("/fhir/AuditEvent", &app.submitter_token).await, 403).await;
+    outcome(app.get("/fhir/AuditEvent", &app.partner_token).await, 403).await;
+
+    // The accounting of disclosures lists what was disclosed (not the refusal).
+    let acc: Value = app.get("/api/v1/students/S1002345/disclosures", &app.submitter_token).await.json().await.unwrap();
+    let list = acc["disclosures"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{acc}");
+    assert_eq!(list[1]["recipient_organization"], "fqhc-demo");
+    assert_eq!(list[1]["purpose"], "TREAT");
+    assert_eq!(list[1]["resources"], json!([format!("Encounter/{enc}")]));
+    assert_eq!(list[1]["consents"], json!([format!("Consent/{consent_id}/_history/1")]));
+    // Another LEA's student of the same district id is another student.
+    let other: Value = app.get("/api/v1/students/S1002345/disclosures", &app.other_submitter_token).await.json().await.unwrap();
+    assert!(other["disclosures"].as_array().unwrap().is_empty());
+    outcome(app.get("/api/v1/students/S1002345/disclosures", &app.admin_token).await, 400).await;
+
+    // The chain verifies; an edited event and a removed one are found.
+    let url = app.db.url.clone();
+    let (ok, text) = verify(&url);
+    assert!(ok && text.contains("3 events verified"), "{text}");
+    exec(&url, "UPDATE audit_events SET event = replace(event, 'TREAT', 'HOPERAT') WHERE seq = 2").await;
+    let (ok, text) = verify(&url);
+    assert!(!ok && text.contains("broken at event 2") && text.contains("edited"), "{text}");
+    exec(&url, "UPDATE audit_events SET event = replace(event, 'HOPERAT', 'TREAT') WHERE seq = 2").await;
+    assert!(verify(&url).0);
+    exec(&url, "DELETE FROM audit_events WHERE seq = 2").await;
+    let (ok, text) = verify(&url);
+    assert!(!ok && text.contains("broken at event 3"), "{text}");
+
+    // If the audit trail cannot be written, nothing is disclosed.
+    exec(&url, "DROP TABLE audit_event_patients").await;
+    let res = app.get(&format!("/fhir/Encounter/{enc}"), &app.partner_token).await;
+    assert_eq!(res.status(), 503);
+    let body = res.text().await.unwrap();
+    assert!(!body.contains(&enc), "no data in the refusal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_sqlite() {
+    audit_trail(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_postgres() {
+    audit_trail(Backend::Postgres).await;
+}
