@@ -151,3 +151,35 @@ pub async fn search_events(state: web::Data<AppState>, who: Principal, req: Http
     let bundle = json!({ "resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries });
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bundle.to_string()))
 }
+
+/// Query of the consent explanation.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainQuery {
+    /// The partner FQHC (configuration id).
+    pub partner: String,
+    /// TREAT, HPAYMT or HOPERAT (default TREAT).
+    pub purpose: Option<String>,
+    /// `Type/id` of the resource.
+    pub resource: String,
+}
+
+/// Why a disclosure is or is not permitted (admins): the decision, the rule, the consent, and
+/// each consent's verdict.
+#[utoipa::path(get, path = "/api/v1/consent/explain", tag = "consent", params(ExplainQuery),
+    responses((status = 200, description = "the explanation"), (status = 404, description = "no such resource", body = crate::fhir::OperationOutcome)),
+    security(("bearer" = [])))]
+#[get("/api/v1/consent/explain")]
+pub async fn explain(state: web::Data<AppState>, who: Principal, query: web::Query<ExplainQuery>) -> Result<HttpResponse, ApiError> {
+    admin_only(&who)?;
+    if state.settings.organization(&query.partner).is_none_or(|o| o.kind != crate::settings::OrgKind::Fqhc) {
+        return Err(ApiError::bad_request(IssueCode::Value, "partner", format!("`{}` is not a configured FQHC", query.partner)));
+    }
+    let purpose = crate::domain::PurposeOfUse::parse(query.purpose.as_deref().unwrap_or("TREAT"))
+        .map_err(|e| ApiError::bad_request(IssueCode::Value, "purpose", e))?;
+    let (ty, id) =
+        query.resource.split_once('/').ok_or_else(|| ApiError::bad_request(IssueCode::Value, "resource", "`resource` must be Type/id"))?;
+    let r = state.store.fhir_read(ty, id, None).await?.ok_or_else(|| ApiError::NotFound(format!("{} is not known", query.resource)))?;
+    let partner = crate::serve::Partner { org: &query.partner, purpose, today: chrono::Utc::now().date_naive() };
+    Ok(HttpResponse::Ok().json(crate::serve::explain(&state.store, &state.pipeline.consent, partner, r).await?))
+}

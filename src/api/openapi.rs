@@ -27,6 +27,7 @@ use crate::startup::AppState;
         super::consents::get_consent,
         super::consents::revoke_consent,
         super::audit::disclosures,
+        super::audit::explain,
         super::fhir::metadata,
         super::fhir::search,
         super::fhir::read,

@@ -26,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(consents::revoke_consent) // submitter (own LEA), admin
         .service(consents::get_consent) // submitter (own LEA), admin
         .service(audit::disclosures) // submitter (own LEA), admin
+        .service(audit::explain) // admin
         .service(audit::read_event) // admin (before the generic /fhir/{type}/{id})
         .service(audit::search_events) // admin (before the generic /fhir/{type})
         .service(fhir::metadata) // open: describes the API, holds no data

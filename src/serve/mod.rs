@@ -387,3 +387,69 @@ pub async fn count(
         }
     }
 }
+
+/// Why a partner may or may not receive a resource (admin explain): the decision as [`judge`]
+/// makes it, and every consent's verdict for every session that decides it.
+pub async fn explain(store: &Store, rules: &ConsentRules, who: Partner<'_>, r: StoredResource) -> Result<Value, StoreError> {
+    let content: Value = serde_json::from_str(&r.content).unwrap_or(Value::Null);
+    let reference = format!("{}/{}", r.resource_type, r.id);
+    let judged = judge(store, rules, who, vec![r.clone()]).await?.pop();
+    let verdict = judged.map(|j| j.verdict).unwrap_or_else(|| Verdict::deny("not-disclosed", None));
+    let ask = Ask { partner: who.org, purpose: who.purpose, today: who.today };
+    let mut sessions: Vec<(SessionFacts, Option<(Categories, bool, bool)>)> = Vec::new();
+    match subject_of(&r, &content) {
+        Subject::Session { id, own_labels } => {
+            for s in store.session_facts(&[id.as_str()]).await? {
+                let own = own_labels.then(|| label_facts(content_labels(&content), rules));
+                sessions.push((s, own));
+            }
+        }
+        Subject::Patient(p) => sessions.extend(store.patient_session_facts(&[p.as_str()]).await?.into_iter().map(|s| (s, None))),
+        Subject::Directory | Subject::Never => {}
+    }
+    let patients: Vec<&str> = sessions.iter().filter_map(|(s, _)| s.patient_id.as_deref()).collect();
+    let directives = if patients.is_empty() { Vec::new() } else { store.consents_of_patients(&patients).await? };
+    let mut per_session = Vec::new();
+    for (s, own) in &sessions {
+        let labels = own.unwrap_or_else(|| {
+            let l = session_labels(s);
+            label_facts(l.iter().map(|(a, b)| (a.as_str(), b.as_str())), rules)
+        });
+        let facts = Facts {
+            site: &s.site_id,
+            service_date: s.service_start.date_naive(),
+            categories: labels.0,
+            minor_consented: labels.1,
+            psychotherapy_note: labels.2,
+        };
+        let compiled: Vec<Compiled> =
+            directives.iter().filter(|d| Some(d.patient.as_str()) == s.patient_id.as_deref()).map(|d| d.compile()).collect();
+        let (decision, verdicts) = crate::consent::explain(&ask, &facts, &compiled, &rules.partnerships);
+        per_session.push(json!({
+            "session": format!("Encounter/{}", s.id),
+            "site": s.site_id,
+            "date_of_service": facts.service_date.to_string(),
+            "categories": labels.0.iter().map(|c| c.code()).collect::<Vec<_>>(),
+            "minor_consented": labels.1,
+            "partner_serves_site": rules.partnerships.serves(who.org, &s.site_id, facts.service_date),
+            "decision": if decision.permitted() { "permit" } else { "deny" },
+            "rule": decision.rule().id(),
+            "consents": verdicts.iter().map(|v| json!({
+                "consent": format!("Consent/{}/_history/{}", v.consent.id, v.consent.version),
+                "permits": v.result.is_ok(),
+                "why_not": v.result.err().map(|m| m.text()),
+                "deny_exception_matches": v.exception_matches,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(json!({
+        "resource": reference,
+        "partner": who.org,
+        "purpose": who.purpose.code(),
+        "evaluated_on": who.today.to_string(),
+        "decision": if verdict.permitted { "permit" } else { "deny" },
+        "rule": verdict.rule,
+        "consent": verdict.consent.map(|(id, v)| format!("Consent/{id}/_history/{v}")),
+        "sessions": per_session,
+    }))
+}

@@ -325,3 +325,27 @@ async fn consent_records_sqlite() {
 async fn consent_records_postgres() {
     consent_records(Backend::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_rule_and_each_consent() {
+    let Some(app) = spawn_app_with(Backend::Sqlite, with_second_fqhc).await else { return };
+    let enc = app.submit(&session_with_id("EXPLAIN-1")).await;
+    let url =
+        |partner: &str, purpose: &str| format!("/api/v1/consent/explain?partner={partner}&purpose={purpose}&resource=Encounter/{enc}");
+    let (_, e) = json_of(app.get(&url("fqhc-demo", "TREAT"), &app.admin_token).await).await;
+    assert_eq!((e["decision"].as_str(), e["rule"].as_str()), (Some("deny"), Some("no-consent")), "{e}");
+    let id = app.record_consent(&consent_form()).await["id"].as_str().unwrap().to_owned();
+    let (_, e) = json_of(app.get(&url("fqhc-demo", "TREAT"), &app.admin_token).await).await;
+    assert_eq!((e["decision"].as_str(), e["consent"].as_str()), (Some("permit"), Some(format!("Consent/{id}/_history/1").as_str())), "{e}");
+    let (_, e) = json_of(app.get(&url("fqhc-demo", "HOPERAT"), &app.admin_token).await).await;
+    assert_eq!(e["sessions"][0]["consents"][0]["why_not"], "the consent does not allow this purpose of use");
+    let (_, e) = json_of(app.get(&url("fqhc-other", "TREAT"), &app.admin_token).await).await;
+    assert_eq!((e["rule"].as_str(), e["sessions"][0]["partner_serves_site"].as_bool()), (Some("partner-site"), Some(false)));
+    app.post_json(&format!("/api/v1/consents/{id}/$revoke"), &app.submitter_token, &json!({})).await;
+    let (_, e) = json_of(app.get(&url("fqhc-demo", "TREAT"), &app.admin_token).await).await;
+    assert_eq!(e["sessions"][0]["consents"][0]["consent"], format!("Consent/{id}/_history/2"));
+    assert!(e["sessions"][0]["consents"][0]["why_not"].as_str().unwrap().contains("not active"));
+    // Admins only; explaining does not disclose, so it writes no AuditEvent.
+    outcome(app.get(&url("fqhc-demo", "TREAT"), &app.submitter_token).await, 403).await;
+    outcome(app.get(&url("nowhere", "TREAT"), &app.admin_token).await, 400).await;
+}
