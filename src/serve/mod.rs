@@ -118,8 +118,11 @@ fn subject_of(r: &StoredResource, content: &Value) -> Subject {
     }
 }
 
+/// What labels tell the decision: data categories, minor-consented, psychotherapy note.
+type LabelFacts = (Categories, bool, bool);
+
 /// The decision facts of labels (`system|code` pairs).
-fn label_facts<'l>(labels: impl Iterator<Item = (&'l str, &'l str)>, rules: &ConsentRules) -> (Categories, bool, bool) {
+fn label_facts<'l>(labels: impl Iterator<Item = (&'l str, &'l str)>, rules: &ConsentRules) -> LabelFacts {
     let (mut cats, mut minor, mut psythpn) = (Categories::NONE, false, false);
     for (system, code) in labels {
         if let Some(c) = rules.labels.category_of(system, code) {
@@ -150,7 +153,7 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
-    fn decide_session(&self, s: &SessionFacts, labels: (Categories, bool, bool)) -> (Verdict, Option<Obligations>) {
+    fn decide_session(&self, s: &SessionFacts, labels: LabelFacts) -> (Verdict, Option<Obligations>) {
         let Some(patient) = s.patient_id.clone() else {
             // Stored before consent facts were kept: never disclosed.
             return (Verdict::deny("no-consent", None), None);
@@ -396,7 +399,7 @@ pub async fn explain(store: &Store, rules: &ConsentRules, who: Partner<'_>, r: S
     let judged = judge(store, rules, who, vec![r.clone()]).await?.pop();
     let verdict = judged.map(|j| j.verdict).unwrap_or_else(|| Verdict::deny("not-disclosed", None));
     let ask = Ask { partner: who.org, purpose: who.purpose, today: who.today };
-    let mut sessions: Vec<(SessionFacts, Option<(Categories, bool, bool)>)> = Vec::new();
+    let mut sessions: Vec<(SessionFacts, Option<LabelFacts>)> = Vec::new();
     match subject_of(&r, &content) {
         Subject::Session { id, own_labels } => {
             for s in store.session_facts(&[id.as_str()]).await? {
