@@ -7,8 +7,14 @@
 //! cargo bench --bench http_load -- fhir-read   URL TOKEN [requests=50000] [concurrency=64]
 //! cargo bench --bench http_load -- fhir-search URL TOKEN [requests=20000] [concurrency=8] [students=100000]
 //! cargo bench --bench http_load -- token URL CLIENT_ID [requests=5000] [concurrency=16] [alg=ES384|RS384]
+//! cargo bench --bench http_load -- consents URL TOKEN STUDENTS
+//! cargo bench --bench http_load -- smart-token URL CLIENT_ID
 //! cargo bench --bench http_load -- gen-csv FILE ROWS [students=ROWS]
 //! ```
+//!
+//! `consents` records the example consent (`schemas/examples/valid/consent.json`) for students
+//! `S00000000`.. (the district ids `batch` and `single` give their sessions); `smart-token` prints an
+//! access token of a partner registered with the fixture JWKS.
 //!
 //! `token` signs all client assertions first (with the fixture keys of `tests/fixtures/smart/`,
 //! which the partner CLIENT_ID must be registered with), then times only the token requests.
@@ -167,6 +173,48 @@ async fn single(url: String, token: String, requests: usize, concurrency: usize)
     }
     let (all, secs) = gather(tasks, started).await;
     println!("single POST: {} requests, {concurrency} concurrent, {}", all.len(), latency_summary(&all, secs));
+}
+
+async fn consents(url: String, token: String, students: usize) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/examples/valid/consent.json");
+    let form: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let client = reqwest::Client::new();
+    for i in 0..students {
+        let mut f = form.clone();
+        f["source_id"] = format!("BENCH-CONSENT-{i:08}").into();
+        f["student"]["district_id"] = format!("S{i:08}").into();
+        let res = client.post(format!("{url}/api/v1/consents")).bearer_auth(&token).json(&f).send().await.unwrap();
+        assert!(res.status().is_success(), "consent refused: {}", res.status());
+    }
+    eprintln!("recorded {students} consents");
+}
+
+async fn smart_token(url: String, client_id: String) {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let pem = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smart/rs384-private.pem")).unwrap();
+    let mut header = Header::new(Algorithm::RS384);
+    header.kid = Some("test-rs384".into());
+    let claims = serde_json::json!({"iss": client_id, "sub": client_id, "aud": format!("{url}/auth/token"),
+        "exp": jsonwebtoken::get_current_timestamp() + 240, "jti": uuid::Uuid::new_v4().to_string()});
+    let assertion = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
+    let body = serde_urlencoded::to_string([
+        ("grant_type", "client_credentials"),
+        ("scope", "system/*.read"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", &assertion),
+    ])
+    .unwrap();
+    let res: Value = reqwest::Client::new()
+        .post(format!("{url}/auth/token"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!("{}", res["access_token"].as_str().expect("token issued"));
 }
 
 async fn token(url: String, client_id: String, requests: usize, concurrency: usize, alg: String) {
@@ -354,6 +402,8 @@ fn main() {
             arg(&args, 4, 16),
             args.get(5).cloned().unwrap_or_else(|| "ES384".into()),
         )),
+        Some("consents") => rt.block_on(consents(args[1].clone(), args[2].clone(), arg(&args, 3, 1000))),
+        Some("smart-token") => rt.block_on(smart_token(args[1].clone(), args[2].clone())),
         Some("gen-csv") => {
             let rows = arg(&args, 2, 1_000_000);
             gen_csv(&args[1], rows, arg(&args, 3, rows))

@@ -1,7 +1,8 @@
 //! In-process intake validation: parse JSON -> schema -> semantic rules -> canonical form + hashes
 //! (`pipeline::prepare`), one thread. Target (issue 2): >= 50,000 sessions/s on one core.
 //!
-//! Also map + validate one session to its FHIR resources (issue 3: >= 20,000 sessions/s).
+//! Also map + validate one session to its FHIR resources (issue 3: >= 20,000 sessions/s), and
+//! one consent decision for a student with five consents (issue 4: >= 1,000,000 decisions/s).
 //!
 //! `cargo bench --bench validate`
 
@@ -82,5 +83,68 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// A student with five consents, the permitting one last (every other one is examined first:
+/// revoked, expired, another partner, another purpose, one with a deny exception for SUD data).
+fn consent(c: &mut Criterion) {
+    use chrono::NaiveDate;
+    use wellness_gateway::consent::model::Exception;
+    use wellness_gateway::consent::{Ask, Categories, Category, Directive, Grantor, Partnerships, Period, Status, decide};
+    use wellness_gateway::domain::PurposeOfUse;
+    let settings = Settings::load(Some(Path::new("config/default.toml"))).expect("settings");
+    let partnerships = Partnerships::from_settings(&settings);
+    let day = |s: &str| s.parse::<NaiveDate>().unwrap();
+    let base = Directive {
+        id: "c".into(),
+        version: 1,
+        patient: "p".into(),
+        lea: "lea-demo".into(),
+        status: Status::Active,
+        granted_by: Grantor::Guardian,
+        recipients: vec!["fqhc-demo".into()],
+        purposes: vec![PurposeOfUse::Treat],
+        categories: vec![Category::GeneralCounselling, Category::MentalHealthDiagnosis],
+        period: Period { start: Some(day("2026-08-01")), end: Some(day("2027-07-31")) },
+        data_period: None,
+        signed_on: day("2026-08-01"),
+        document_sha256: "0".repeat(64),
+        exceptions: vec![],
+    };
+    let variants: [fn(&mut Directive); 5] = [
+        |d| d.status = Status::Inactive,
+        |d| d.period.end = Some("2026-09-30".parse().unwrap()),
+        |d| d.recipients = vec!["fqhc-other".into()],
+        |d| d.exceptions = vec![Exception { categories: Some(vec![Category::SubstanceUse]), ..Default::default() }],
+        |_| {},
+    ];
+    let consents: Vec<_> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut d = base.clone();
+            d.id = format!("c{i}");
+            if i == 3 {
+                d.purposes = vec![PurposeOfUse::Payment];
+            }
+            f(&mut d);
+            d.compile()
+        })
+        .collect();
+    let facts = wellness_gateway::consent::Facts {
+        site: "site-demo-hs",
+        service_date: day("2026-11-02"),
+        categories: Categories::NONE.with(Category::GeneralCounselling).with(Category::MentalHealthDiagnosis),
+        minor_consented: false,
+        psychotherapy_note: false,
+    };
+    let ask = Ask { partner: "fqhc-demo", purpose: PurposeOfUse::Treat, today: day("2026-11-30") };
+    assert!(decide(&ask, &facts, &consents, &partnerships).permitted());
+    let mut group = c.benchmark_group("consent");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decide_5_consents", |b| {
+        b.iter(|| decide(std::hint::black_box(&ask), std::hint::black_box(&facts), &consents, &partnerships).permitted())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, consent);
 criterion_main!(benches);

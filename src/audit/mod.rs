@@ -201,12 +201,13 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(PendingEvent, Reply)>) {
                 Err(_) => break,
             }
         }
-        let events: Vec<PendingEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
-        let result = store.append_audit(&events).await.map_err(|e| {
-            tracing::error!(error = %e, events = events.len(), "audit append failed; the disclosures are refused");
+        let (events, replies): (Vec<PendingEvent>, Vec<Reply>) = batch.into_iter().unzip();
+        let n = events.len();
+        let result = store.append_audit(events).await.map_err(|e| {
+            tracing::error!(error = %e, events = n, "audit append failed; the disclosures are refused");
             e.to_string()
         });
-        for (_, reply) in batch {
+        for reply in replies {
             let _ = reply.send(result.clone());
         }
     }

@@ -272,26 +272,31 @@ pub async fn judge(
         subjects.iter().filter_map(|s| if let Subject::Session { id, .. } = s { Some(id.as_str()) } else { None }).collect();
     let patient_ids: HashSet<&str> =
         subjects.iter().filter_map(|s| if let Subject::Patient(p) = s { Some(p.as_str()) } else { None }).collect();
-    let sessions: HashMap<String, SessionFacts> = if session_ids.is_empty() {
-        HashMap::new()
-    } else {
-        store.session_facts(&session_ids.into_iter().collect::<Vec<_>>()).await?.into_iter().map(|s| (s.id.clone(), s)).collect()
+    // Each query brings the sessions' students' consents along.
+    let mut consents: HashMap<String, Vec<Compiled>> = HashMap::new();
+    let mut add_consents = |directives: Vec<crate::consent::Directive>| {
+        for d in directives {
+            let list = consents.entry(d.patient.clone()).or_default();
+            if !list.iter().any(|c| c.id == d.id) {
+                list.push(d.compile());
+            }
+        }
     };
+    let mut sessions: HashMap<String, SessionFacts> = HashMap::new();
+    if !session_ids.is_empty() {
+        let (facts, directives) = store.session_facts(&session_ids.into_iter().collect::<Vec<_>>()).await?;
+        sessions = facts.into_iter().map(|s| (s.id.clone(), s)).collect();
+        add_consents(directives);
+    }
     let mut patient_sessions: HashMap<String, Vec<SessionFacts>> = HashMap::new();
     if !patient_ids.is_empty() {
-        for s in store.patient_session_facts(&patient_ids.into_iter().collect::<Vec<_>>()).await? {
+        let (facts, directives) = store.patient_session_facts(&patient_ids.into_iter().collect::<Vec<_>>()).await?;
+        for s in facts {
             if let Some(p) = s.patient_id.clone() {
                 patient_sessions.entry(p).or_default().push(s);
             }
         }
-    }
-    let students: HashSet<&str> =
-        sessions.values().chain(patient_sessions.values().flatten()).filter_map(|s| s.patient_id.as_deref()).collect();
-    let mut consents: HashMap<String, Vec<Compiled>> = HashMap::new();
-    if !students.is_empty() {
-        for d in store.consents_of_patients(&students.into_iter().collect::<Vec<_>>()).await? {
-            consents.entry(d.patient.clone()).or_default().push(d.compile());
-        }
+        add_consents(directives);
     }
     let ctx =
         Context { rules, ask: Ask { partner: who.org, purpose: who.purpose, today: who.today }, sessions, consents, patient_sessions };
@@ -400,18 +405,23 @@ pub async fn explain(store: &Store, rules: &ConsentRules, who: Partner<'_>, r: S
     let verdict = judged.map(|j| j.verdict).unwrap_or_else(|| Verdict::deny("not-disclosed", None));
     let ask = Ask { partner: who.org, purpose: who.purpose, today: who.today };
     let mut sessions: Vec<(SessionFacts, Option<LabelFacts>)> = Vec::new();
+    let mut directives = Vec::new();
     match subject_of(&r, &content) {
         Subject::Session { id, own_labels } => {
-            for s in store.session_facts(&[id.as_str()]).await? {
+            let (facts, d) = store.session_facts(&[id.as_str()]).await?;
+            for s in facts {
                 let own = own_labels.then(|| label_facts(content_labels(&content), rules));
                 sessions.push((s, own));
             }
+            directives = d;
         }
-        Subject::Patient(p) => sessions.extend(store.patient_session_facts(&[p.as_str()]).await?.into_iter().map(|s| (s, None))),
+        Subject::Patient(p) => {
+            let (facts, d) = store.patient_session_facts(&[p.as_str()]).await?;
+            sessions.extend(facts.into_iter().map(|s| (s, None)));
+            directives = d;
+        }
         Subject::Directory | Subject::Never => {}
     }
-    let patients: Vec<&str> = sessions.iter().filter_map(|(s, _)| s.patient_id.as_deref()).collect();
-    let directives = if patients.is_empty() { Vec::new() } else { store.consents_of_patients(&patients).await? };
     let mut per_session = Vec::new();
     for (s, own) in &sessions {
         let labels = own.unwrap_or_else(|| {

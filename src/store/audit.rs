@@ -55,11 +55,14 @@ pub fn event_hash(event: &str) -> String {
 
 macro_rules! append {
     ($tx:expr, $events:expr) => {{
+        use $crate::store::fhir::Bind;
         let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *$tx).await?;
+            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetch_optional(&mut **$tx).await?;
         let (mut seq, mut prev) = head.unwrap_or((0, GENESIS_HASH.to_string()));
+        let mut rows: Vec<Vec<Bind>> = Vec::new();
+        let mut patient_rows: Vec<Vec<Bind>> = Vec::new();
         for e in $events {
-            let mut event = e.event.clone();
+            let PendingEvent { id, recorded_us, client_id, mut event, patients } = e;
             if let Some(obj) = event.as_object_mut() {
                 let ext = obj.entry("extension").or_insert_with(|| serde_json::json!([]));
                 if let Some(list) = ext.as_array_mut() {
@@ -69,44 +72,37 @@ macro_rules! append {
             let json = event.to_string();
             let hash = event_hash(&json);
             seq += 1;
-            sqlx::query(
-                "INSERT INTO audit_events (seq, id, recorded_us, client_id, event, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(seq)
-            .bind(&e.id)
-            .bind(e.recorded_us)
-            .bind(&e.client_id)
-            .bind(&json)
-            .bind(&prev)
-            .bind(&hash)
-            .execute(&mut *$tx)
-            .await?;
-            for (patient, disclosed) in &e.patients {
-                sqlx::query("INSERT INTO audit_event_patients (patient_id, seq, disclosed) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                    .bind(patient)
-                    .bind(seq)
-                    .bind(*disclosed)
-                    .execute(&mut *$tx)
-                    .await?;
+            rows.push(vec![
+                Bind::Int(seq),
+                Bind::Text(id),
+                Bind::Int(recorded_us),
+                Bind::Text(client_id),
+                Bind::Text(json),
+                Bind::Text(std::mem::replace(&mut prev, hash.clone())),
+                Bind::Text(hash),
+            ]);
+            for (patient, disclosed) in patients {
+                patient_rows.push(vec![Bind::Text(patient), Bind::Int(seq), Bind::Bool(disclosed)]);
             }
-            prev = hash;
         }
+        $crate::store::fhir::insert_rows!($tx, "audit_events (seq, id, recorded_us, client_id, event, prev_hash, hash)", 7, &rows, "");
+        $crate::store::fhir::insert_rows!($tx, "audit_event_patients (patient_id, seq, disclosed)", 3, &patient_rows, "ON CONFLICT DO NOTHING");
     }};
 }
 
 impl Store {
-    /// Appends events to the chain in one transaction (all or none).
-    pub async fn append_audit(&self, events: &[PendingEvent]) -> Result<(), StoreError> {
+    /// Appends events to the chain in one transaction (all or none), with two multi-row inserts.
+    pub async fn append_audit(&self, events: Vec<PendingEvent>) -> Result<(), StoreError> {
         match self.db() {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                append!(&mut *tx, events);
+                append!(&mut tx, events);
                 tx.commit().await?;
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
-                append!(&mut *tx, events);
+                append!(&mut tx, events);
                 tx.commit().await?;
             }
         }

@@ -165,54 +165,66 @@ impl Store {
         row.map(|(json, source_id)| Ok(StoredDirective { directive: parse_directive(&json)?, source_id })).transpose()
     }
 
-    /// The current directives of these patients (every status: the decision skips the inactive).
-    pub async fn consents_of_patients(&self, patient_ids: &[&str]) -> Result<Vec<Directive>, StoreError> {
-        let mut out = Vec::new();
-        for chunk in patient_ids.chunks(500) {
-            let sql = format!(
-                "SELECT directive FROM consent_directives WHERE patient_id IN ({})",
-                super::fhir::placeholders(1, chunk.len(), matches!(self.db(), Db::Sqlite(_)))
-            );
-            let rows: Vec<(String,)> = with_db!(self.db(), pool => {
-                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
-                for p in chunk {
-                    q = q.bind(*p);
-                }
-                q.fetch_all(pool).await?
-            });
-            for (json,) in rows {
-                out.push(parse_directive(&json)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Decision facts of these sessions.
-    pub async fn session_facts(&self, session_ids: &[&str]) -> Result<Vec<SessionFacts>, StoreError> {
+    /// Decision facts of these sessions, with the consents of their students (one query).
+    pub async fn session_facts(&self, session_ids: &[&str]) -> Result<(Vec<SessionFacts>, Vec<Directive>), StoreError> {
         self.facts_where("id", session_ids).await
     }
 
-    /// Decision facts of every session of these patients.
-    pub async fn patient_session_facts(&self, patient_ids: &[&str]) -> Result<Vec<SessionFacts>, StoreError> {
+    /// Decision facts of every session of these patients, with their consents (one query).
+    pub async fn patient_session_facts(&self, patient_ids: &[&str]) -> Result<(Vec<SessionFacts>, Vec<Directive>), StoreError> {
         self.facts_where("patient_id", patient_ids).await
     }
 
-    async fn facts_where(&self, column: &'static str, keys: &[&str]) -> Result<Vec<SessionFacts>, StoreError> {
-        let mut out = Vec::new();
+    async fn facts_where(&self, column: &'static str, keys: &[&str]) -> Result<(Vec<SessionFacts>, Vec<Directive>), StoreError> {
+        let mut sessions: Vec<SessionFacts> = Vec::new();
+        let mut directives: Vec<Directive> = Vec::new();
+        let mut seen_consents = std::collections::HashSet::new();
+        let mut seen_sessions = std::collections::HashSet::new();
         for chunk in keys.chunks(500) {
+            // One row per (session, consent of its student); a session without consents once.
             let sql = format!(
-                "SELECT id, lea_id, site_id, service_start, patient_id, security FROM sessions WHERE current_version > 0 AND {column} IN ({})",
+                "SELECT s.id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, c.id AS consent_id, c.directive \
+                 FROM sessions s LEFT JOIN consent_directives c ON c.patient_id = s.patient_id \
+                 WHERE s.current_version > 0 AND s.{column} IN ({})",
                 super::fhir::placeholders(1, chunk.len(), matches!(self.db(), Db::Sqlite(_)))
             );
-            let rows: Vec<SessionFacts> = with_db!(self.db(), pool => {
+            let rows: Vec<FactsRow> = with_db!(self.db(), pool => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
                 for k in chunk {
                     q = q.bind(*k);
                 }
                 q.fetch_all(pool).await?
             });
-            out.extend(rows);
+            for r in rows {
+                if let (Some(cid), Some(json)) = (&r.consent_id, &r.directive)
+                    && seen_consents.insert(cid.clone())
+                {
+                    directives.push(parse_directive(json)?);
+                }
+                if seen_sessions.insert(r.id.clone()) {
+                    sessions.push(SessionFacts {
+                        id: r.id,
+                        lea_id: r.lea_id,
+                        site_id: r.site_id,
+                        service_start: r.service_start,
+                        patient_id: r.patient_id,
+                        security: r.security,
+                    });
+                }
+            }
         }
-        Ok(out)
+        Ok((sessions, directives))
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct FactsRow {
+    id: String,
+    lea_id: String,
+    site_id: String,
+    service_start: DateTime<Utc>,
+    patient_id: Option<String>,
+    security: Option<String>,
+    consent_id: Option<String>,
+    directive: Option<String>,
 }
