@@ -84,3 +84,62 @@ pub async fn revoke_consent(state: web::Data<AppState>, who: Principal, path: we
     let out = records::revoke(&state.pipeline, &state.store, who.intake_scope()?, &path, chrono::Utc::now()).await?;
     Ok(receipt(out, true))
 }
+
+async fn fhir_answer(state: &AppState, out: ConsentOutcome) -> Result<HttpResponse, ApiError> {
+    let (id, version, created) = match out {
+        ConsentOutcome::Created { id, version } | ConsentOutcome::Amended { id, version } => (id, version, true),
+        ConsentOutcome::Duplicate { id, version } => (id, version, false),
+    };
+    let stored =
+        state.store.fhir_read("Consent", &id, None).await?.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("Consent/{id} vanished")))?;
+    let mut res = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
+    res.insert_header((header::LOCATION, format!("/fhir/Consent/{id}/_history/{version}")))
+        .insert_header(header::ETag(header::EntityTag::new_weak(stored.version_id.to_string())));
+    Ok(res.content_type(crate::fhir::FHIR_JSON).body(stored.content))
+}
+
+async fn consent_body(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Result<serde_json::Value, ApiError> {
+    body_kind(req, &[BodyKind::Json])?;
+    let body = read_body(req, payload, state.settings.server.max_body_bytes).await?;
+    batch::parse_record(&body).map_err(|issue| ApiError::Malformed(vec![issue]))
+}
+
+/// Record a FHIR R4 Consent (scope patient-privacy). Answers the stored Consent (201), or 200
+/// when it states exactly what is stored already.
+#[utoipa::path(post, path = "/fhir/Consent", tag = "consent",
+    request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "A FHIR R4 Consent"),
+    responses((status = 201, description = "recorded"), (status = 422, description = "refused; one issue per problem with its path", body = OperationOutcome)),
+    security(("bearer" = [])))]
+#[post("/fhir/Consent")]
+pub async fn fhir_post_consent(
+    state: web::Data<AppState>,
+    who: Principal,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let scope = who.intake_scope()?;
+    let value = consent_body(&state, &req, payload).await?;
+    let out = records::record_fhir(&state.pipeline, &state.store, scope, &value, None, chrono::Utc::now()).await?;
+    fhir_answer(&state, out).await
+}
+
+/// Update a recorded Consent (a new version; `status: inactive` revokes).
+#[utoipa::path(put, path = "/fhir/Consent/{id}", tag = "consent",
+    params(("id" = String, Path, description = "consent id")),
+    request_body(content = serde_json::Value, content_type = "application/fhir+json", description = "A FHIR R4 Consent"),
+    responses((status = 201, description = "new version recorded"), (status = 200, description = "unchanged"),
+        (status = 404, description = "no such consent for this client", body = OperationOutcome), (status = 422, description = "refused", body = OperationOutcome)),
+    security(("bearer" = [])))]
+#[actix_web::put("/fhir/Consent/{id}")]
+pub async fn fhir_put_consent(
+    state: web::Data<AppState>,
+    who: Principal,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let scope = who.intake_scope()?;
+    let value = consent_body(&state, &req, payload).await?;
+    let out = records::record_fhir(&state.pipeline, &state.store, scope, &value, Some(&path), chrono::Utc::now()).await?;
+    fhir_answer(&state, out).await
+}

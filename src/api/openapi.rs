@@ -26,6 +26,8 @@ use crate::startup::AppState;
         super::consents::post_consent,
         super::consents::get_consent,
         super::consents::revoke_consent,
+        super::consents::fhir_post_consent,
+        super::consents::fhir_put_consent,
         super::audit::disclosures,
         super::audit::explain,
         super::fhir::metadata,

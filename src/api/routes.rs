@@ -25,6 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(consents::post_consent) // submitter (own LEA), admin
         .service(consents::revoke_consent) // submitter (own LEA), admin
         .service(consents::get_consent) // submitter (own LEA), admin
+        .service(consents::fhir_post_consent) // submitter (own LEA), admin
+        .service(consents::fhir_put_consent) // submitter (own LEA), admin
         .service(audit::disclosures) // submitter (own LEA), admin
         .service(audit::explain) // admin
         .service(audit::read_event) // admin (before the generic /fhir/{type}/{id})

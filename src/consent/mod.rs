@@ -2,9 +2,10 @@
 //!
 //! - [`model`]: what a consent says ([`model::Directive`]), read from a school-native consent form
 //!   or a FHIR `Consent`, and the data categories it can open (`mappings/consent/categories.toml`);
-//! - [`decide`]: the one decision function every partner channel calls, and its explanation.
+//! - [`mod@decide`]: the one decision function every partner channel calls, and its explanation.
 
 pub mod decide;
+pub mod fhir_consent;
 pub mod form;
 pub mod model;
 pub mod records;

@@ -1,6 +1,6 @@
 //! What a consent says, in the gateway's own terms: the [`Directive`] every channel decides on.
 //! It is built from a school-native consent form or a FHIR `Consent`, stored as JSON beside the
-//! FHIR resource, and compiled ([`Directive::compile`]) into the compact form [`super::decide`]
+//! FHIR resource, and compiled ([`Directive::compile`]) into the compact form [`fn@super::decide`]
 //! evaluates.
 
 use std::path::Path;
@@ -304,7 +304,7 @@ pub(crate) struct CompiledException {
 }
 
 impl Directive {
-    /// The form [`super::decide`] evaluates.
+    /// The form [`fn@super::decide`] evaluates.
     pub fn compile(&self) -> Compiled {
         Compiled {
             id: self.id.clone(),

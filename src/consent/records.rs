@@ -113,3 +113,92 @@ pub async fn visible(store: &Store, scope: Option<&str>, id: &str) -> Result<cra
         _ => Err(ConsentError::NotFound(format!("consent {id} is not known"))),
     }
 }
+
+fn invalid(pointer: &str, code: IssueCode, text: impl Into<String>) -> ConsentError {
+    ConsentError::Invalid(vec![OutcomeIssue::error(code, text).at_pointer(pointer)])
+}
+
+/// Records a FHIR `Consent` (`POST /fhir/Consent`, or `PUT /fhir/Consent/{id}` with `put_id`)
+/// for LEA `scope` (`None`: admins, who name the LEA in `organization`). Returns the outcome and
+/// the consent id.
+pub async fn record_fhir(
+    pipeline: &Pipeline,
+    store: &Store,
+    scope: Option<&str>,
+    value: &Value,
+    put_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<ConsentOutcome, ConsentError> {
+    if value["resourceType"] != "Consent" {
+        return Err(invalid("/resourceType", IssueCode::Invalid, "the body must be a Consent resource"));
+    }
+    pipeline.mapper.fhir().validate(value).map_err(|violations| {
+        ConsentError::Invalid(
+            violations.iter().map(|v| OutcomeIssue::error(IssueCode::Structure, v.message.clone()).at_pointer(&v.pointer)).collect(),
+        )
+    })?;
+    let parsed = super::fhir_consent::parse(value, &pipeline.settings, &pipeline.consent.labels).map_err(ConsentError::Invalid)?;
+    let lea = match (scope, &parsed.lea) {
+        (Some(own), Some(named)) if own != named => {
+            return Err(invalid("/organization", IssueCode::Security, format!("this client records consents for LEA {own:?} only")));
+        }
+        (Some(own), _) => own.to_string(),
+        (None, Some(named)) => named.clone(),
+        (None, None) => return Err(invalid("/organization", IssueCode::Required, "name the LEA as organization Organization/<lea id>")),
+    };
+    // The student must be one of this LEA's (a Patient its sessions produced).
+    let patient = store
+        .fhir_read("Patient", &parsed.patient, Some(&lea))
+        .await?
+        .filter(|p| !p.deleted)
+        .ok_or_else(|| invalid("/patient/reference", IssueCode::NotFound, "no student of this LEA has this Patient id"))?;
+    let granted_by = match (parsed.granted_by, parsed.self_signed) {
+        (Some(g), _) => g,
+        (None, true) => {
+            let birth = serde_json::from_str::<Value>(&patient.content)
+                .ok()
+                .and_then(|p| p["birthDate"].as_str()?.parse::<chrono::NaiveDate>().ok());
+            match birth.and_then(|b| parsed.signed_on.years_since(b)) {
+                Some(age) if age >= 18 => super::model::Grantor::AdultSelf,
+                _ => super::model::Grantor::MinorSelf,
+            }
+        }
+        (None, false) => super::model::Grantor::Guardian,
+    };
+    let source_id = match put_id {
+        Some(id) => {
+            if value["id"].as_str().is_some_and(|body| body != id) {
+                return Err(invalid("/id", IssueCode::Invalid, "the id in the body differs from the id in the URL"));
+            }
+            let stored =
+                store.consent_directive(id).await?.filter(|s| s.directive.lea == lea).ok_or_else(|| {
+                    ConsentError::NotFound(format!("Consent/{id} is not known; create a consent with POST /fhir/Consent"))
+                })?;
+            stored.source_id
+        }
+        None => parsed.source_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    };
+    let directive = Directive {
+        id: form::consent_id(&lea, &source_id),
+        version: 0,
+        patient: parsed.patient,
+        lea,
+        status: parsed.status,
+        granted_by,
+        recipients: parsed.recipients,
+        purposes: parsed.purposes,
+        categories: parsed.categories,
+        period: parsed.period,
+        data_period: parsed.data_period,
+        signed_on: parsed.signed_on,
+        document_sha256: parsed.document_sha256,
+        exceptions: parsed.exceptions,
+    };
+    let sha = sha256_hex(&serde_json::to_vec(&directive).unwrap_or_default());
+    let fhir = prepared(pipeline, &source_id);
+    let out = store
+        .write_consent(&ConsentWrite { directive: &directive, source_id: &source_id, content_sha256: Some(&sha), fhir: &fhir, at: now })
+        .await?;
+    tracing::info!(consent_id = %directive.id, outcome = ?out, "FHIR consent recorded");
+    Ok(out)
+}

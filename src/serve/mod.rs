@@ -3,7 +3,7 @@
 //! [`judge`] takes stored resources (a read, the versions of a history, a page of search
 //! matches, `_include`d resources), finds the facts each decision needs (the session a resource
 //! belongs to, its student, site, date of service and security labels, the student's consents),
-//! calls [`crate::consent::decide`] once per resource and applies the permit's obligations to the
+//! calls [`fn@crate::consent::decide`] once per resource and applies the permit's obligations to the
 //! content (DS4P labels, minimum necessary). The handlers serve only what it permits, and treat
 //! the rest exactly like a resource that does not exist.
 //!

@@ -349,3 +349,94 @@ async fn explain_names_the_rule_and_each_consent() {
     outcome(app.get(&url("fqhc-demo", "TREAT"), &app.submitter_token).await, 403).await;
     outcome(app.get(&url("nowhere", "TREAT"), &app.admin_token).await, 400).await;
 }
+
+fn fhir_consent(patient: &str) -> Value {
+    json!({
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+        "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+        "patient": { "reference": format!("Patient/{patient}") },
+        "dateTime": "2026-09-01",
+        "performer": [{ "type": "RelatedPerson", "display": "Mother" }],
+        "identifier": [{ "system": "urn:wellness-gateway:sid:document-sha256", "value": "ab".repeat(32) }],
+        "policyRule": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN" }] },
+        "provision": {
+            "type": "permit",
+            "period": { "start": "2026-09-01" },
+            "actor": [{ "role": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP" }] },
+                        "reference": { "reference": "Organization/fqhc-demo" } }],
+            "action": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "disclose" }] }],
+            "purpose": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT" }],
+            "securityLabel": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "BH" },
+                              { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY" }]
+        }
+    })
+}
+
+async fn post_fhir(app: &TestApp, path: &str, method: reqwest::Method, token: &str, body: &Value) -> (u16, Value) {
+    let res = app
+        .client
+        .request(method, app.url(path))
+        .bearer_auth(token)
+        .header("Content-Type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    json_of(res).await
+}
+
+async fn fhir_consents(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, with_second_fqhc).await else { return };
+    let enc = app.submit(&session_with_id("FHIRC-1")).await;
+    let patient = wellness_gateway::mapping::engine::patient_id("lea-demo", "S1002345");
+    let (status, c) = post_fhir(&app, "/fhir/Consent", reqwest::Method::POST, &app.submitter_token, &fhir_consent(&patient)).await;
+    assert_eq!(status, 201, "{c}");
+    assert_eq!(c["resourceType"], "Consent");
+    let id = c["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.get_as(&format!("/fhir/Encounter/{enc}"), &app.partner_token, None).await.status(), 200);
+    let (_, d) = json_of(app.get(&format!("/api/v1/consents/{id}"), &app.submitter_token).await).await;
+    assert_eq!(d["directive"]["granted_by"], "guardian");
+    assert_eq!(d["directive"]["categories"], json!(["general-counselling", "mental-health-diagnosis"]));
+
+    // PUT with status inactive revokes: a new version, and the partner sees nothing again.
+    let mut revoked = fhir_consent(&patient);
+    revoked["status"] = json!("inactive");
+    revoked["id"] = json!(id);
+    let (status, c) = post_fhir(&app, &format!("/fhir/Consent/{id}"), reqwest::Method::PUT, &app.submitter_token, &revoked).await;
+    assert_eq!((status, c["meta"]["versionId"].as_str(), c["status"].as_str()), (201, Some("2"), Some("inactive")), "{c}");
+    outcome(app.get_as(&format!("/fhir/Encounter/{enc}"), &app.partner_token, None).await, 404).await;
+    let (status, _) = post_fhir(&app, &format!("/fhir/Consent/{id}"), reqwest::Method::PUT, &app.submitter_token, &revoked).await;
+    assert_eq!(status, 200, "the same state again changes nothing");
+
+    // Refusals name the path.
+    let mut narrowed = fhir_consent(&patient);
+    narrowed["provision"]["data"] = json!([{ "meaning": "instance", "reference": { "reference": format!("Encounter/{enc}") } }]);
+    let issues = outcome(app.post_json("/fhir/Consent", &app.submitter_token, &narrowed).await, 422).await;
+    assert_eq!(issues[0]["expression"][0], "provision.data", "{issues:?}");
+    let issues = outcome(app.post_json("/fhir/Consent", &app.submitter_token, &fhir_consent("no-such-patient")).await, 422).await;
+    assert_eq!(issues[0]["expression"][0], "patient.reference");
+    let issues = outcome(app.post_json("/fhir/Consent", &app.other_submitter_token, &fhir_consent(&patient)).await, 422).await;
+    assert_eq!(issues[0]["expression"][0], "patient.reference", "another LEA's student is not theirs");
+    let mut bad = fhir_consent(&patient);
+    bad["status"] = json!(7);
+    let issues = outcome(app.post_json("/fhir/Consent", &app.submitter_token, &bad).await, 422).await;
+    assert_eq!(issues[0]["expression"][0], "status");
+    outcome(app.post_json("/fhir/Consent", &app.partner_token, &fhir_consent(&patient)).await, 403).await;
+    let mut admin_consent = fhir_consent(&patient);
+    admin_consent["organization"] = json!([{ "reference": "Organization/lea-demo" }]);
+    let (status, _) = post_fhir(&app, "/fhir/Consent/nope", reqwest::Method::PUT, &app.admin_token, &admin_consent).await;
+    assert_eq!(status, 404, "a consent is created with POST");
+    outcome(app.post_json("/fhir/Consent/nope", &app.admin_token, &admin_consent).await, 405).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_consents_sqlite() {
+    fhir_consents(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_consents_postgres() {
+    fhir_consents(Backend::Postgres).await;
+}
