@@ -11,6 +11,8 @@
 //!    of service (configuration `[[partnerships]]`);
 //! 2. `purpose`: the purpose must be one an FQHC may ask for (TREAT, HPAYMT, HOPERAT);
 //! 3. `psychotherapy-notes`: psychotherapy-note content (PSYTHPN) is never disclosed;
+//!    `minimum-necessary`: session notes go out for treatment only (DOMAIN.md 4.8 table:
+//!    progress text never for payment or operations);
 //! 4. `consent-exception`: a deny exception of an applicable consent that matches wins;
 //! 5. `consent`: an active consent in force today that names the partner (Part 2 data: by name,
 //!    not by `*`), the purpose, every data category of the record and its date of service, signed
@@ -58,6 +60,8 @@ pub enum Rule {
     Purpose,
     /// Psychotherapy notes are never disclosed.
     PsychotherapyNotes,
+    /// Session notes are disclosed for treatment only.
+    MinimumNecessary,
     /// A consent's deny exception matched.
     ConsentException,
     /// A consent permits.
@@ -73,6 +77,7 @@ impl Rule {
             Rule::PartnerSite => "partner-site",
             Rule::Purpose => "purpose",
             Rule::PsychotherapyNotes => "psychotherapy-notes",
+            Rule::MinimumNecessary => "minimum-necessary",
             Rule::ConsentException => "consent-exception",
             Rule::Consent => "consent",
             Rule::NoConsent => "no-consent",
@@ -274,6 +279,9 @@ pub fn decide<'c>(ask: &Ask<'_>, facts: &Facts<'_>, consents: &'c [Compiled], pa
     if facts.psychotherapy_note {
         return Decision::Deny { rule: Rule::PsychotherapyNotes, consent: None };
     }
+    if facts.categories.contains(Category::SessionNotes) && ask.purpose != PurposeOfUse::Treat {
+        return Decision::Deny { rule: Rule::MinimumNecessary, consent: None };
+    }
     // Deny beats permit: any applicable consent's matching exception withholds the record.
     if let Some(c) = consents.iter().find(|c| applicable(c, ask, facts).is_ok() && exception_matches(c, ask, facts)) {
         return Decision::Deny { rule: Rule::ConsentException, consent: Some(c) };
@@ -451,10 +459,15 @@ mod tests {
     }
 
     #[test]
-    fn notes_need_the_notes_category() {
+    fn notes_need_the_notes_category_and_treatment() {
         let notes = Facts { categories: Categories::NONE.with(Category::SessionNotes), ..facts() };
         assert_eq!(rule(ask(), notes, &[consent(|_| {})]), Rule::NoConsent);
-        assert_eq!(rule(ask(), notes, &[consent(|d| d.categories = vec![Category::SessionNotes])]), Rule::Consent);
+        let all = consent(|d| {
+            d.categories = vec![Category::SessionNotes];
+            d.purposes = PurposeOfUse::ALL.to_vec();
+        });
+        assert_eq!(rule(ask(), notes, std::slice::from_ref(&all)), Rule::Consent);
+        assert_eq!(rule(Ask { purpose: PurposeOfUse::Payment, ..ask() }, notes, &[all]), Rule::MinimumNecessary);
     }
 
     #[test]

@@ -34,7 +34,7 @@ const MARK_UPDATED: &str = "\u{1}t";
 const MARKER: &str = r#""versionId":"\u0001v","lastUpdated":"\u0001t""#;
 
 /// Resource types a session version owns.
-pub const SESSION_OWNED_TYPES: &[&str] = &["Encounter", "Condition"];
+pub const SESSION_OWNED_TYPES: &[&str] = &["Encounter", "Condition", "DocumentReference"];
 
 impl PreparedResource {
     /// Prepares a mapped resource (`meta.versionId` / `meta.lastUpdated` are dropped if present).

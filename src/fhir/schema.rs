@@ -35,6 +35,7 @@ pub const VALIDATED_TYPES: &[&str] = &[
     "Coverage",
     "Provenance",
     "RelatedPerson",
+    "DocumentReference",
     "Consent",
     "Claim",
     "ClaimResponse",

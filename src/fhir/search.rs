@@ -32,6 +32,7 @@ pub const SERVED_TYPES: &[&str] = &[
     "Coverage",
     "RelatedPerson",
     "Provenance",
+    "DocumentReference",
     "Consent",
 ];
 
@@ -43,6 +44,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
     ("Condition", &["patient", "encounter", "code"]),
     ("Coverage", &["beneficiary"]),
     ("Provenance", &["target"]),
+    ("DocumentReference", &["patient", "encounter"]),
     ("Consent", &["patient", "status", "actor", "period"]),
 ];
 

@@ -192,6 +192,8 @@ pub enum ValueExpr {
     Const(Value),
     /// A source value as is.
     From(Source),
+    /// A source value's text, base64-encoded.
+    Base64(Source),
     /// Text with placeholders; absent when any placeholder is absent.
     Template(Vec<TemplatePart>),
     /// A table lookup: the entry for the source value, one column.
@@ -749,10 +751,27 @@ impl Compiler<'_> {
                         );
                         return None;
                     }
-                    ValueExpr::From(source)
+                    match &spec.encode {
+                        None => ValueExpr::From(source),
+                        Some(e) if e.get_ref() == "base64" => ValueExpr::Base64(source),
+                        Some(e) => {
+                            self.err(
+                                file,
+                                text,
+                                e.span().start,
+                                "encode",
+                                format!("unknown encoding `{}`; the one encoding is base64", e.get_ref()),
+                            );
+                            return None;
+                        }
+                    }
                 }
             }
         };
+        if spec.encode.is_some() && (spec.from.is_none() || spec.table.is_some()) {
+            self.err(file, text, at, "encode", "`encode` applies to a plain `from` value".into());
+            return None;
+        }
         Some(Element { path, kind, value, groups: Vec::new() })
     }
 

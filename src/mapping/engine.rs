@@ -289,6 +289,13 @@ impl<'a, 's> Ctx<'a, 's> {
                 Some(v) => v.to_value(),
                 None => return Ok(None),
             },
+            ValueExpr::Base64(s) => match self.source(s, item) {
+                Some(v) => {
+                    use base64::Engine as _;
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(v.text().as_bytes()))
+                }
+                None => return Ok(None),
+            },
             ValueExpr::Template(parts) => {
                 let mut out = String::with_capacity(TEMPLATE_CAPACITY);
                 for p in parts {

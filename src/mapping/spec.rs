@@ -50,6 +50,10 @@ pub struct ElementSpec {
     /// ... and take this column of the entry.
     #[serde(default)]
     pub column: Option<Spanned<String>>,
+    /// Encode the `from` value: `base64` (for `base64Binary` elements such as
+    /// `Attachment.data`).
+    #[serde(default)]
+    pub encode: Option<Spanned<String>>,
 }
 
 /// Elements repeated for each item of a session list.

@@ -8,7 +8,7 @@
 //! the rest exactly like a resource that does not exist.
 //!
 //! What a resource is judged by:
-//! - Encounter, Condition, Provenance: the session they belong to (site, date of service,
+//! - Encounter, Condition, DocumentReference (the session note), Provenance: the session they belong to (site, date of service,
 //!   student) and the resource's own security labels (a Provenance takes its session's);
 //! - Patient, Coverage, RelatedPerson: the student's sessions: visible when at least one of them
 //!   is (a partner never learns of a student it may not see any session of);
@@ -107,6 +107,10 @@ fn subject_of(r: &StoredResource, content: &Value) -> Subject {
     match r.resource_type.as_str() {
         "Encounter" => session(Some(&r.id), true),
         "Condition" => session(reference_id(&content["encounter"]["reference"], "Encounter"), true),
+        "DocumentReference" => session(
+            content["context"]["encounter"].as_array().and_then(|e| e.iter().find_map(|x| reference_id(&x["reference"], "Encounter"))),
+            true,
+        ),
         "Provenance" => {
             session(content["target"].as_array().and_then(|t| t.iter().find_map(|x| reference_id(&x["reference"], "Encounter"))), false)
         }

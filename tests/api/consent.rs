@@ -86,6 +86,7 @@ async fn sees_nothing(app: &TestApp, token: &str, purpose: Option<&str>, encount
         format!("/fhir/Encounter/{encounter}/_history/1"),
         format!("/fhir/Encounter/{encounter}/_history"),
         format!("/fhir/Patient/{patient}"),
+        format!("/fhir/DocumentReference/{encounter}"),
     ] {
         let res = app.get_as(&path, token, purpose).await;
         let issues = outcome(res, 404).await;
@@ -101,6 +102,7 @@ async fn sees_nothing(app: &TestApp, token: &str, purpose: Option<&str>, encount
         format!("/fhir/Provenance?target=Encounter/{encounter}"),
         "/fhir/Patient?identifier=S1002345".to_string(),
         format!("/fhir/Coverage?beneficiary={patient}"),
+        format!("/fhir/DocumentReference?encounter={encounter}"),
     ] {
         let (status, b) = json_of(app.get_as(&path, token, purpose).await).await;
         assert_eq!(status, 200, "{path}");
@@ -147,6 +149,24 @@ async fn leak_suite(backend: Backend) {
     let c = app.bundle(&format!("/fhir/Encounter?patient={patient}&_summary=count"), &partner).await;
     assert_eq!(c["total"], 1);
     assert_eq!(app.bundle(&format!("/fhir/Encounter/{enc}/_history"), &partner).await["entry"].as_array().unwrap().len(), 1);
+
+    // Session notes are withheld unless a consent names them.
+    outcome(app.get_as(&format!("/fhir/DocumentReference/{enc}"), &partner, None).await, 404).await;
+    assert!(entries(&app.bundle(&format!("/fhir/DocumentReference?patient={patient}"), &partner).await).is_empty());
+    let mut notes = consent_form();
+    notes["source_id"] = json!("CONSENT-NOTES");
+    notes["categories"] = json!(["general-counselling", "mental-health-diagnosis", "session-notes"]);
+    let notes_id = app.record_consent(&notes).await["id"].as_str().unwrap().to_owned();
+    let (status, doc) = json_of(app.get_as(&format!("/fhir/DocumentReference/{enc}"), &partner, None).await).await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(labels(&doc).contains(&"session-notes".to_string()));
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.decode(doc["content"][0]["attachment"]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(String::from_utf8(text).unwrap(), crate::helpers::session()["note"].as_str().unwrap());
+    // Not for payment, even though the consent allows payment (minimum necessary).
+    outcome(app.get_as(&format!("/fhir/DocumentReference/{enc}"), &partner, Some("HPAYMT")).await, 404).await;
+    assert_eq!(app.post_json(&format!("/api/v1/consents/{notes_id}/$revoke"), &app.submitter_token, &json!({})).await.status(), 200);
+    outcome(app.get_as(&format!("/fhir/DocumentReference/{enc}"), &partner, None).await, 404).await;
 
     // 3. The wrong partner, the wrong purpose: nothing. Payment (allowed) gets the payment label.
     sees_nothing(&app, &other, None, &enc, &patient).await;
