@@ -396,8 +396,20 @@ pub async fn read(
     let (ty, access) = instance(&ty, &id, &who, &req)?;
     no_query(&req)?;
     let not_found = || ApiError::NotFound(format!("{ty}/{id} is not known"));
-    let found = state.store.fhir_read(ty, &id, access.store_scope()).await?;
-    let (kept, verdicts) = disclose(&state, &access, found.into_iter().collect()).await?;
+    let (kept, verdicts) = match &access {
+        // A partner's read brings the decision facts along (one query, like anyone's read).
+        Access::Partner(p) => match state.store.fhir_read_with_facts(ty, &id).await? {
+            Some((r, sessions, directives)) => {
+                let prefetched = crate::serve::Prefetched { sessions, directives };
+                let judged = crate::serve::judge_with(&state.store, &state.pipeline.consent, *p, vec![r], prefetched).await?;
+                let verdicts =
+                    judged.iter().map(|j| (j.resource.resource_type.clone(), j.resource.id.clone(), j.verdict.clone())).collect();
+                (judged.into_iter().filter(|j| j.verdict.permitted).map(|j| j.resource).collect::<Vec<_>>(), verdicts)
+            }
+            None => (Vec::new(), Vec::new()),
+        },
+        Access::Scoped(scope) => (state.store.fhir_read(ty, &id, *scope).await?.into_iter().collect(), Vec::new()),
+    };
     audit(&state, &who, &req, &access, crate::audit::Interaction::Read, &verdicts, None).await?;
     resource_response(&req, kept.into_iter().next().ok_or_else(not_found)?)
 }

@@ -269,6 +269,26 @@ pub async fn judge(
     who: Partner<'_>,
     resources: Vec<StoredResource>,
 ) -> Result<Vec<Judged>, StoreError> {
+    judge_with(store, rules, who, resources, Prefetched::default()).await
+}
+
+/// Decision facts already read with the resources (see `Store::fhir_read_with_facts`).
+#[derive(Debug, Default)]
+pub struct Prefetched {
+    /// Sessions.
+    pub sessions: Vec<SessionFacts>,
+    /// Their students' consents.
+    pub directives: Vec<crate::consent::Directive>,
+}
+
+/// As [`judge`], with some sessions' facts already at hand (only the others are queried).
+pub async fn judge_with(
+    store: &Store,
+    rules: &ConsentRules,
+    who: Partner<'_>,
+    resources: Vec<StoredResource>,
+    prefetched: Prefetched,
+) -> Result<Vec<Judged>, StoreError> {
     let parsed: Vec<Value> = resources.iter().map(|r| serde_json::from_str(&r.content).unwrap_or(Value::Null)).collect();
     let subjects: Vec<Subject> = resources.iter().zip(&parsed).map(|(r, c)| subject_of(r, c)).collect();
     // The facts every decision needs, in a few queries.
@@ -286,10 +306,12 @@ pub async fn judge(
             }
         }
     };
-    let mut sessions: HashMap<String, SessionFacts> = HashMap::new();
-    if !session_ids.is_empty() {
-        let (facts, directives) = store.session_facts(&session_ids.into_iter().collect::<Vec<_>>()).await?;
-        sessions = facts.into_iter().map(|s| (s.id.clone(), s)).collect();
+    let mut sessions: HashMap<String, SessionFacts> = prefetched.sessions.into_iter().map(|s| (s.id.clone(), s)).collect();
+    add_consents(prefetched.directives);
+    let missing: Vec<&str> = session_ids.into_iter().filter(|id| !sessions.contains_key(*id)).collect();
+    if !missing.is_empty() {
+        let (facts, directives) = store.session_facts(&missing).await?;
+        sessions.extend(facts.into_iter().map(|s| (s.id.clone(), s)));
         add_consents(directives);
     }
     let mut patient_sessions: HashMap<String, Vec<SessionFacts>> = HashMap::new();

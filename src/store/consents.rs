@@ -175,6 +175,54 @@ impl Store {
         self.facts_where("patient_id", patient_ids).await
     }
 
+    /// A resource's current version together with the decision facts of the session it is (an
+    /// Encounter or DocumentReference has its session's id) and its student's consents, in one
+    /// query: a partner's read of an encounter costs the round trips of anyone's read. Other
+    /// types come back without facts (the caller queries them).
+    pub async fn fhir_read_with_facts(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<(super::StoredResource, Vec<SessionFacts>, Vec<Directive>)>, StoreError> {
+        let sql = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, v.content, \
+             s.id AS session_id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, c.id AS consent_id, c.directive \
+             FROM fhir_resources r JOIN fhir_resource_versions v ON v.rid = r.rid AND v.version_id = r.version_id \
+             LEFT JOIN sessions s ON s.id = r.id AND r.resource_type IN ('Encounter', 'DocumentReference') AND s.current_version > 0 \
+             LEFT JOIN consent_directives c ON c.patient_id = s.patient_id \
+             WHERE r.resource_type = $1 AND r.id = $2";
+        let rows: Vec<ReadFactsRow> = with_db!(self.db(), pool => {
+            sqlx::query_as(sql).bind(resource_type).bind(id).fetch_all(pool).await?
+        });
+        let mut rows = rows.into_iter();
+        let Some(first) = rows.next() else { return Ok(None) };
+        let mut directives = Vec::new();
+        let mut sessions = Vec::new();
+        let push = |r: &ReadFactsRow, directives: &mut Vec<Directive>| -> Result<(), StoreError> {
+            if let (Some(_), Some(json)) = (&r.consent_id, &r.directive) {
+                directives.push(parse_directive(json)?);
+            }
+            Ok(())
+        };
+        push(&first, &mut directives)?;
+        for r in rows {
+            push(&r, &mut directives)?;
+        }
+        let resource = super::StoredResource {
+            resource_type: first.resource_type,
+            id: first.id,
+            version_id: first.version_id,
+            last_updated_us: first.last_updated_us,
+            deleted: first.deleted,
+            content: first.content,
+        };
+        if let (Some(sid), Some(lea_id), Some(site_id), Some(service_start)) =
+            (first.session_id, first.lea_id, first.site_id, first.service_start)
+        {
+            sessions.push(SessionFacts { id: sid, lea_id, site_id, service_start, patient_id: first.patient_id, security: first.security });
+        }
+        Ok(Some((resource, sessions, directives)))
+    }
+
     async fn facts_where(&self, column: &'static str, keys: &[&str]) -> Result<(Vec<SessionFacts>, Vec<Directive>), StoreError> {
         let mut sessions: Vec<SessionFacts> = Vec::new();
         let mut directives: Vec<Directive> = Vec::new();
@@ -215,6 +263,24 @@ impl Store {
         }
         Ok((sessions, directives))
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct ReadFactsRow {
+    resource_type: String,
+    id: String,
+    version_id: i64,
+    last_updated_us: i64,
+    deleted: bool,
+    content: String,
+    session_id: Option<String>,
+    lea_id: Option<String>,
+    site_id: Option<String>,
+    service_start: Option<DateTime<Utc>>,
+    patient_id: Option<String>,
+    security: Option<String>,
+    consent_id: Option<String>,
+    directive: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
