@@ -190,8 +190,22 @@ pub fn capability_statement(registry: &SearchRegistry, base: &str) -> serde_json
             if !includes.is_empty() {
                 r["searchInclude"] = serde_json::json!(includes);
             }
+            if *ty == "Consent" {
+                // Recorded by LEAs (submitters) and admins; never disclosed to partners.
+                if let Some(i) = r["interaction"].as_array_mut() {
+                    i.extend([serde_json::json!({"code": "create"}), serde_json::json!({"code": "update"})]);
+                }
+                r["documentation"] = "Privacy consents (scope patient-privacy). Created and updated by LEAs and admins; not disclosed to partners.".into();
+            }
             r
         })
+        .chain(std::iter::once(serde_json::json!({
+            "type": "AuditEvent",
+            "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+            "documentation": "Admin clients only: one event per partner request, hash-chained.",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [{ "name": "patient", "type": "reference", "definition": "http://hl7.org/fhir/SearchParameter/AuditEvent-patient" }],
+        })))
         .collect();
     serde_json::json!({
         "resourceType": "CapabilityStatement",

@@ -73,7 +73,9 @@ fn detail(kind: &str, value: &str) -> Value {
 
 /// Builds the AuditEvent of a disclosure.
 pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
-    let id = uuid::Uuid::new_v4().to_string();
+    // Time-ordered (UUIDv7): the id index grows at its right edge instead of taking each insert at
+    // a random page (each of which a commit would copy into the WAL).
+    let id = uuid::Uuid::now_v7().to_string();
     let disclosed = d.verdicts.iter().any(|(_, _, v)| v.permitted);
     let refused = d.verdicts.iter().any(|(_, _, v)| !v.permitted);
     let mut entities: Vec<Value> = d

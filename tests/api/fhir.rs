@@ -470,6 +470,12 @@ async fn access_is_admin_or_the_submitting_lea_only(app: TestApp) {
     assert_eq!(encounter["searchInclude"], json!(["Encounter:patient", "Encounter:practitioner", "Encounter:location"]));
     let p = encounter["searchParam"].as_array().unwrap().iter().find(|p| p["name"] == "date").unwrap();
     assert_eq!(p["definition"], "http://hl7.org/fhir/SearchParameter/clinical-date");
+    let consent = resources.iter().find(|r| r["type"] == "Consent").unwrap();
+    let interactions: HashSet<&str> = consent["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    assert!(interactions.contains("create") && interactions.contains("update"));
+    assert!(resources.iter().any(|r| r["type"] == "AuditEvent"));
+    assert!(resources.iter().any(|r| r["type"] == "DocumentReference"));
+    assert_eq!(cs["rest"][0]["security"]["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
