@@ -510,6 +510,13 @@ impl Settings {
                 ));
             }
         }
+        let loopback = self.server.host == "localhost" || self.server.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !loopback && self.auth.token_url.is_none() {
+            return Err(self.invalid(
+                "auth.token_url",
+                "is required when serving off loopback: the audience partners sign for must not come from the request's Host header",
+            ));
+        }
         Ok(())
     }
 
@@ -565,7 +572,9 @@ mod tests {
     fn plain_http_refused_off_loopback() {
         let err = from_toml("[server]\nhost = \"0.0.0.0\"\n").unwrap_err().to_string();
         assert!(err.contains("server.host"), "{err}");
-        assert!(from_toml("[server]\nhost = \"0.0.0.0\"\nallow_insecure_http = true\n").is_ok());
+        let off_loopback = "[server]\nhost = \"0.0.0.0\"\nallow_insecure_http = true\n";
+        assert!(from_toml(off_loopback).unwrap_err().to_string().contains("auth.token_url"));
+        assert!(from_toml(&format!("{off_loopback}[auth]\ntoken_url = \"https://gw.example.org/auth/token\"\n")).is_ok());
     }
 
     #[test]

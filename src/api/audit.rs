@@ -27,8 +27,9 @@ fn parse(row: &ChainRow) -> Result<Value, ApiError> {
     serde_json::from_str(&row.event).map_err(|e| ApiError::Internal(anyhow::anyhow!("stored AuditEvent {} is not JSON: {e}", row.id)))
 }
 
-/// One disclosure as the accounting shows it: when, to whom, why, what, under which consent.
-fn summary(event: &Value) -> Value {
+/// One disclosure as the accounting shows it: when, to whom, why, what of this student (never
+/// another student's records the same request carried), under which consent.
+fn summary(event: &Value, patient_ref: &str) -> Value {
     let details = |e: &Value, kind: &str| -> Option<String> {
         e["detail"].as_array()?.iter().find(|d| d["type"] == kind)?["valueString"].as_str().map(str::to_owned)
     };
@@ -36,6 +37,7 @@ fn summary(event: &Value) -> Value {
     let mut consents = Vec::new();
     for e in event["entity"].as_array().into_iter().flatten() {
         if details(e, "decision").as_deref() == Some("permit")
+            && details(e, "patient").as_deref() == Some(patient_ref)
             && let Some(r) = e["what"]["reference"].as_str()
         {
             resources.push(r.to_string());
@@ -83,7 +85,7 @@ pub async fn disclosures(
     let patient_ref = format!("Patient/{patient}");
     let mut items = Vec::new();
     for r in rows.iter().take(usize::try_from(limit).unwrap_or(usize::MAX)) {
-        items.push(summary(&parse(r)?));
+        items.push(summary(&parse(r)?, &patient_ref));
     }
     let next = (rows.len() > items.len()).then(|| rows[items.len() - 1].seq);
     Ok(HttpResponse::Ok()

@@ -86,6 +86,9 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
             if let Some((cid, ver)) = &v.consent {
                 details.push(detail("consent", &format!("Consent/{cid}/_history/{ver}")));
             }
+            if let Some(p) = &v.patient {
+                details.push(detail("patient", &format!("Patient/{p}")));
+            }
             json!({
                 "what": { "reference": format!("{ty}/{rid}") },
                 "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },

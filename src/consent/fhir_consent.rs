@@ -11,7 +11,7 @@
 use chrono::NaiveDate;
 use serde_json::Value;
 
-use super::form::{DOCUMENT_SHA256_SYSTEM, GRANTED_BY_EXTENSION};
+use super::form::{ANY_RECIPIENT_SYSTEM, DOCUMENT_SHA256_SYSTEM, GRANTED_BY_EXTENSION};
 use super::model::{ANY_RECIPIENT, Category, CategoryLabels, Exception, Grantor, Period, Status};
 use crate::domain::PurposeOfUse;
 use crate::fhir::{IssueCode, OutcomeIssue};
@@ -63,8 +63,27 @@ fn date(v: &Value) -> Option<NaiveDate> {
     v.as_str().and_then(|s| s.get(..10)).and_then(|d| d.parse().ok())
 }
 
-fn read_period(v: &Value) -> Period {
-    Period { start: date(&v["start"]), end: date(&v["end"]) }
+/// A period's full dates; a partial date (`2027`, `2027-06`) is refused with its path, never read
+/// as an open end.
+fn read_period(v: &Value, at: &str, issues: &mut Issues) -> Period {
+    let mut one = |key: &str| match &v[key] {
+        Value::Null => None,
+        x => match date(x) {
+            Some(d) => Some(d),
+            None => {
+                issues.at(&format!("{at}/{key}"), "give a full date (YYYY-MM-DD); a partial date would widen the consent");
+                None
+            }
+        },
+    };
+    let start = one("start");
+    let end = one("end");
+    if let (Some(s), Some(e)) = (start, end)
+        && e < s
+    {
+        issues.at(&format!("{at}/end"), "the end is before the start");
+    }
+    Period { start, end }
 }
 
 fn codings(v: &Value) -> impl Iterator<Item = (usize, &Value)> {
@@ -79,12 +98,17 @@ fn read_recipients(actors: &Value, at: &str, settings: &Settings, issues: &mut I
             issues.at(&format!("{at}/{i}/role"), "an actor must have the role IRCP (information recipient)");
             continue;
         }
+        let any = a["reference"]["identifier"]["system"] == ANY_RECIPIENT_SYSTEM && a["reference"]["identifier"]["value"] == ANY_RECIPIENT;
         match a["reference"]["reference"].as_str() {
             Some(r) => match r.strip_prefix("Organization/") {
                 Some(org) if settings.organization(org).is_some_and(|o| o.kind == OrgKind::Fqhc) => out.push(org.to_string()),
                 _ => issues.at(&format!("{at}/{i}/reference/reference"), format!("`{r}` is not a configured FQHC (Organization/<id>)")),
             },
-            None => out.push(ANY_RECIPIENT.to_string()),
+            None if any => out.push(ANY_RECIPIENT.to_string()),
+            None => issues.at(
+                &format!("{at}/{i}/reference"),
+                format!("name the recipient as Organization/<fqhc id> (or identifier {ANY_RECIPIENT_SYSTEM}|* for every partnered FQHC)"),
+            ),
         }
     }
     out
@@ -195,15 +219,22 @@ pub fn parse(c: &Value, settings: &Settings, labels: &CategoryLabels) -> Result<
     let performer = c["performer"].as_array().and_then(|p| p.first()).cloned().unwrap_or(Value::Null);
     let self_signed = patient.as_ref().is_some_and(|p| performer["reference"].as_str() == Some(&format!("Patient/{p}")));
     let related = performer["reference"].as_str().is_some_and(|r| r.starts_with("RelatedPerson/")) || performer["type"] == "RelatedPerson";
-    if granted_by.is_none() && !self_signed && !related {
-        issues.at("/performer", "who signed must be the Patient (the student) or a RelatedPerson (parent or guardian)");
+    match granted_by {
+        None if !self_signed && !related => {
+            issues.at("/performer", "who signed must be the Patient (the student) or a RelatedPerson (parent or guardian)");
+        }
+        Some(Grantor::Guardian) if self_signed => issues.at("/extension", "granted-by guardian contradicts a Patient performer"),
+        Some(Grantor::MinorSelf | Grantor::AdultSelf) if related => {
+            issues.at("/extension", "granted-by minor-self/adult-self contradicts a RelatedPerson performer")
+        }
+        _ => {}
     }
     let p = &c["provision"];
     if p["type"] != "permit" {
         issues.at("/provision/type", "the root provision must permit (deny exceptions go in nested provisions)");
     }
     unsupported(p, "/provision", &mut issues);
-    let period = read_period(&p["period"]);
+    let period = read_period(&p["period"], "/provision/period", &mut issues);
     if period.start.is_none() {
         issues.at("/provision/period/start", "when the consent comes into force is required");
     }
@@ -219,7 +250,7 @@ pub fn parse(c: &Value, settings: &Settings, labels: &CategoryLabels) -> Result<
     if categories.is_empty() {
         issues.at("/provision/securityLabel", "name the data categories the consent opens as security labels");
     }
-    let data_period = p.get("dataPeriod").map(read_period);
+    let data_period = p.get("dataPeriod").map(|v| read_period(v, "/provision/dataPeriod", &mut issues));
     let mut exceptions = Vec::new();
     for (i, x) in codings(&p["provision"]) {
         let at = format!("/provision/provision/{i}");
@@ -231,11 +262,23 @@ pub fn parse(c: &Value, settings: &Settings, labels: &CategoryLabels) -> Result<
         if x.get("provision").is_some() {
             issues.at(&format!("{at}/provision"), "exceptions cannot nest further");
         }
+        // An empty list would match nothing and silently withhold nothing: refused.
+        for key in ["actor", "purpose", "securityLabel"] {
+            if x[key].as_array().is_some_and(Vec::is_empty) {
+                issues.at(
+                    &format!("{at}/{key}"),
+                    "an empty list would make this exception withhold nothing; leave it out to match everything",
+                );
+            }
+        }
+        if x.get("period").is_some() {
+            issues.at(&format!("{at}/period"), "exceptions apply for the whole consent period here; use dataPeriod for dates of service");
+        }
         exceptions.push(Exception {
             recipients: x.get("actor").map(|a| read_recipients(a, &format!("{at}/actor"), settings, &mut issues)),
             purposes: x.get("purpose").map(|v| read_purposes(v, &format!("{at}/purpose"), &mut issues)),
             categories: x.get("securityLabel").map(|v| read_categories(v, &format!("{at}/securityLabel"), labels, &mut issues)),
-            data_period: x.get("dataPeriod").map(read_period),
+            data_period: x.get("dataPeriod").map(|v| read_period(v, &format!("{at}/dataPeriod"), &mut issues)),
         });
     }
     if !issues.0.is_empty() {

@@ -12,6 +12,8 @@ use crate::settings::{OrgKind, Settings};
 
 /// Extension naming who signed (`minor-self`, `guardian`, `adult-self`).
 pub const GRANTED_BY_EXTENSION: &str = "urn:wellness-gateway:fhir:extension:consent-granted-by";
+/// Identifier system of the "any partnered FQHC" recipient (`value` `*`).
+pub const ANY_RECIPIENT_SYSTEM: &str = "urn:wellness-gateway:recipient";
 /// Identifier system of the signed document's SHA-256.
 pub const DOCUMENT_SHA256_SYSTEM: &str = "urn:wellness-gateway:sid:document-sha256";
 const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
@@ -144,7 +146,7 @@ fn actors(recipients: &[String]) -> Vec<Value> {
         .iter()
         .map(|r| {
             let reference = if r == ANY_RECIPIENT {
-                json!({ "display": "Any FQHC partnered with the student's school sites" })
+                json!({ "identifier": { "system": ANY_RECIPIENT_SYSTEM, "value": ANY_RECIPIENT }, "display": "Any FQHC partnered with the student's school sites" })
             } else {
                 json!({ "reference": format!("Organization/{r}") })
             };

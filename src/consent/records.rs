@@ -152,19 +152,34 @@ pub async fn record_fhir(
         .await?
         .filter(|p| !p.deleted)
         .ok_or_else(|| invalid("/patient/reference", IssueCode::NotFound, "no student of this LEA has this Patient id"))?;
+    let birth =
+        serde_json::from_str::<Value>(&patient.content).ok().and_then(|p| p["birthDate"].as_str()?.parse::<chrono::NaiveDate>().ok());
+    let age = birth.and_then(|b| parsed.signed_on.years_since(b)).map(i64::from);
     let granted_by = match (parsed.granted_by, parsed.self_signed) {
         (Some(g), _) => g,
-        (None, true) => {
-            let birth = serde_json::from_str::<Value>(&patient.content)
-                .ok()
-                .and_then(|p| p["birthDate"].as_str()?.parse::<chrono::NaiveDate>().ok());
-            match birth.and_then(|b| parsed.signed_on.years_since(b)) {
-                Some(age) if age >= 18 => super::model::Grantor::AdultSelf,
-                _ => super::model::Grantor::MinorSelf,
-            }
-        }
+        (None, true) if age.is_some_and(|a| a >= 18) => super::model::Grantor::AdultSelf,
+        (None, true) => super::model::Grantor::MinorSelf,
         (None, false) => super::model::Grantor::Guardian,
     };
+    // The signer must be able to sign at the student's age on the signature date.
+    let min_self = pipeline.settings.intake.minor_self_consent_min_age_years;
+    match (granted_by, age) {
+        (super::model::Grantor::AdultSelf, Some(a)) if a < 18 => {
+            return Err(invalid(
+                "/performer",
+                IssueCode::BusinessRule,
+                format!("the student was {a} when this was signed; adult-self needs 18 or older"),
+            ));
+        }
+        (super::model::Grantor::MinorSelf, Some(a)) if a >= 18 || a < min_self => {
+            return Err(invalid(
+                "/performer",
+                IssueCode::BusinessRule,
+                format!("the student was {a} when this was signed; minor-self applies from {min_self} to 17 (Family Code 6924)"),
+            ));
+        }
+        _ => {}
+    }
     let source_id = match put_id {
         Some(id) => {
             if value["id"].as_str().is_some_and(|body| body != id) {

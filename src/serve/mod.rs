@@ -30,6 +30,8 @@ const CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confiden
 const LOCAL_SECURITY: &str = "urn:wellness-gateway:codesystem:security";
 /// Extension carrying the 42 CFR 2.32 notice on disclosed Part 2 data.
 pub const PART2_NOTICE_EXTENSION: &str = "urn:wellness-gateway:fhir:extension:part2-redisclosure-notice";
+/// Extension naming the consent (version) a Part 2 disclosure was made under (42 CFR 2.32(b)).
+pub const PART2_CONSENT_EXTENSION: &str = "urn:wellness-gateway:fhir:extension:part2-consent";
 /// 42 CFR 2.32(a)(1) notice text.
 pub const PART2_NOTICE: &str = "This record which has been disclosed to you is protected by Federal confidentiality rules (42 CFR part 2). \
 These rules prohibit you from using or disclosing this record, or testimony that describes the information contained in this record, \
@@ -83,10 +85,13 @@ pub struct Judged {
 }
 
 enum Subject {
-    /// Belongs to this session; `own_labels`: judge by the resource's labels (else the session's).
+    /// Belongs to this session; `own_labels`: judge by the resource's labels (else the session's);
+    /// `names_note`: it reveals the session's note exists (a Provenance targeting it), so it is
+    /// judged as note data too.
     Session {
         id: String,
         own_labels: bool,
+        names_note: bool,
     },
     /// About this student.
     Patient(String),
@@ -100,7 +105,7 @@ fn reference_id<'v>(v: &'v Value, ty: &str) -> Option<&'v str> {
 
 fn subject_of(r: &StoredResource, content: &Value) -> Subject {
     let session = |id: Option<&str>, own_labels: bool| match id {
-        Some(id) => Subject::Session { id: id.to_string(), own_labels },
+        Some(id) => Subject::Session { id: id.to_string(), own_labels, names_note: false },
         None => Subject::Never,
     };
     let patient = |id: Option<&str>| id.map(|p| Subject::Patient(p.to_string())).unwrap_or(Subject::Never);
@@ -112,7 +117,12 @@ fn subject_of(r: &StoredResource, content: &Value) -> Subject {
             true,
         ),
         "Provenance" => {
-            session(content["target"].as_array().and_then(|t| t.iter().find_map(|x| reference_id(&x["reference"], "Encounter"))), false)
+            let targets = content["target"].as_array();
+            let names_note = targets.is_some_and(|t| t.iter().any(|x| reference_id(&x["reference"], "DocumentReference").is_some()));
+            match session(targets.and_then(|t| t.iter().find_map(|x| reference_id(&x["reference"], "Encounter"))), false) {
+                Subject::Session { id, own_labels, .. } => Subject::Session { id, own_labels, names_note },
+                other => other,
+            }
         }
         "Patient" => Subject::Patient(r.id.clone()),
         "Coverage" => patient(reference_id(&content["beneficiary"]["reference"], "Patient")),
@@ -186,14 +196,17 @@ impl Context<'_> {
         match subject_of(r, content) {
             Subject::Directory => (Verdict { permitted: true, rule: "directory", consent: None, patient: None }, None),
             Subject::Never => (Verdict::deny("not-disclosed", None), None),
-            Subject::Session { id, own_labels } => {
+            Subject::Session { id, own_labels, names_note } => {
                 let Some(s) = self.sessions.get(&id) else { return (Verdict::deny("no-consent", None), None) };
-                let labels = if own_labels {
+                let mut labels = if own_labels {
                     label_facts(content_labels(content), self.rules)
                 } else {
                     let l = session_labels(s);
                     label_facts(l.iter().map(|(a, b)| (a.as_str(), b.as_str())), self.rules)
                 };
+                if names_note {
+                    labels.0 = labels.0.with(crate::consent::Category::SessionNotes);
+                }
                 self.decide_session(s, labels)
             }
             Subject::Patient(p) => {
@@ -338,6 +351,12 @@ pub async fn judge_with(
                 && let Some(o) = obligations
             {
                 apply_obligations(&mut content, &o);
+                // Part 2 (2024 rule): each disclosure carries the consent it was made under.
+                if o.part2
+                    && let (Some((cid, ver)), Some(list)) = (&verdict.consent, content["extension"].as_array_mut())
+                {
+                    list.push(json!({ "url": PART2_CONSENT_EXTENSION, "valueReference": { "reference": format!("Consent/{cid}/_history/{ver}") } }));
+                }
                 r.content = content.to_string();
             }
             Judged { resource: r, verdict }
@@ -433,7 +452,7 @@ pub async fn explain(store: &Store, rules: &ConsentRules, who: Partner<'_>, r: S
     let mut sessions: Vec<(SessionFacts, Option<LabelFacts>)> = Vec::new();
     let mut directives = Vec::new();
     match subject_of(&r, &content) {
-        Subject::Session { id, own_labels } => {
+        Subject::Session { id, own_labels, .. } => {
             let (facts, d) = store.session_facts(&[id.as_str()]).await?;
             for s in facts {
                 let own = own_labels.then(|| label_facts(content_labels(&content), rules));

@@ -141,7 +141,9 @@ impl Store {
     pub async fn write_consent(&self, w: &ConsentWrite<'_>) -> Result<ConsentOutcome, StoreError> {
         match self.db() {
             Db::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
+                // IMMEDIATE: take the write lock before reading the current version, so two
+                // concurrent writers of one consent queue instead of both reading version N.
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let out = write_consent!(&mut tx, w, "");
                 tx.commit().await?;
                 Ok(out)

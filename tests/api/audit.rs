@@ -77,6 +77,21 @@ async fn audit_trail(backend: Backend) {
     assert_eq!(list[1]["purpose"], "TREAT");
     assert_eq!(list[1]["resources"], json!([format!("Encounter/{enc}")]));
     assert_eq!(list[1]["consents"], json!([format!("Consent/{consent_id}/_history/1")]));
+    // A search that disclosed two students' records shows each only their own.
+    let mut other_student = session_with_id("AUD-2");
+    other_student["student"]["district_id"] = json!("S7654321");
+    app.post_json("/api/v1/sessions", &app.submitter_token, &other_student).await;
+    let mut other_form = form.clone();
+    other_form["source_id"] = json!("CONSENT-OTHER-STUDENT");
+    other_form["student"]["district_id"] = json!("S7654321");
+    assert_eq!(app.post_json("/api/v1/consents", &app.submitter_token, &other_form).await.status(), 201);
+    let both: Value = app.get("/fhir/Encounter?date=ge2026-01-01", &app.partner_token).await.json().await.unwrap();
+    assert_eq!(both["entry"].as_array().unwrap().len(), 2);
+    let acc: Value = app.get("/api/v1/students/S1002345/disclosures", &app.submitter_token).await.json().await.unwrap();
+    let newest = &acc["disclosures"][0];
+    assert_eq!(newest["resources"], json!([format!("Encounter/{enc}")]), "{newest}");
+    assert_eq!(newest["consents"], json!([format!("Consent/{consent_id}/_history/1")]));
+
     // Another LEA's student of the same district id is another student.
     let other: Value = app.get("/api/v1/students/S1002345/disclosures", &app.other_submitter_token).await.json().await.unwrap();
     assert!(other["disclosures"].as_array().unwrap().is_empty());
@@ -85,7 +100,7 @@ async fn audit_trail(backend: Backend) {
     // The chain verifies; an edited event and a removed one are found.
     let url = app.db.url.clone();
     let (ok, text) = verify(&url);
-    assert!(ok && text.contains("3 events verified"), "{text}");
+    assert!(ok && text.contains("4 events verified"), "{text}");
     exec(&url, "UPDATE audit_events SET event = replace(event, 'TREAT', 'HOPERAT') WHERE seq = 2").await;
     let (ok, text) = verify(&url);
     assert!(!ok && text.contains("broken at event 2") && text.contains("edited"), "{text}");

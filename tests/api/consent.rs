@@ -212,7 +212,10 @@ async fn leak_suite(backend: Backend) {
     let (status, e) = json_of(app.get_as(&format!("/fhir/Encounter/{sud_enc}"), &partner, None).await).await;
     assert_eq!(status, 200, "{e}");
     assert!(labels(&e).contains(&"NORDSCLCD".to_string()));
-    assert!(e["extension"].as_array().unwrap().iter().any(|x| x["valueString"].as_str().unwrap().contains("42 CFR part 2")));
+    let ext = e["extension"].as_array().unwrap();
+    assert!(ext.iter().any(|x| x["valueString"].as_str().is_some_and(|t| t.contains("42 CFR part 2"))));
+    let named_id = wellness_gateway::consent::form::consent_id("lea-demo", "CONSENT-NAMED-SUD");
+    assert!(ext.iter().any(|x| x["valueReference"]["reference"] == format!("Consent/{named_id}/_history/1")), "{ext:?}");
 
     // 6. A deny exception beats every permit: withhold mental-health data.
     let mut deny = consent_form();
@@ -444,6 +447,27 @@ async fn fhir_consents(backend: Backend) {
     let issues = outcome(app.post_json("/fhir/Consent", &app.submitter_token, &bad).await, 422).await;
     assert_eq!(issues[0]["expression"][0], "status");
     outcome(app.post_json("/fhir/Consent", &app.partner_token, &fhir_consent(&patient)).await, 403).await;
+    // Nothing that would widen or silently weaken what was signed is accepted.
+    let refused = |f: fn(&mut Value), at: &'static str| {
+        let mut c = fhir_consent(&patient);
+        f(&mut c);
+        let app = &app;
+        async move {
+            let issues = outcome(app.post_json("/fhir/Consent", &app.submitter_token, &c).await, 422).await;
+            assert!(issues.iter().any(|i| i["expression"][0] == at), "{at}: {issues:?}");
+        }
+    };
+    refused(|c| c["provision"]["period"]["end"] = json!("2027"), "provision.period.end").await;
+    refused(|c| c["provision"]["actor"][0]["reference"] = json!({ "display": "Clinic X" }), "provision.actor[0].reference").await;
+    refused(|c| c["provision"]["provision"] = json!([{ "type": "deny", "purpose": [] }]), "provision.provision[0].purpose").await;
+    refused(
+        |c| {
+            c["extension"] = json!([{ "url": "urn:wellness-gateway:fhir:extension:consent-granted-by", "valueCode": "adult-self" }]);
+            c["performer"] = json!([{ "reference": c["patient"]["reference"].clone() }]);
+        },
+        "performer",
+    )
+    .await;
     let mut admin_consent = fhir_consent(&patient);
     admin_consent["organization"] = json!([{ "reference": "Organization/lea-demo" }]);
     let (status, _) = post_fhir(&app, "/fhir/Consent/nope", reqwest::Method::PUT, &app.admin_token, &admin_consent).await;
