@@ -252,6 +252,7 @@ fn check_one(
         source_id: valid.source_id().to_owned(),
         site: valid.site().to_owned(),
         service_start: valid.start.with_timezone(&Utc),
+        service_date: valid.start.date_naive().to_string(),
         content_sha256: sha256_hex(&canonical),
         raw_sha256: sha256_hex(&rec.raw),
         raw: rec.raw.clone(),

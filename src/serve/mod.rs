@@ -174,7 +174,7 @@ impl Context<'_> {
         };
         let facts = Facts {
             site: &s.site_id,
-            service_date: s.service_start.date_naive(),
+            service_date: s.date_of_service(),
             categories: labels.0,
             minor_consented: labels.1,
             psychotherapy_note: labels.2,
@@ -475,7 +475,7 @@ pub async fn explain(store: &Store, rules: &ConsentRules, who: Partner<'_>, r: S
         });
         let facts = Facts {
             site: &s.site_id,
-            service_date: s.service_start.date_naive(),
+            service_date: s.date_of_service(),
             categories: labels.0,
             minor_consented: labels.1,
             psychotherapy_note: labels.2,

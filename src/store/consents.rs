@@ -73,6 +73,16 @@ pub struct SessionFacts {
     pub patient_id: Option<String>,
     /// The Encounter's security labels (JSON array of `system|code`).
     pub security: Option<String>,
+    /// The local date of service (`None` for rows written before it was kept).
+    pub service_date: Option<String>,
+}
+
+impl SessionFacts {
+    /// The date of service consent and partnerships are judged on: the local date, else the UTC
+    /// date of the start.
+    pub fn date_of_service(&self) -> chrono::NaiveDate {
+        self.service_date.as_deref().and_then(|d| d.parse().ok()).unwrap_or_else(|| self.service_start.date_naive())
+    }
 }
 
 fn parse_directive(json: &str) -> Result<Directive, StoreError> {
@@ -187,7 +197,7 @@ impl Store {
         id: &str,
     ) -> Result<Option<(super::StoredResource, Vec<SessionFacts>, Vec<Directive>)>, StoreError> {
         let sql = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, v.content, \
-             s.id AS session_id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, c.id AS consent_id, c.directive \
+             s.id AS session_id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, c.id AS consent_id, c.directive \
              FROM fhir_resources r JOIN fhir_resource_versions v ON v.rid = r.rid AND v.version_id = r.version_id \
              LEFT JOIN sessions s ON s.id = r.id AND r.resource_type IN ('Encounter', 'DocumentReference') AND s.current_version > 0 \
              LEFT JOIN consent_directives c ON c.patient_id = s.patient_id \
@@ -220,7 +230,15 @@ impl Store {
         if let (Some(sid), Some(lea_id), Some(site_id), Some(service_start)) =
             (first.session_id, first.lea_id, first.site_id, first.service_start)
         {
-            sessions.push(SessionFacts { id: sid, lea_id, site_id, service_start, patient_id: first.patient_id, security: first.security });
+            sessions.push(SessionFacts {
+                id: sid,
+                lea_id,
+                site_id,
+                service_start,
+                patient_id: first.patient_id,
+                security: first.security,
+                service_date: first.service_date,
+            });
         }
         Ok(Some((resource, sessions, directives)))
     }
@@ -233,7 +251,7 @@ impl Store {
         for chunk in keys.chunks(500) {
             // One row per (session, consent of its student); a session without consents once.
             let sql = format!(
-                "SELECT s.id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, c.id AS consent_id, c.directive \
+                "SELECT s.id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, c.id AS consent_id, c.directive \
                  FROM sessions s LEFT JOIN consent_directives c ON c.patient_id = s.patient_id \
                  WHERE s.current_version > 0 AND s.{column} IN ({})",
                 super::fhir::placeholders(1, chunk.len(), matches!(self.db(), Db::Sqlite(_)))
@@ -259,6 +277,7 @@ impl Store {
                         service_start: r.service_start,
                         patient_id: r.patient_id,
                         security: r.security,
+                        service_date: r.service_date,
                     });
                 }
             }
@@ -281,6 +300,7 @@ struct ReadFactsRow {
     service_start: Option<DateTime<Utc>>,
     patient_id: Option<String>,
     security: Option<String>,
+    service_date: Option<String>,
     consent_id: Option<String>,
     directive: Option<String>,
 }
@@ -293,6 +313,7 @@ struct FactsRow {
     service_start: DateTime<Utc>,
     patient_id: Option<String>,
     security: Option<String>,
+    service_date: Option<String>,
     consent_id: Option<String>,
     directive: Option<String>,
 }

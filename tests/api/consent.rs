@@ -484,3 +484,24 @@ async fn fhir_consents_sqlite() {
 async fn fhir_consents_postgres() {
     fhir_consents(Backend::Postgres).await;
 }
+
+/// The date of service is the local calendar date the session was submitted with, not the UTC
+/// date: an evening session on 31 August (18:00 PDT = 1 September UTC) is not covered by a
+/// consent for services from 1 September.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn date_of_service_is_the_local_date() {
+    let Some(app) = spawn_app_with(Backend::Sqlite, with_second_fqhc).await else { return };
+    let mut evening = session_with_id("EVENING-1");
+    evening["service"]["start"] = json!("2026-08-31T18:00:00-07:00");
+    evening["service"]["end"] = json!("2026-08-31T18:45:00-07:00");
+    let enc = app.submit(&evening).await;
+    let mut form = consent_form();
+    form["data_period"] = json!({ "start": "2026-09-01" });
+    app.record_consent(&form).await;
+    outcome(app.get_as(&format!("/fhir/Encounter/{enc}"), &app.partner_token, None).await, 404).await;
+    let mut wider = consent_form();
+    wider["source_id"] = json!("CONSENT-FROM-AUGUST");
+    wider["data_period"] = json!({ "start": "2026-08-31", "end": "2026-08-31" });
+    app.record_consent(&wider).await;
+    assert_eq!(app.get_as(&format!("/fhir/Encounter/{enc}"), &app.partner_token, None).await.status(), 200);
+}
