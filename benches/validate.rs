@@ -135,6 +135,7 @@ fn consent(c: &mut Criterion) {
         categories: Categories::NONE.with(Category::GeneralCounselling).with(Category::MentalHealthDiagnosis),
         minor_consented: false,
         psychotherapy_note: false,
+        student_adult: false,
     };
     let ask = Ask { partner: "fqhc-demo", purpose: PurposeOfUse::Treat, today: day("2026-11-30") };
     assert!(decide(&ask, &facts, &consents, &partnerships).permitted());

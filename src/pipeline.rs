@@ -253,6 +253,7 @@ fn check_one(
         site: valid.site().to_owned(),
         service_start: valid.start.with_timezone(&Utc),
         service_date: valid.start.date_naive().to_string(),
+        adult_from: valid.birth_date.checked_add_months(chrono::Months::new(18 * 12)).map(|d| d.to_string()),
         content_sha256: sha256_hex(&canonical),
         raw_sha256: sha256_hex(&rec.raw),
         raw: rec.raw.clone(),

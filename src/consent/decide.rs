@@ -38,6 +38,9 @@ pub struct Facts<'a> {
     pub minor_consented: bool,
     /// Psychotherapy-note content (`PSYTHPN` label).
     pub psychotherapy_note: bool,
+    /// The student is 18 or older today: a parent's or guardian's consent no longer opens
+    /// anything (the adult student decides).
+    pub student_adult: bool,
 }
 
 /// Who asks, for what, when.
@@ -228,7 +231,7 @@ fn applicable(c: &Compiled, ask: &Ask<'_>, facts: &Facts<'_>) -> Result<(), Mism
     if !c.period.contains(ask.today) {
         return Err(Mismatch::NotInForce);
     }
-    if !grantor_may_open(c.granted_by, facts.minor_consented) {
+    if !grantor_may_open(c.granted_by, facts.minor_consented) || (c.granted_by == Grantor::Guardian && facts.student_adult) {
         return Err(Mismatch::Grantor);
     }
     Ok(())
@@ -375,6 +378,7 @@ mod tests {
             categories: Categories::NONE.with(Category::GeneralCounselling),
             minor_consented: false,
             psychotherapy_note: false,
+            student_adult: false,
         }
     }
 
@@ -435,6 +439,13 @@ mod tests {
         assert_eq!(rule(ask(), minor, &[consent(|d| d.granted_by = Grantor::MinorSelf)]), Rule::Consent);
         // And the minor's own consent does not open the services the parent consented to.
         assert_eq!(rule(ask(), facts(), &[consent(|d| d.granted_by = Grantor::MinorSelf)]), Rule::NoConsent);
+    }
+
+    #[test]
+    fn a_guardians_consent_lapses_at_18() {
+        let adult = Facts { student_adult: true, ..facts() };
+        assert_eq!(rule(ask(), adult, &[consent(|_| {})]), Rule::NoConsent);
+        assert_eq!(rule(ask(), adult, &[consent(|d| d.granted_by = Grantor::AdultSelf)]), Rule::Consent);
     }
 
     #[test]

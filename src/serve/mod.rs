@@ -178,6 +178,7 @@ impl Context<'_> {
             categories: labels.0,
             minor_consented: labels.1,
             psychotherapy_note: labels.2,
+            student_adult: s.adult_on(self.ask.today),
         };
         let consents = self.consents.get(&patient).map(Vec::as_slice).unwrap_or_default();
         match crate::consent::decide(&self.ask, &facts, consents, &self.rules.partnerships) {
@@ -479,6 +480,7 @@ pub async fn explain(store: &Store, rules: &ConsentRules, who: Partner<'_>, r: S
             categories: labels.0,
             minor_consented: labels.1,
             psychotherapy_note: labels.2,
+            student_adult: s.adult_on(who.today),
         };
         let compiled: Vec<Compiled> =
             directives.iter().filter(|d| Some(d.patient.as_str()) == s.patient_id.as_deref()).map(|d| d.compile()).collect();

@@ -75,6 +75,8 @@ pub struct SessionFacts {
     pub security: Option<String>,
     /// The local date of service (`None` for rows written before it was kept).
     pub service_date: Option<String>,
+    /// The day the student turns 18.
+    pub adult_from: Option<String>,
 }
 
 impl SessionFacts {
@@ -82,6 +84,11 @@ impl SessionFacts {
     /// date of the start.
     pub fn date_of_service(&self) -> chrono::NaiveDate {
         self.service_date.as_deref().and_then(|d| d.parse().ok()).unwrap_or_else(|| self.service_start.date_naive())
+    }
+
+    /// Whether the student is 18 or older on `day`.
+    pub fn adult_on(&self, day: chrono::NaiveDate) -> bool {
+        self.adult_from.as_deref().and_then(|d| d.parse::<chrono::NaiveDate>().ok()).is_some_and(|a| a <= day)
     }
 }
 
@@ -197,7 +204,7 @@ impl Store {
         id: &str,
     ) -> Result<Option<(super::StoredResource, Vec<SessionFacts>, Vec<Directive>)>, StoreError> {
         let sql = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, v.content, \
-             s.id AS session_id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, c.id AS consent_id, c.directive \
+             s.id AS session_id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, s.adult_from, c.id AS consent_id, c.directive \
              FROM fhir_resources r JOIN fhir_resource_versions v ON v.rid = r.rid AND v.version_id = r.version_id \
              LEFT JOIN sessions s ON s.id = r.id AND r.resource_type IN ('Encounter', 'DocumentReference') AND s.current_version > 0 \
              LEFT JOIN consent_directives c ON c.patient_id = s.patient_id \
@@ -238,6 +245,7 @@ impl Store {
                 patient_id: first.patient_id,
                 security: first.security,
                 service_date: first.service_date,
+                adult_from: first.adult_from,
             });
         }
         Ok(Some((resource, sessions, directives)))
@@ -251,7 +259,7 @@ impl Store {
         for chunk in keys.chunks(500) {
             // One row per (session, consent of its student); a session without consents once.
             let sql = format!(
-                "SELECT s.id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, c.id AS consent_id, c.directive \
+                "SELECT s.id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, s.adult_from, c.id AS consent_id, c.directive \
                  FROM sessions s LEFT JOIN consent_directives c ON c.patient_id = s.patient_id \
                  WHERE s.current_version > 0 AND s.{column} IN ({})",
                 super::fhir::placeholders(1, chunk.len(), matches!(self.db(), Db::Sqlite(_)))
@@ -278,6 +286,7 @@ impl Store {
                         patient_id: r.patient_id,
                         security: r.security,
                         service_date: r.service_date,
+                        adult_from: r.adult_from,
                     });
                 }
             }
@@ -301,6 +310,7 @@ struct ReadFactsRow {
     patient_id: Option<String>,
     security: Option<String>,
     service_date: Option<String>,
+    adult_from: Option<String>,
     consent_id: Option<String>,
     directive: Option<String>,
 }
@@ -314,6 +324,7 @@ struct FactsRow {
     patient_id: Option<String>,
     security: Option<String>,
     service_date: Option<String>,
+    adult_from: Option<String>,
     consent_id: Option<String>,
     directive: Option<String>,
 }

@@ -35,6 +35,8 @@ pub struct IntakeRecord {
     pub security: Option<String>,
     /// The local date of service (`YYYY-MM-DD` of `service.start` in its submitted offset).
     pub service_date: String,
+    /// The day the student turns 18 (`YYYY-MM-DD`).
+    pub adult_from: Option<String>,
 }
 
 /// A refused record for the rejected lane.
@@ -188,7 +190,7 @@ struct SessionRow {
 
 /// `sessions` and its columns, for the multi-row inserts of [`apply_job`].
 pub(crate) const SESSION_COLUMNS: &str = "sessions (id, lea_id, source_id, site_id, current_version, current_content_sha256, service_start, created_at, updated_at, \
-     patient_id, security, service_date)";
+     patient_id, security, service_date, adult_from)";
 /// A `sessions` row ([`SESSION_COLUMNS`]) for `r` at `version` with content hash `sha`, written at
 /// `at` (creation and update time; an update keeps the stored creation time).
 pub(crate) fn session_row(r: &IntakeRecord, version: i64, sha: &str, at: DateTime<Utc>) -> Vec<super::fhir::Bind> {
@@ -206,6 +208,7 @@ pub(crate) fn session_row(r: &IntakeRecord, version: i64, sha: &str, at: DateTim
         Bind::OptText(r.patient_id.clone()),
         Bind::OptText(r.security.clone()),
         Bind::Text(r.service_date.clone()),
+        Bind::OptText(r.adult_from.clone()),
     ]
 }
 
@@ -252,7 +255,7 @@ macro_rules! apply_job {
             records.iter().filter(|(_, _, r)| seen.insert(r.session_id.as_str())).map(|&(_, who, r)| (who, r)).collect();
         let new_rows: Vec<Vec<Bind>> =
             first.iter().map(|(who, r)| $crate::store::sessions::session_row(r, 0, "", who.received_at)).collect();
-        $crate::store::fhir::insert_rows!($tx, SESSION_COLUMNS, 12, &new_rows, "ON CONFLICT DO NOTHING");
+        $crate::store::fhir::insert_rows!($tx, SESSION_COLUMNS, 13, &new_rows, "ON CONFLICT DO NOTHING");
         // 2. Their current versions.
         let mut current: std::collections::HashMap<String, $crate::store::sessions::CurrentRow> = Default::default();
         for chunk in first.chunks(500) {
@@ -341,12 +344,12 @@ macro_rules! apply_job {
         $crate::store::fhir::insert_rows!(
             $tx,
             SESSION_COLUMNS,
-            12,
+            13,
             &updates,
             "ON CONFLICT (id) DO UPDATE SET current_version = excluded.current_version, \
              current_content_sha256 = excluded.current_content_sha256, site_id = excluded.site_id, \
              service_start = excluded.service_start, updated_at = excluded.updated_at, \
-             patient_id = excluded.patient_id, security = excluded.security, service_date = excluded.service_date"
+             patient_id = excluded.patient_id, security = excluded.security, service_date = excluded.service_date, adult_from = excluded.adult_from"
         );
         $crate::store::fhir::apply_fhir!($tx, &fhir_writes);
         for job in jobs {

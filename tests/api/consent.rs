@@ -505,3 +505,25 @@ async fn date_of_service_is_the_local_date() {
     app.record_consent(&wider).await;
     assert_eq!(app.get_as(&format!("/fhir/Encounter/{enc}"), &app.partner_token, None).await.status(), 200);
 }
+
+/// A parent's consent stops opening a student's records once the student is 18; the adult
+/// student's own consent opens them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guardians_consent_lapses_when_the_student_turns_18() {
+    let Some(app) = spawn_app_with(Backend::Sqlite, with_second_fqhc).await else { return };
+    let mut s = session_with_id("TURNS-18");
+    s["student"]["birth_date"] = json!("2008-01-15");
+    s["service"]["start"] = json!("2025-10-01T10:00:00-07:00");
+    s["service"]["end"] = json!("2025-10-01T10:45:00-07:00");
+    let enc = app.submit(&s).await;
+    let mut form = consent_form();
+    form["period"] = json!({ "start": "2025-08-01" });
+    app.record_consent(&form).await;
+    // Served when the student was 17, consented by a parent, read now that the student is 18.
+    outcome(app.get_as(&format!("/fhir/Encounter/{enc}"), &app.partner_token, None).await, 404).await;
+    let mut own = form.clone();
+    own["source_id"] = json!("CONSENT-ADULT-1");
+    own["granted_by"] = json!("adult-self");
+    app.record_consent(&own).await;
+    assert_eq!(app.get_as(&format!("/fhir/Encounter/{enc}"), &app.partner_token, None).await.status(), 200);
+}
