@@ -15,6 +15,9 @@ use crate::domain::PurposeOfUse;
 use crate::serve::Verdict;
 use crate::store::{GENESIS_HASH, PREVIOUS_HASH_EXTENSION, PendingEvent, Store, event_hash};
 
+/// Withheld resources listed one by one in an event (the rest are counted by rule).
+pub const MAX_LISTED_WITHHELD: usize = 100;
+
 /// Most events appended in one transaction.
 const MAX_BATCH: usize = 256;
 
@@ -78,32 +81,41 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
     let id = uuid::Uuid::now_v7().to_string();
     let disclosed = d.verdicts.iter().any(|(_, _, v)| v.permitted);
     let refused = d.verdicts.iter().any(|(_, _, v)| !v.permitted);
-    let mut entities: Vec<Value> = d
-        .verdicts
-        .iter()
-        .map(|(ty, rid, v)| {
-            let mut details = vec![detail("decision", if v.permitted { "permit" } else { "deny" }), detail("rule", v.rule)];
-            if let Some((cid, ver)) = &v.consent {
-                details.push(detail("consent", &format!("Consent/{cid}/_history/{ver}")));
-            }
-            if let Some(p) = &v.patient {
-                details.push(detail("patient", &format!("Patient/{p}")));
-            }
-            json!({
-                "what": { "reference": format!("{ty}/{rid}") },
-                "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
-                "detail": details,
-            })
-        })
-        .collect();
+    // Every disclosed resource is listed; withheld ones up to MAX_LISTED_WITHHELD, the rest
+    // counted by rule (a search over many hidden matches must not write an event the size of
+    // the database).
+    let mut entities: Vec<Value> = Vec::new();
+    let mut listed_withheld = 0usize;
+    let mut unlisted: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     let mut patients: Vec<(String, bool)> = Vec::new();
-    for (_, _, v) in d.verdicts {
+    let mut patient_at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (ty, rid, v) in d.verdicts {
+        if !v.permitted {
+            if listed_withheld >= MAX_LISTED_WITHHELD {
+                *unlisted.entry(v.rule).or_default() += 1;
+                continue;
+            }
+            listed_withheld += 1;
+        }
+        let mut details = vec![detail("decision", if v.permitted { "permit" } else { "deny" }), detail("rule", v.rule)];
+        if let Some((cid, ver)) = &v.consent {
+            details.push(detail("consent", &format!("Consent/{cid}/_history/{ver}")));
+        }
         if let Some(p) = &v.patient {
-            match patients.iter_mut().find(|(q, _)| q == p) {
-                Some(e) => e.1 |= v.permitted,
-                None => patients.push((p.clone(), v.permitted)),
+            details.push(detail("patient", &format!("Patient/{p}")));
+            match patient_at.get(p.as_str()) {
+                Some(&i) => patients[i].1 |= v.permitted,
+                None => {
+                    patient_at.insert(p.as_str(), patients.len());
+                    patients.push((p.clone(), v.permitted));
+                }
             }
         }
+        entities.push(json!({
+            "what": { "reference": format!("{ty}/{rid}") },
+            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
+            "detail": details,
+        }));
     }
     for (p, was_disclosed) in &patients {
         entities.push(json!({
@@ -119,6 +131,9 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
     }
     if let Some(n) = d.count {
         query_details.push(detail("count", &n.to_string()));
+    }
+    for (rule, n) in &unlisted {
+        query_details.push(detail("withheld-not-listed", &format!("{rule}: {n}")));
     }
     let mut query = json!({
         "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
@@ -259,5 +274,41 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, crate::store::StoreEr
             expected_seq += 1;
             checked += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(permitted: bool, patient: &str) -> Verdict {
+        Verdict { permitted, rule: if permitted { "consent" } else { "no-consent" }, consent: None, patient: Some(patient.into()) }
+    }
+
+    #[test]
+    fn withheld_resources_beyond_the_cap_are_counted_not_listed() {
+        let mut verdicts: Vec<(String, String, Verdict)> =
+            (0..150).map(|i| ("Encounter".into(), format!("e{i}"), verdict(false, "p1"))).collect();
+        verdicts.push(("Encounter".into(), "ok1".into(), verdict(true, "p2")));
+        verdicts.push(("Encounter".into(), "ok2".into(), verdict(true, "p1")));
+        let d = Disclosure {
+            client_id: "c",
+            org: "fqhc-demo",
+            token_id: None,
+            purpose: PurposeOfUse::Treat,
+            interaction: Interaction::Search,
+            request_id: Some("r".into()),
+            query: "/fhir/Encounter".into(),
+            verdicts: &verdicts,
+            count: None,
+        };
+        let e = event(&d, Utc::now());
+        let entities = e.event["entity"].as_array().unwrap();
+        let resources = entities.iter().filter(|x| x["what"]["reference"].as_str().is_some_and(|r| r.starts_with("Encounter/"))).count();
+        assert_eq!(resources, MAX_LISTED_WITHHELD + 2);
+        let query = entities.last().unwrap();
+        assert!(query["detail"].as_array().unwrap().iter().any(|x| x["valueString"] == "no-consent: 50"), "{query}");
+        assert_eq!(e.patients, vec![("p1".to_string(), true), ("p2".to_string(), true)]);
+        assert_eq!(e.event["outcome"], "0");
     }
 }
