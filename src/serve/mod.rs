@@ -453,11 +453,19 @@ pub async fn explain(store: &Store, rules: &ConsentRules, who: Partner<'_>, r: S
     let mut sessions: Vec<(SessionFacts, Option<LabelFacts>)> = Vec::new();
     let mut directives = Vec::new();
     match subject_of(&r, &content) {
-        Subject::Session { id, own_labels, .. } => {
+        Subject::Session { id, own_labels, names_note } => {
             let (facts, d) = store.session_facts(&[id.as_str()]).await?;
             for s in facts {
-                let own = own_labels.then(|| label_facts(content_labels(&content), rules));
-                sessions.push((s, own));
+                let mut labels = if own_labels {
+                    label_facts(content_labels(&content), rules)
+                } else {
+                    let l = session_labels(&s);
+                    label_facts(l.iter().map(|(a, b)| (a.as_str(), b.as_str())), rules)
+                };
+                if names_note {
+                    labels.0 = labels.0.with(crate::consent::Category::SessionNotes);
+                }
+                sessions.push((s, Some(labels)));
             }
             directives = d;
         }
