@@ -189,6 +189,17 @@ async fn consents(url: String, token: String, students: usize) {
     eprintln!("recorded {students} consents");
 }
 
+/// The form of a client-credentials token request for `system/*.read` with this assertion.
+fn token_form(assertion: &str) -> String {
+    serde_urlencoded::to_string([
+        ("grant_type", "client_credentials"),
+        ("scope", "system/*.read"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", assertion),
+    ])
+    .unwrap()
+}
+
 async fn smart_token(url: String, client_id: String) {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let pem = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smart/rs384-private.pem")).unwrap();
@@ -197,13 +208,7 @@ async fn smart_token(url: String, client_id: String) {
     let claims = serde_json::json!({"iss": client_id, "sub": client_id, "aud": format!("{url}/auth/token"),
         "exp": jsonwebtoken::get_current_timestamp() + 240, "jti": uuid::Uuid::new_v4().to_string()});
     let assertion = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
-    let body = serde_urlencoded::to_string([
-        ("grant_type", "client_credentials"),
-        ("scope", "system/*.read"),
-        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-        ("client_assertion", &assertion),
-    ])
-    .unwrap();
+    let body = token_form(&assertion);
     let res: Value = reqwest::Client::new()
         .post(format!("{url}/auth/token"))
         .header("Content-Type", "application/x-www-form-urlencoded")
@@ -233,14 +238,7 @@ async fn token(url: String, client_id: String, requests: usize, concurrency: usi
     let forms: Vec<String> = (0..requests + concurrency)
         .map(|i| {
             let claims = serde_json::json!({"iss": client_id, "sub": client_id, "aud": format!("{url}/auth/token"), "exp": exp, "jti": format!("bench-{}-{i}", std::process::id())});
-            let assertion = jsonwebtoken::encode(&header, &claims, &key).unwrap();
-            serde_urlencoded::to_string([
-                ("grant_type", "client_credentials"),
-                ("scope", "system/*.read"),
-                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-                ("client_assertion", &assertion),
-            ])
-            .unwrap()
+            token_form(&jsonwebtoken::encode(&header, &claims, &key).unwrap())
         })
         .collect();
     eprintln!("signed {} {alg:?} assertions in {:.1} s (not timed)", forms.len(), signing.elapsed().as_secs_f64());

@@ -26,7 +26,7 @@ fn oauth_error(e: &OAuthError) -> HttpResponse {
     let (status, code) = match e {
         OAuthError::InvalidClient(_) => (StatusCode::UNAUTHORIZED, IssueCode::Login),
         OAuthError::Server(_) => (StatusCode::SERVICE_UNAVAILABLE, IssueCode::Transient),
-        OAuthError::InvalidScope(_) | OAuthError::UnauthorizedClient(_) => (StatusCode::BAD_REQUEST, IssueCode::Security),
+        OAuthError::InvalidScope(_) => (StatusCode::BAD_REQUEST, IssueCode::Security),
         _ => (StatusCode::BAD_REQUEST, IssueCode::Invalid),
     };
     match e {

@@ -61,8 +61,18 @@ type Verdicts = Vec<(String, String, crate::serve::Verdict)>;
 /// For a partner: only what consent permits, in order (redacted and labelled), with every
 /// verdict; for other clients: the rows as they are.
 async fn disclose(state: &AppState, access: &Access<'_>, rows: Vec<StoredResource>) -> Result<(Vec<StoredResource>, Verdicts), ApiError> {
+    disclose_with(state, access, rows, crate::serve::Prefetched::default()).await
+}
+
+/// As [`disclose`], with some decision facts already read with the rows.
+async fn disclose_with(
+    state: &AppState,
+    access: &Access<'_>,
+    rows: Vec<StoredResource>,
+    prefetched: crate::serve::Prefetched,
+) -> Result<(Vec<StoredResource>, Verdicts), ApiError> {
     let Access::Partner(p) = access else { return Ok((rows, Vec::new())) };
-    let judged = crate::serve::judge(&state.store, &state.pipeline.consent, *p, rows).await?;
+    let judged = crate::serve::judge_with(&state.store, &state.pipeline.consent, *p, rows, prefetched).await?;
     let verdicts = judged.iter().map(|j| (j.resource.resource_type.clone(), j.resource.id.clone(), j.verdict.clone())).collect();
     Ok((judged.into_iter().filter(|j| j.verdict.permitted).map(|j| j.resource).collect(), verdicts))
 }
@@ -412,13 +422,9 @@ pub async fn read(
     let not_found = || ApiError::NotFound(format!("{ty}/{id} is not known"));
     let (kept, verdicts) = match &access {
         // A partner's read brings the decision facts along (one query, like anyone's read).
-        Access::Partner(p) => match state.store.fhir_read_with_facts(ty, &id).await? {
+        Access::Partner(_) => match state.store.fhir_read_with_facts(ty, &id).await? {
             Some((r, sessions, directives)) => {
-                let prefetched = crate::serve::Prefetched { sessions, directives };
-                let judged = crate::serve::judge_with(&state.store, &state.pipeline.consent, *p, vec![r], prefetched).await?;
-                let verdicts =
-                    judged.iter().map(|j| (j.resource.resource_type.clone(), j.resource.id.clone(), j.verdict.clone())).collect();
-                (judged.into_iter().filter(|j| j.verdict.permitted).map(|j| j.resource).collect::<Vec<_>>(), verdicts)
+                disclose_with(&state, &access, vec![r], crate::serve::Prefetched { sessions, directives }).await?
             }
             None => (Vec::new(), Vec::new()),
         },

@@ -65,9 +65,6 @@ pub enum OAuthError {
     /// Not `client_credentials`.
     #[error("unsupported_grant_type: {0}")]
     UnsupportedGrantType(String),
-    /// The client may not use this grant for what it asked (here: the purpose of use).
-    #[error("unauthorized_client: {0}")]
-    UnauthorizedClient(String),
     /// Storage failed; nothing was issued.
     #[error("server_error")]
     Server(#[from] StoreError),
@@ -81,7 +78,6 @@ impl OAuthError {
             OAuthError::InvalidClient(_) => "invalid_client",
             OAuthError::InvalidScope(_) => "invalid_scope",
             OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
-            OAuthError::UnauthorizedClient(_) => "unauthorized_client",
             OAuthError::Server(_) => "server_error",
         }
     }
@@ -92,8 +88,7 @@ impl OAuthError {
             OAuthError::InvalidRequest(m)
             | OAuthError::InvalidClient(m)
             | OAuthError::InvalidScope(m)
-            | OAuthError::UnsupportedGrantType(m)
-            | OAuthError::UnauthorizedClient(m) => m.clone(),
+            | OAuthError::UnsupportedGrantType(m) => m.clone(),
             OAuthError::Server(_) => "the token could not be issued; retry later".into(),
         }
     }

@@ -19,9 +19,6 @@ pub enum ConsentError {
     /// The form fails the schema or the semantic rules (422).
     #[error("the consent form is not valid")]
     Invalid(Vec<OutcomeIssue>),
-    /// Another LEA's consent (403).
-    #[error("{0}")]
-    Forbidden(String),
     /// No such consent (404).
     #[error("{0}")]
     NotFound(String),
@@ -34,7 +31,6 @@ impl From<ConsentError> for crate::error::ApiError {
     fn from(e: ConsentError) -> Self {
         match e {
             ConsentError::Invalid(issues) => crate::error::ApiError::Unprocessable(issues),
-            ConsentError::Forbidden(m) => crate::error::ApiError::Forbidden(m),
             ConsentError::NotFound(m) => crate::error::ApiError::NotFound(m),
             ConsentError::Store(e) => e.into(),
         }

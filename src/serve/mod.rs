@@ -152,9 +152,32 @@ fn content_labels(content: &Value) -> impl Iterator<Item = (&str, &str)> {
     content["meta"]["security"].as_array().into_iter().flatten().filter_map(|c| Some((c["system"].as_str()?, c["code"].as_str()?)))
 }
 
-fn session_labels(s: &SessionFacts) -> Vec<(String, String)> {
+/// The label facts of a session, from the Encounter labels stored with it.
+fn session_label_facts(s: &SessionFacts, rules: &ConsentRules) -> LabelFacts {
     let list: Vec<String> = s.security.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default();
-    list.iter().filter_map(|l| l.split_once('|').map(|(a, b)| (a.to_string(), b.to_string()))).collect()
+    label_facts(list.iter().filter_map(|l| l.split_once('|')), rules)
+}
+
+/// The label facts a session-bound resource is judged by: its own labels or its session's, plus
+/// the notes category when it reveals the session's note.
+fn subject_label_facts(content: &Value, s: &SessionFacts, own_labels: bool, names_note: bool, rules: &ConsentRules) -> LabelFacts {
+    let mut labels = if own_labels { label_facts(content_labels(content), rules) } else { session_label_facts(s, rules) };
+    if names_note {
+        labels.0 = labels.0.with(crate::consent::Category::SessionNotes);
+    }
+    labels
+}
+
+/// The decision facts of a session with these labels, judged on `today`.
+fn session_facts_for(s: &SessionFacts, labels: LabelFacts, today: NaiveDate) -> Facts<'_> {
+    Facts {
+        site: &s.site_id,
+        service_date: s.date_of_service(),
+        categories: labels.0,
+        minor_consented: labels.1,
+        psychotherapy_note: labels.2,
+        student_adult: s.adult_on(today),
+    }
 }
 
 struct Context<'a> {
@@ -172,14 +195,7 @@ impl Context<'_> {
             // Stored before consent facts were kept: never disclosed.
             return (Verdict::deny("no-consent", None), None);
         };
-        let facts = Facts {
-            site: &s.site_id,
-            service_date: s.date_of_service(),
-            categories: labels.0,
-            minor_consented: labels.1,
-            psychotherapy_note: labels.2,
-            student_adult: s.adult_on(self.ask.today),
-        };
+        let facts = session_facts_for(s, labels, self.ask.today);
         let consents = self.consents.get(&patient).map(Vec::as_slice).unwrap_or_default();
         match crate::consent::decide(&self.ask, &facts, consents, &self.rules.partnerships) {
             Decision::Permit { consent, obligations } => (
@@ -199,22 +215,12 @@ impl Context<'_> {
             Subject::Never => (Verdict::deny("not-disclosed", None), None),
             Subject::Session { id, own_labels, names_note } => {
                 let Some(s) = self.sessions.get(&id) else { return (Verdict::deny("no-consent", None), None) };
-                let mut labels = if own_labels {
-                    label_facts(content_labels(content), self.rules)
-                } else {
-                    let l = session_labels(s);
-                    label_facts(l.iter().map(|(a, b)| (a.as_str(), b.as_str())), self.rules)
-                };
-                if names_note {
-                    labels.0 = labels.0.with(crate::consent::Category::SessionNotes);
-                }
-                self.decide_session(s, labels)
+                self.decide_session(s, subject_label_facts(content, s, own_labels, names_note, self.rules))
             }
             Subject::Patient(p) => {
                 let mut first_denial = None;
                 for s in self.patient_sessions.get(&p).into_iter().flatten() {
-                    let l = session_labels(s);
-                    let (v, o) = self.decide_session(s, label_facts(l.iter().map(|(a, b)| (a.as_str(), b.as_str())), self.rules));
+                    let (v, o) = self.decide_session(s, session_label_facts(s, self.rules));
                     if v.permitted {
                         // The student's own record: general data, under that session's permit.
                         return (v, o.map(|o| Obligations { part2: false, ..o }));
@@ -450,46 +456,30 @@ pub async fn explain(store: &Store, rules: &ConsentRules, who: Partner<'_>, r: S
     let judged = judge(store, rules, who, vec![r.clone()]).await?.pop();
     let verdict = judged.map(|j| j.verdict).unwrap_or_else(|| Verdict::deny("not-disclosed", None));
     let ask = Ask { partner: who.org, purpose: who.purpose, today: who.today };
-    let mut sessions: Vec<(SessionFacts, Option<LabelFacts>)> = Vec::new();
+    let mut sessions: Vec<(SessionFacts, LabelFacts)> = Vec::new();
     let mut directives = Vec::new();
     match subject_of(&r, &content) {
         Subject::Session { id, own_labels, names_note } => {
             let (facts, d) = store.session_facts(&[id.as_str()]).await?;
             for s in facts {
-                let mut labels = if own_labels {
-                    label_facts(content_labels(&content), rules)
-                } else {
-                    let l = session_labels(&s);
-                    label_facts(l.iter().map(|(a, b)| (a.as_str(), b.as_str())), rules)
-                };
-                if names_note {
-                    labels.0 = labels.0.with(crate::consent::Category::SessionNotes);
-                }
-                sessions.push((s, Some(labels)));
+                let labels = subject_label_facts(&content, &s, own_labels, names_note, rules);
+                sessions.push((s, labels));
             }
             directives = d;
         }
         Subject::Patient(p) => {
             let (facts, d) = store.patient_session_facts(&[p.as_str()]).await?;
-            sessions.extend(facts.into_iter().map(|s| (s, None)));
+            sessions.extend(facts.into_iter().map(|s| {
+                let labels = session_label_facts(&s, rules);
+                (s, labels)
+            }));
             directives = d;
         }
         Subject::Directory | Subject::Never => {}
     }
     let mut per_session = Vec::new();
-    for (s, own) in &sessions {
-        let labels = own.unwrap_or_else(|| {
-            let l = session_labels(s);
-            label_facts(l.iter().map(|(a, b)| (a.as_str(), b.as_str())), rules)
-        });
-        let facts = Facts {
-            site: &s.site_id,
-            service_date: s.date_of_service(),
-            categories: labels.0,
-            minor_consented: labels.1,
-            psychotherapy_note: labels.2,
-            student_adult: s.adult_on(who.today),
-        };
+    for (s, labels) in &sessions {
+        let facts = session_facts_for(s, *labels, who.today);
         let compiled: Vec<Compiled> =
             directives.iter().filter(|d| Some(d.patient.as_str()) == s.patient_id.as_deref()).map(|d| d.compile()).collect();
         let (decision, verdicts) = crate::consent::explain(&ask, &facts, &compiled, &rules.partnerships);
