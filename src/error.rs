@@ -55,6 +55,9 @@ pub enum ApiError {
     /// A resource that existed was deleted (410).
     #[error("gone: {0}")]
     Gone(String),
+    /// A per-client limit is reached; retry after this many seconds (429).
+    #[error("too many requests: {0}")]
+    TooManyRequests(String, u64),
 }
 
 impl ApiError {
@@ -85,6 +88,7 @@ impl ApiError {
                 ),
             )],
             ApiError::Gone(m) => vec![OutcomeIssue::error(IssueCode::Deleted, m.clone())],
+            ApiError::TooManyRequests(m, _) => vec![OutcomeIssue::error(IssueCode::Throttled, m.clone())],
             ApiError::Internal(_) => vec![OutcomeIssue::error(
                 IssueCode::Exception,
                 "an unexpected error occurred; nothing was stored. Quote the X-Request-Id header when reporting it",
@@ -122,6 +126,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::MappingDefect(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -141,6 +146,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Unavailable(_) => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            ApiError::TooManyRequests(_, secs) => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from(*secs)));
             }
             _ => {}
         }

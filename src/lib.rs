@@ -33,6 +33,7 @@ pub mod consent;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod export;
 pub mod fhir;
 pub mod intake;
 pub mod mapping;

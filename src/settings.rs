@@ -55,6 +55,8 @@ pub struct Settings {
     pub intake: IntakeSettings,
     /// SMART Backend Services tokens for FQHC partners.
     pub auth: AuthSettings,
+    /// FHIR Bulk Data export.
+    pub export: ExportSettings,
     /// Local educational agencies and FQHCs.
     pub organizations: Vec<Organization>,
     /// School sites.
@@ -129,6 +131,58 @@ impl Default for AuthSettings {
             jwks_refetch_seconds: 10,
             allow_http_jwks: false,
             token_url: None,
+        }
+    }
+}
+
+/// FHIR Bulk Data export (`$export`): where files go, how they are split, how long they live.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSettings {
+    /// Folder of the export files (one sub-folder per job). Instances sharing a PostgreSQL
+    /// database must share this folder too (a network volume), since any of them may run a job
+    /// and any may serve its files.
+    pub dir: PathBuf,
+    /// A file holds at most this many resources...
+    pub max_file_resources: u64,
+    /// ...and at most about this many bytes (uncompressed); the next resource starts a new file.
+    pub max_file_bytes: u64,
+    /// Store files gzip-compressed; served with `Content-Encoding: gzip` to clients that accept
+    /// it and decompressed on the fly for those that do not.
+    pub gzip: bool,
+    /// How long the files of a completed job stay downloadable, in hours (counted from
+    /// completion; a running job never expires).
+    pub expire_hours: u64,
+    /// Jobs a client may have queued or running at once; one more answers 429.
+    pub max_jobs_per_client: u64,
+    /// Jobs this instance runs at the same time (0: this instance accepts and serves exports but
+    /// leaves running them to other instances sharing the database).
+    pub workers: usize,
+    /// How often an idle worker looks for queued or abandoned jobs, in seconds.
+    pub poll_seconds: u64,
+    /// A running job's lease; a job whose owner stopped renewing it for this long is taken over
+    /// by another worker (after a crash or restart), in seconds.
+    pub lease_seconds: u64,
+    /// `Retry-After` of status answers while a job runs, in seconds.
+    pub retry_after_seconds: u64,
+    /// Resources read and judged per database round trip.
+    pub batch_size: u32,
+}
+
+impl Default for ExportSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("data/exports"),
+            max_file_resources: 100_000,
+            max_file_bytes: 256 * 1024 * 1024,
+            gzip: false,
+            expire_hours: 168,
+            max_jobs_per_client: 2,
+            workers: 1,
+            poll_seconds: 5,
+            lease_seconds: 60,
+            retry_after_seconds: 5,
+            batch_size: 1000,
         }
     }
 }
@@ -481,6 +535,18 @@ impl Settings {
         }
         if self.auth.assertion_max_seconds == 0 {
             return Err(self.invalid("auth.assertion_max_seconds", "must be at least 1"));
+        }
+        let export = &self.export;
+        if export.max_file_resources == 0 || export.max_file_bytes < 1024 {
+            return Err(
+                self.invalid("export.max_file_resources", "files must hold at least 1 resource and 1024 bytes (export.max_file_bytes)")
+            );
+        }
+        if export.expire_hours == 0 || export.max_jobs_per_client == 0 {
+            return Err(self.invalid("export", "expire_hours and max_jobs_per_client must be at least 1"));
+        }
+        if export.lease_seconds < 5 || export.poll_seconds == 0 || export.batch_size == 0 {
+            return Err(self.invalid("export.lease_seconds", "must be at least 5 (and poll_seconds, batch_size at least 1)"));
         }
         if self.server.max_body_bytes < 1024 {
             return Err(self.invalid("server.max_body_bytes", "must be at least 1024"));

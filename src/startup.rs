@@ -32,6 +32,8 @@ pub struct AppState {
     pub smart: crate::auth::smart::SmartAuth,
     /// The audit trail writer.
     pub auditor: crate::audit::Auditor,
+    /// The bulk export workers.
+    pub exporter: crate::export::run::Exporter,
 }
 
 /// A built, bound, not yet running server.
@@ -103,8 +105,23 @@ impl Application {
         let smart = crate::auth::smart::SmartAuth::new(&settings.auth)?;
         tokio::spawn(purge_jti_loop(store.clone()));
         let auditor = crate::audit::Auditor::spawn(store.clone());
-        let state =
-            web::Data::new(AppState { settings: settings.clone(), store: store.clone(), pipeline, openapi, auth_cache, smart, auditor });
+        let exporter = crate::export::run::Exporter::spawn(
+            store.clone(),
+            pipeline.consent.clone(),
+            pipeline.search.clone(),
+            settings.clone(),
+            auditor.clone(),
+        );
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            store: store.clone(),
+            pipeline,
+            openapi,
+            auth_cache,
+            smart,
+            auditor,
+            exporter,
+        });
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
         let port = listener.local_addr()?.port();

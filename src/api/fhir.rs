@@ -200,6 +200,9 @@ pub fn capability_statement(registry: &SearchRegistry, base: &str) -> serde_json
             if !includes.is_empty() {
                 r["searchInclude"] = serde_json::json!(includes);
             }
+            if *ty == "Patient" {
+                r["operation"] = serde_json::json!([{ "name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export" }]);
+            }
             if *ty == "Consent" {
                 // Recorded by LEAs (submitters) and admins; never disclosed to partners.
                 if let Some(i) = r["interaction"].as_array_mut() {
@@ -209,6 +212,13 @@ pub fn capability_statement(registry: &SearchRegistry, base: &str) -> serde_json
             }
             r
         })
+        .chain(std::iter::once(serde_json::json!({
+            "type": "Group",
+            "profile": "http://hl7.org/fhir/StructureDefinition/Group",
+            "documentation": "Bulk export cohorts: one Group per school site a partner serves (id = the site id) and one for the whole partnership (id = the FQHC id). Members are the students with a session at those sites.",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "operation": [{ "name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export" }],
+        })))
         .chain(std::iter::once(serde_json::json!({
             "type": "AuditEvent",
             "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
@@ -226,6 +236,7 @@ pub fn capability_statement(registry: &SearchRegistry, base: &str) -> serde_json
         "software": { "name": "wellness-gateway", "version": env!("CARGO_PKG_VERSION") },
         "implementation": { "description": "School-based counselling sessions as FHIR R4 records", "url": base },
         "fhirVersion": "4.0.1",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
@@ -240,6 +251,7 @@ pub fn capability_statement(registry: &SearchRegistry, base: &str) -> serde_json
                 "description": "FQHC partners: SMART Backend Services (client_credentials with an RS384/ES384 client assertion at /auth/token; system/*.read or v2 system/<Type>.rs scopes). Other clients: bearer secrets issued per client (`wellness-gateway clients add`); admin clients read everything, a submitter reads its own LEA's records. A partner reads what consent permits for the purpose of use of its request (X-Purpose-Of-Use or the token's purpose, default TREAT); withheld resources are indistinguishable from absent ones."
             },
             "resource": resources,
+            "operation": [{ "name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export" }],
         }],
     })
 }

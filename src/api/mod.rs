@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod auth;
 pub mod consents;
+pub mod export;
 pub mod extractors;
 pub mod fhir;
 pub mod health;

@@ -3,7 +3,7 @@
 
 use actix_web::web;
 
-use super::{audit, auth, consents, extractors, fhir, health, intake, openapi};
+use super::{audit, auth, consents, export, extractors, fhir, health, intake, openapi};
 use crate::error::ApiError;
 
 /// Registers every route, the query/path error renderers and the 404/405 fallbacks.
@@ -31,6 +31,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(audit::explain) // admin
         .service(audit::read_event) // admin (before the generic /fhir/{type}/{id})
         .service(audit::search_events) // admin (before the generic /fhir/{type})
+        .service(export::export_system) // partner (before the generic /fhir/{type})
+        .service(export::export_patients) // partner (before the generic /fhir/{type}/{id})
+        .service(export::export_group) // partner
+        .service(export::export_status) // partner (its own jobs)
+        .service(export::export_cancel) // partner (its own jobs)
+        .service(export::export_file) // partner (its own jobs)
+        .service(export::read_group) // partner (its sites), admin
+        .service(export::search_groups) // partner (its sites), admin
         .service(fhir::metadata) // open: describes the API, holds no data
         .service(fhir::history) // submitter (own LEA), admin
         .service(fhir::vread) // submitter (own LEA), admin

@@ -178,6 +178,91 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
     PendingEvent { id, recorded_us: at.timestamp_micros(), client_id: d.client_id.to_string(), event, patients }
 }
 
+/// What one bulk export disclosed: a completed job (counts), or one downloaded file (the
+/// students whose data it holds).
+#[derive(Debug, Clone)]
+pub struct BulkDisclosure<'a> {
+    /// Client id.
+    pub client_id: &'a str,
+    /// The partner's FQHC.
+    pub org: &'a str,
+    /// Purpose of use.
+    pub purpose: PurposeOfUse,
+    /// The request id (X-Request-Id), for a download.
+    pub request_id: Option<String>,
+    /// The kick-off URL (job) or the file URL (download).
+    pub query: String,
+    /// The job.
+    pub job_id: &'a str,
+    /// The file, for a download.
+    pub file: Option<&'a str>,
+    /// Students whose data was disclosed.
+    pub patients: &'a [String],
+    /// Counts (`written Encounter: 12`, `withheld no-consent: 3`), as details of the query entity.
+    pub counts: Vec<(String, u64)>,
+}
+
+/// Builds the AuditEvent of a bulk export job or file download.
+pub fn bulk_event(d: &BulkDisclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut entities: Vec<Value> = d
+        .patients
+        .iter()
+        .map(|p| {
+            json!({
+                "what": { "reference": format!("Patient/{p}") },
+                "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
+                "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" },
+                "detail": [detail("disclosed", "true")],
+            })
+        })
+        .collect();
+    let mut details = vec![detail("export-job", d.job_id)];
+    if let Some(f) = d.file {
+        details.push(detail("export-file", f));
+    }
+    if let Some(rid) = &d.request_id {
+        details.push(detail("request-id", rid));
+    }
+    for (k, n) in &d.counts {
+        details.push(detail(k, &n.to_string()));
+    }
+    entities.push(json!({
+        "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
+        "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query" },
+        "query": base64_encode(d.query.as_bytes()),
+        "detail": details,
+    }));
+    let event = json!({
+        "resourceType": "AuditEvent",
+        "id": id,
+        "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation" },
+        "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": "operation" }],
+        "action": if d.file.is_some() { "R" } else { "E" },
+        "recorded": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "outcome": "0",
+        "purposeOfEvent": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": d.purpose.code() }] }],
+        "agent": [{
+            "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient" }] },
+            "who": { "identifier": { "system": "urn:wellness-gateway:client-id", "value": d.client_id } },
+            "requestor": true,
+            "purposeOfUse": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": d.purpose.code() }] }],
+        }, {
+            "type": { "coding": [{ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID" }] },
+            "who": { "display": "wellness-gateway" },
+            "requestor": false,
+        }],
+        "source": {
+            "observer": { "display": "wellness-gateway" },
+            "type": [{ "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server" }],
+        },
+        "entity": entities,
+        "extension": [{ "url": "urn:wellness-gateway:fhir:extension:partner-organization", "valueString": d.org }],
+    });
+    let patients = d.patients.iter().map(|p| (p.clone(), true)).collect();
+    PendingEvent { id, recorded_us: at.timestamp_micros(), client_id: d.client_id.to_string(), event, patients }
+}
+
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)

@@ -63,6 +63,8 @@ pub enum IssueCode {
     Exception,
     /// The resource was deleted.
     Deleted,
+    /// Not processed because of a limit (too many requests).
+    Throttled,
 
     /// Processing issues, e.g. the operation timed out.
     Processing,

@@ -44,6 +44,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
     ("Condition", &["patient", "encounter", "code"]),
     ("Coverage", &["beneficiary"]),
     ("Provenance", &["target"]),
+    ("RelatedPerson", &["patient"]),
     ("DocumentReference", &["patient", "encounter"]),
     ("Consent", &["patient", "status", "actor", "period"]),
 ];

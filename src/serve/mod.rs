@@ -309,66 +309,108 @@ pub async fn judge_with(
     resources: Vec<StoredResource>,
     prefetched: Prefetched,
 ) -> Result<Vec<Judged>, StoreError> {
-    let parsed: Vec<Value> = resources.iter().map(|r| serde_json::from_str(&r.content).unwrap_or(Value::Null)).collect();
-    let subjects: Vec<Subject> = resources.iter().zip(&parsed).map(|(r, c)| subject_of(r, c)).collect();
-    // The facts every decision needs, in a few queries.
-    let session_ids: HashSet<&str> =
-        subjects.iter().filter_map(|s| if let Subject::Session { id, .. } = s { Some(id.as_str()) } else { None }).collect();
-    let patient_ids: HashSet<&str> =
-        subjects.iter().filter_map(|s| if let Subject::Patient(p) = s { Some(p.as_str()) } else { None }).collect();
-    // Each query brings the sessions' students' consents along.
-    let mut consents: HashMap<String, Vec<Compiled>> = HashMap::new();
-    let mut add_consents = |directives: Vec<crate::consent::Directive>| {
-        for d in directives {
-            let list = consents.entry(d.patient.clone()).or_default();
-            if !list.iter().any(|c| c.id == d.id) {
-                list.push(d.compile());
-            }
-        }
-    };
-    let mut sessions: HashMap<String, SessionFacts> = prefetched.sessions.into_iter().map(|s| (s.id.clone(), s)).collect();
-    add_consents(prefetched.directives);
-    let missing: Vec<&str> = session_ids.into_iter().filter(|id| !sessions.contains_key(*id)).collect();
-    if !missing.is_empty() {
-        let (facts, directives) = store.session_facts(&missing).await?;
-        sessions.extend(facts.into_iter().map(|s| (s.id.clone(), s)));
-        add_consents(directives);
+    let parsed = Parsed::new(resources);
+    let facts = parsed.facts(store, prefetched).await?;
+    Ok(parsed.decide(facts, rules, who))
+}
+
+/// Resources read for judging, in three steps so that a caller can run the CPU-bound ones off
+/// its async task (bulk export does): [`Parsed::new`] parses (sync), [`Parsed::facts`] reads the
+/// decision facts (async, a few queries), [`Parsed::decide`] decides and applies obligations
+/// (sync).
+pub struct Parsed {
+    resources: Vec<StoredResource>,
+    parsed: Vec<Value>,
+    subjects: Vec<Subject>,
+}
+
+/// The decision facts of a [`Parsed`] batch.
+#[derive(Default)]
+pub struct DecisionFacts {
+    sessions: HashMap<String, SessionFacts>,
+    consents: HashMap<String, Vec<Compiled>>,
+    patient_sessions: HashMap<String, Vec<SessionFacts>>,
+}
+
+impl Parsed {
+    /// Parses the resources and finds what each is judged by.
+    pub fn new(resources: Vec<StoredResource>) -> Parsed {
+        let parsed: Vec<Value> = resources.iter().map(|r| serde_json::from_str(&r.content).unwrap_or(Value::Null)).collect();
+        let subjects: Vec<Subject> = resources.iter().zip(&parsed).map(|(r, c)| subject_of(r, c)).collect();
+        Parsed { resources, parsed, subjects }
     }
-    let mut patient_sessions: HashMap<String, Vec<SessionFacts>> = HashMap::new();
-    if !patient_ids.is_empty() {
-        let (facts, directives) = store.patient_session_facts(&patient_ids.into_iter().collect::<Vec<_>>()).await?;
-        for s in facts {
-            if let Some(p) = s.patient_id.clone() {
-                patient_sessions.entry(p).or_default().push(s);
-            }
-        }
-        add_consents(directives);
-    }
-    let ctx =
-        Context { rules, ask: Ask { partner: who.org, purpose: who.purpose, today: who.today }, sessions, consents, patient_sessions };
-    Ok(resources
-        .into_iter()
-        .zip(parsed)
-        .map(|(mut r, mut content)| {
-            if r.deleted {
-                return Judged { resource: r, verdict: Verdict::deny("not-disclosed", None) };
-            }
-            let (verdict, obligations) = ctx.judge_one(&r, &content);
-            if verdict.permitted
-                && let Some(o) = obligations
-            {
-                apply_obligations(&mut content, &o);
-                // Part 2 (2024 rule): each disclosure carries the consent it was made under.
-                if o.part2
-                    && let (Some((cid, ver)), Some(list)) = (&verdict.consent, content["extension"].as_array_mut())
-                {
-                    list.push(json!({ "url": PART2_CONSENT_EXTENSION, "valueReference": { "reference": format!("Consent/{cid}/_history/{ver}") } }));
+
+    /// Reads the facts every decision needs, in a few queries (each brings the sessions'
+    /// students' consents along).
+    pub async fn facts(&self, store: &Store, prefetched: Prefetched) -> Result<DecisionFacts, StoreError> {
+        let session_ids: HashSet<&str> =
+            self.subjects.iter().filter_map(|s| if let Subject::Session { id, .. } = s { Some(id.as_str()) } else { None }).collect();
+        let patient_ids: HashSet<&str> =
+            self.subjects.iter().filter_map(|s| if let Subject::Patient(p) = s { Some(p.as_str()) } else { None }).collect();
+        let mut consents: HashMap<String, Vec<Compiled>> = HashMap::new();
+        let mut add_consents = |directives: Vec<crate::consent::Directive>| {
+            for d in directives {
+                let list = consents.entry(d.patient.clone()).or_default();
+                if !list.iter().any(|c| c.id == d.id) {
+                    list.push(d.compile());
                 }
-                r.content = content.to_string();
             }
-            Judged { resource: r, verdict }
-        })
-        .collect())
+        };
+        let mut sessions: HashMap<String, SessionFacts> = prefetched.sessions.into_iter().map(|s| (s.id.clone(), s)).collect();
+        add_consents(prefetched.directives);
+        let missing: Vec<&str> = session_ids.into_iter().filter(|id| !sessions.contains_key(*id)).collect();
+        if !missing.is_empty() {
+            let (facts, directives) = store.session_facts(&missing).await?;
+            sessions.extend(facts.into_iter().map(|s| (s.id.clone(), s)));
+            add_consents(directives);
+        }
+        let mut patient_sessions: HashMap<String, Vec<SessionFacts>> = HashMap::new();
+        if !patient_ids.is_empty() {
+            let (facts, directives) = store.patient_session_facts(&patient_ids.into_iter().collect::<Vec<_>>()).await?;
+            for s in facts {
+                if let Some(p) = s.patient_id.clone() {
+                    patient_sessions.entry(p).or_default().push(s);
+                }
+            }
+            add_consents(directives);
+        }
+        Ok(DecisionFacts { sessions, consents, patient_sessions })
+    }
+
+    /// Decides each resource and applies the permits' obligations. Deletions are withheld.
+    pub fn decide(self, facts: DecisionFacts, rules: &ConsentRules, who: Partner<'_>) -> Vec<Judged> {
+        let ctx = Context {
+            rules,
+            ask: Ask { partner: who.org, purpose: who.purpose, today: who.today },
+            sessions: facts.sessions,
+            consents: facts.consents,
+            patient_sessions: facts.patient_sessions,
+        };
+        self.resources
+            .into_iter()
+            .zip(self.parsed)
+            .map(|(mut r, mut content)| {
+                if r.deleted {
+                    return Judged { resource: r, verdict: Verdict::deny("not-disclosed", None) };
+                }
+                let (verdict, obligations) = ctx.judge_one(&r, &content);
+                if verdict.permitted
+                    && let Some(o) = obligations
+                {
+                    apply_obligations(&mut content, &o);
+                    // Part 2 (2024 rule): each disclosure carries the consent it was made under.
+                    if o.part2
+                        && let (Some((cid, ver)), Some(list)) = (&verdict.consent, content["extension"].as_array_mut())
+                    {
+                        list.retain(|e| e["url"] != PART2_CONSENT_EXTENSION);
+                        list.push(json!({ "url": PART2_CONSENT_EXTENSION, "valueReference": { "reference": format!("Consent/{cid}/_history/{ver}") } }));
+                    }
+                    r.content = content.to_string();
+                }
+                Judged { resource: r, verdict }
+            })
+            .collect()
+    }
 }
 
 /// One page of a partner's search: up to `query.count` permitted matches, the cursor after the

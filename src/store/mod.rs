@@ -10,6 +10,7 @@
 mod audit;
 mod clients;
 mod consents;
+mod export;
 pub(crate) mod fhir;
 mod sessions;
 mod writer;
@@ -28,6 +29,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use audit::{ChainRow, GENESIS_HASH, PREVIOUS_HASH_EXTENSION, PendingEvent, event_hash};
 pub use clients::{NewSmartClient, SmartClientRow};
 pub use consents::{ConsentOutcome, ConsentWrite, SessionFacts, StoredDirective};
+pub use export::{ExportFileRow, ExportJobRow, NewExportJob};
 pub use fhir::{ReadScope, Remap, SearchPage, SessionResources, StoredResource};
 pub use sessions::{
     IntakeRecord, ListFilter, NewVersion, Rejection, SessionSummary, StoredSession, VersionMeta, WriteJob, WriteOutcome, WriteStatus,

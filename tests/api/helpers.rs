@@ -55,6 +55,8 @@ pub fn test_settings(database_url: &str) -> Settings {
 /// A database for one test; PostgreSQL databases are dropped when this is dropped.
 pub struct TestDb {
     pub url: String,
+    /// Export files of this test's instances.
+    pub files: tempfile::TempDir,
     _dir: Option<tempfile::TempDir>,
     pg_admin: Option<(String, String)>,
 }
@@ -66,7 +68,7 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
-                Some(TestDb { url, _dir: Some(dir), pg_admin: None })
+                Some(TestDb { url, files: tempfile::tempdir().expect("temp dir"), _dir: Some(dir), pg_admin: None })
             }
             Backend::Postgres => {
                 let admin = std::env::var("TEST_DATABASE_URL").ok()?;
@@ -74,7 +76,12 @@ impl TestDb {
                 let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.expect("connect to TEST_DATABASE_URL");
                 sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create test database");
                 let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin.clone());
-                Some(TestDb { url: format!("{base}/{name}"), _dir: None, pg_admin: Some((admin, name)) })
+                Some(TestDb {
+                    url: format!("{base}/{name}"),
+                    files: tempfile::tempdir().expect("temp dir"),
+                    _dir: None,
+                    pg_admin: Some((admin, name)),
+                })
             }
         }
     }
@@ -121,6 +128,8 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
     let db = TestDb::new(backend).await?;
     let mut settings = test_settings(&db.url);
+    settings.export.dir = db.files.path().to_path_buf();
+    settings.export.poll_seconds = 1;
     tweak(&mut settings);
     Some(start(settings, db, true).await)
 }

@@ -8,6 +8,7 @@ mod batch;
 mod cli;
 mod consent;
 mod corpora;
+mod export;
 mod fhir;
 mod intake;
 mod mapping;

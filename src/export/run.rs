@@ -1,0 +1,719 @@
+//! The export workers: take a job under a lease, write its files, record each with a checkpoint,
+//! re-judge what consent changes touched, complete; and the cleanup of expired and cancelled
+//! jobs' files. See the module doc of [`crate::export`].
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::files::{NdjsonFile, file_name, job_dir, open_lines, remove_job_dir};
+use super::{COMPARTMENT, Checkpoint, Level, Params};
+use crate::consent::ConsentRules;
+use crate::domain::PurposeOfUse;
+use crate::fhir::search::{Criterion, Cursor, DateCmp, Prefix, SearchRegistry, SearchRequest, Sort};
+use crate::serve::{Parsed, Partner, Prefetched};
+use crate::settings::Settings;
+use crate::store::{ExportFileRow, ExportJobRow, Store, StoreError, StoredResource};
+
+/// Students per query when a pass goes student by student.
+const CHUNK: usize = 100;
+
+/// Why a job stopped before completing.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The job was cancelled, or another runner took it over: stop quietly.
+    #[error("the job is no longer this runner's")]
+    Lost,
+    /// The database failed: the job stays leased and is resumed once the lease runs out.
+    #[error("database error while exporting")]
+    Store(#[from] StoreError),
+    /// The audit trail could not be written: like a database error, the job is resumed later.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    /// Files could not be written or read: the job fails.
+    #[error("export file error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The stored job is unreadable (a bug or a hand-edited row): the job fails.
+    #[error("the stored job is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// The partner a job exports for, owned (it crosses into blocking tasks).
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// FQHC.
+    pub org: String,
+    /// Purpose of use.
+    pub purpose: PurposeOfUse,
+}
+
+impl Recipient {
+    fn partner(&self) -> Partner<'_> {
+        Partner { org: &self.org, purpose: self.purpose, today: chrono::Utc::now().date_naive() }
+    }
+}
+
+struct Inner {
+    store: Store,
+    rules: Arc<ConsentRules>,
+    registry: Arc<SearchRegistry>,
+    settings: Arc<Settings>,
+    /// This process's runner id (leases name it).
+    owner: String,
+    wake: Notify,
+    auditor: crate::audit::Auditor,
+}
+
+/// The export workers of this instance.
+#[derive(Clone)]
+pub struct Exporter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").field("owner", &self.inner.owner).finish()
+    }
+}
+
+fn now_us() -> i64 {
+    crate::store::now_micros().timestamp_micros()
+}
+
+impl Exporter {
+    /// Starts `export.workers` workers and the cleanup loop on the current runtime.
+    pub fn spawn(
+        store: Store,
+        rules: Arc<ConsentRules>,
+        registry: Arc<SearchRegistry>,
+        settings: Arc<Settings>,
+        auditor: crate::audit::Auditor,
+    ) -> Exporter {
+        let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let inner = Arc::new(Inner { store, rules, registry, settings, owner, wake: Notify::new(), auditor });
+        for _ in 0..inner.settings.export.workers {
+            tokio::spawn(worker_loop(inner.clone()));
+        }
+        tokio::spawn(cleanup_loop(inner.clone()));
+        Exporter { inner }
+    }
+
+    /// Tells an idle worker that a job was queued.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// The folder of export files.
+    pub fn root(&self) -> PathBuf {
+        self.inner.settings.export.dir.clone()
+    }
+}
+
+async fn worker_loop(inner: Arc<Inner>) {
+    let cfg = &inner.settings.export;
+    loop {
+        if inner.store.is_closed() {
+            break;
+        }
+        let now = now_us();
+        let lease = now + i64::try_from(cfg.lease_seconds).unwrap_or(60) * 1_000_000;
+        match inner.store.export_claim(&inner.owner, now, lease).await {
+            Ok(Some(job)) => {
+                let id = job.id.clone();
+                tracing::info!(job = %id, "export job started");
+                match run_job(&inner, job).await {
+                    Ok(()) => tracing::info!(job = %id, "export job completed"),
+                    Err(RunError::Lost) => tracing::info!(job = %id, "export job stopped: cancelled or taken over"),
+                    Err(e @ (RunError::Store(_) | RunError::Audit(_))) => {
+                        // Left leased: after the lease runs out a worker resumes it.
+                        tracing::warn!(job = %id, error = %e, "export job interrupted by a database error; it will be resumed");
+                        tokio::time::sleep(Duration::from_secs(cfg.poll_seconds)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %id, error = %e, "export job failed");
+                        let expires = now_us() + expire_us(&inner.settings);
+                        let _ = inner.store.export_fail(&id, &inner.owner, &e.to_string(), now_us(), expires).await;
+                    }
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(_) if inner.store.is_closed() => break,
+            Err(e) => tracing::warn!(error = %e, "looking for export jobs failed"),
+        }
+        tokio::select! {
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(cfg.poll_seconds)) => {}
+        }
+    }
+}
+
+fn expire_us(settings: &Settings) -> i64 {
+    i64::try_from(settings.export.expire_hours).unwrap_or(168).saturating_mul(3_600_000_000)
+}
+
+/// Expires completed jobs' files and removes the folders of jobs that are cancelled, expired or
+/// unknown, once a minute (or every poll interval, when that is shorter).
+async fn cleanup_loop(inner: Arc<Inner>) {
+    let period = Duration::from_secs(inner.settings.export.poll_seconds.min(60));
+    loop {
+        tokio::time::sleep(period).await;
+        if inner.store.is_closed() {
+            break;
+        }
+        if let Err(e) = cleanup(&inner).await {
+            tracing::warn!(error = %e, "export cleanup failed");
+        }
+    }
+}
+
+async fn cleanup(inner: &Inner) -> Result<(), RunError> {
+    let root = &inner.settings.export.dir;
+    let expired = inner.store.export_expire(now_us()).await?;
+    for id in &expired {
+        remove_job_dir(root, id)?;
+    }
+    if !expired.is_empty() {
+        tracing::info!(jobs = expired.len(), "expired export files removed");
+    }
+    let dirs: Vec<String> = match std::fs::read_dir(root) {
+        Ok(entries) => entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect(),
+        Err(_) => return Ok(()),
+    };
+    let known = inner.store.export_statuses(&dirs).await?;
+    for d in &dirs {
+        let keep = known.iter().any(|(id, st)| id == d && matches!(st.as_str(), "queued" | "running" | "completed" | "failed"));
+        if !keep {
+            remove_job_dir(root, d)?;
+        }
+    }
+    Ok(())
+}
+
+/// The file being written.
+struct OpenFile {
+    file: NdjsonFile,
+    seq: i64,
+    resource_type: String,
+    patients: BTreeSet<String>,
+}
+
+/// What the blocking part of a page returns: the state, and each file finished on the way
+/// with the checkpoint after its last resource.
+struct PageOut {
+    ck: Checkpoint,
+    open: Option<OpenFile>,
+    finished: Vec<(ExportFileRow, Checkpoint)>,
+}
+
+struct Job<'a> {
+    inner: &'a Inner,
+    row: ExportJobRow,
+    params: Params,
+    recipient: Recipient,
+    dir: PathBuf,
+    last_renew: Instant,
+}
+
+impl Job<'_> {
+    fn lease_until(&self) -> i64 {
+        now_us() + i64::try_from(self.inner.settings.export.lease_seconds).unwrap_or(60) * 1_000_000
+    }
+
+    async fn record(&mut self, file: Option<&ExportFileRow>, ck: &Checkpoint) -> Result<(), RunError> {
+        let json = serde_json::to_string(ck).map_err(|e| RunError::Corrupt(e.to_string()))?;
+        if !self.inner.store.export_record_file(&self.row.id, &self.inner.owner, file, &json, self.lease_until()).await? {
+            return Err(RunError::Lost);
+        }
+        Ok(())
+    }
+
+    /// Renews the lease and the progress text once a second (at most every third of the lease).
+    async fn keep_lease(&mut self, ck: &Checkpoint) -> Result<(), RunError> {
+        if self.last_renew.elapsed() < Duration::from_secs((self.inner.settings.export.lease_seconds / 3).min(1)) {
+            return Ok(());
+        }
+        let written: u64 = ck.written.values().sum();
+        let progress = format!(
+            "{}type {} of {}, {} resources examined, {} written",
+            if ck.phase == 1 { "consent changes: " } else { "" },
+            (ck.type_index + 1).min(self.params.types.len()),
+            self.params.types.len(),
+            ck.judged,
+            written
+        );
+        if !self.inner.store.export_renew(&self.row.id, &self.inner.owner, self.lease_until(), &progress).await? {
+            return Err(RunError::Lost);
+        }
+        self.last_renew = Instant::now();
+        Ok(())
+    }
+
+    /// Finishes the open file (if any) and records it with `ck`.
+    async fn close(&mut self, open: Option<OpenFile>, ck: &Checkpoint) -> Result<(), RunError> {
+        let Some(f) = open else { return Ok(()) };
+        let (job_id, gzip) = (self.row.id.clone(), self.params.gzip);
+        let row = tokio::task::spawn_blocking(move || finish_file(f, &job_id, gzip))
+            .await
+            .map_err(|e| RunError::Io(std::io::Error::other(e)))??;
+        self.record(Some(&row), ck).await
+    }
+}
+
+async fn run_job(inner: &Inner, row: ExportJobRow) -> Result<(), RunError> {
+    let params: Params = serde_json::from_str(&row.params).map_err(|e| RunError::Corrupt(e.to_string()))?;
+    let mut ck: Checkpoint = match &row.checkpoint {
+        Some(c) => serde_json::from_str(c).map_err(|e| RunError::Corrupt(e.to_string()))?,
+        None => Checkpoint::default(),
+    };
+    let purpose = PurposeOfUse::parse(&row.purpose).map_err(RunError::Corrupt)?;
+    let dir = job_dir(&inner.settings.export.dir, &row.id);
+    // A file of an interrupted run that was never recorded is written again from its checkpoint.
+    let recorded: HashSet<String> = inner.store.export_files(&row.id).await?.into_iter().map(|f| f.name).collect();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.filter_map(|e| e.ok()) {
+            if !e.file_name().to_str().is_some_and(|n| recorded.contains(n)) {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+    }
+    std::fs::create_dir_all(&dir)?;
+    let recipient = Recipient { org: row.org_id.clone(), purpose };
+    let mut job = Job { inner, row, params, recipient, dir, last_renew: Instant::now() };
+    if ck.next_seq == 0 {
+        ck.next_seq = 1;
+        write_ignored(&mut job, &mut ck).await?;
+    }
+    let members = members(&job).await?;
+    while ck.phase < 2 {
+        let pass = match ck.phase {
+            0 => Some((members.clone(), job.params.since_us, job.row.transaction_us)),
+            _ => match job.params.since_us {
+                Some(since) => {
+                    let changed = inner.store.consent_changed_patients(since, job.row.transaction_us).await?;
+                    let changed: Vec<String> = match &members {
+                        Some(m) => changed.into_iter().filter(|p| m.binary_search(p).is_ok()).collect(),
+                        None => changed,
+                    };
+                    (!changed.is_empty()).then_some((Some(changed), None, since))
+                }
+                None => None,
+            },
+        };
+        if let Some((students, lo, hi)) = pass {
+            let previously = match (ck.phase, &students) {
+                (1, Some(s)) => inner.store.patients_disclosed_to(&job.row.client_id, s).await?.into_iter().collect(),
+                _ => HashSet::new(),
+            };
+            run_pass(&mut job, &mut ck, students.as_deref(), lo, hi, Arc::new(previously)).await?;
+        }
+        ck.phase += 1;
+        ck.type_index = 0;
+        ck.cursor = None;
+        ck.chunk_after = None;
+        job.record(None, &ck).await?;
+    }
+    let evaluated = recheck_consent(&mut job, &ck).await?;
+    let extension = (!ck.withdrawn.is_empty()).then(|| {
+        serde_json::json!({ "patients": ck.withdrawn_patients.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>(), "resources": ck.withdrawn })
+            .to_string()
+    });
+    // The job's AuditEvent (what it examined, wrote and withheld); each download writes one
+    // listing the students of that file.
+    let mut counts: Vec<(String, u64)> = ck.written.iter().map(|(t, n)| (format!("written {t}"), *n)).collect();
+    counts.extend(ck.withheld.iter().map(|(r, n)| (format!("withheld {r}"), *n)));
+    counts.push(("withdrawn".into(), ck.withdrawn.len() as u64));
+    let event = crate::audit::bulk_event(
+        &crate::audit::BulkDisclosure {
+            client_id: &job.row.client_id,
+            org: &job.row.org_id,
+            purpose,
+            request_id: None,
+            query: job.row.request.clone(),
+            job_id: &job.row.id,
+            file: None,
+            patients: &[],
+            counts,
+        },
+        chrono::Utc::now(),
+    );
+    inner.auditor.record(event).await?;
+    let now = now_us();
+    let done = inner
+        .store
+        .export_complete(&job.row.id, &inner.owner, now, now + expire_us(&inner.settings), evaluated, extension.as_deref())
+        .await?;
+    if !done {
+        return Err(RunError::Lost);
+    }
+    Ok(())
+}
+
+/// The error file reporting parameters ignored under `Prefer: handling=lenient`.
+async fn write_ignored(job: &mut Job<'_>, ck: &mut Checkpoint) -> Result<(), RunError> {
+    if job.params.ignored.is_empty() {
+        return job.record(None, ck).await;
+    }
+    let outcome = crate::fhir::OperationOutcome::new(
+        job.params
+            .ignored
+            .iter()
+            .map(|p| {
+                crate::fhir::OutcomeIssue {
+                    severity: crate::fhir::outcome::Severity::Warning,
+                    ..crate::fhir::OutcomeIssue::error(
+                        crate::fhir::IssueCode::NotSupported,
+                        format!("`{p}` is not supported and was ignored (Prefer: handling=lenient)"),
+                    )
+                }
+                .at_expression(p.clone())
+            })
+            .collect(),
+    );
+    let line = serde_json::to_string(&outcome).map_err(|e| RunError::Corrupt(e.to_string()))?;
+    let seq = ck.next_seq;
+    let path = job.dir.join(file_name(seq, "OperationOutcome", job.params.gzip));
+    let gzip = job.params.gzip;
+    let (lines, bytes) = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, u64)> {
+        let mut f = NdjsonFile::create(path, gzip)?;
+        f.write_lines([line.as_str()])?;
+        let lines = f.lines;
+        Ok((lines, f.finish()?.1))
+    })
+    .await
+    .map_err(|e| RunError::Io(std::io::Error::other(e)))??;
+    ck.next_seq += 1;
+    let row = ExportFileRow {
+        job_id: job.row.id.clone(),
+        seq,
+        kind: "error".into(),
+        resource_type: "OperationOutcome".into(),
+        name: file_name(seq, "OperationOutcome", gzip),
+        count: i64::try_from(lines).unwrap_or(1),
+        bytes: i64::try_from(bytes).unwrap_or(0),
+        patients: "[]".into(),
+    };
+    job.record(Some(&row), ck).await
+}
+
+/// The students a Group or `patient` parameter limits the export to (sorted); `None`: all.
+async fn members(job: &Job<'_>) -> Result<Option<Vec<String>>, RunError> {
+    let mut members = match (job.params.level, &job.params.group) {
+        (Level::Group, Some(g)) => {
+            let sites = super::groups_of(&job.inner.settings, Some(&job.row.org_id))
+                .into_iter()
+                .find(|(id, _, _)| id == g)
+                .map(|(_, _, sites)| sites)
+                .unwrap_or_default();
+            Some(job.inner.store.patients_at_sites(&sites).await?)
+        }
+        _ => None,
+    };
+    if let Some(listed) = &job.params.patients {
+        members = Some(match members {
+            Some(m) => listed.iter().filter(|p| m.binary_search(p).is_ok()).cloned().collect(),
+            None => listed.clone(),
+        });
+    }
+    Ok(members)
+}
+
+/// `_lastUpdated` in (`lo`, `hi`] (µs).
+fn bounds(lo: Option<i64>, hi: i64) -> Vec<Criterion> {
+    let mut out = vec![Criterion::LastUpdated(vec![DateCmp { prefix: Prefix::Le, lo: hi, hi }])];
+    if let Some(lo) = lo {
+        out.push(Criterion::LastUpdated(vec![DateCmp { prefix: Prefix::Gt, lo, hi: lo }]));
+    }
+    out
+}
+
+/// Finishes a file (blocking) into its row.
+fn finish_file(f: OpenFile, job_id: &str, gzip: bool) -> std::io::Result<ExportFileRow> {
+    let lines = f.file.lines;
+    let (_, bytes) = f.file.finish()?;
+    Ok(ExportFileRow {
+        job_id: job_id.to_string(),
+        seq: f.seq,
+        kind: "output".into(),
+        name: file_name(f.seq, &f.resource_type, gzip),
+        resource_type: f.resource_type,
+        count: i64::try_from(lines).unwrap_or(i64::MAX),
+        bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+        patients: serde_json::to_string(&f.patients).unwrap_or_else(|_| "[]".into()),
+    })
+}
+
+/// One pass over the types: everything (students `None`) or those students' compartments, with
+/// `_lastUpdated` in (`lo`, `hi`].
+async fn run_pass(
+    job: &mut Job<'_>,
+    ck: &mut Checkpoint,
+    students: Option<&[String]>,
+    lo: Option<i64>,
+    hi: i64,
+    previously: Arc<HashSet<String>>,
+) -> Result<(), RunError> {
+    let batch = usize::try_from(job.inner.settings.export.batch_size).unwrap_or(1000);
+    while ck.type_index < job.params.types.len() {
+        let ty = job.params.types[ck.type_index].clone();
+        let by_student = students.is_some() && COMPARTMENT.contains(&ty.as_str());
+        // The directory is the same for everyone: not part of a consent-changes pass.
+        let skip = ck.phase == 1 && !by_student;
+        let mut open: Option<OpenFile> = None;
+        let mut base = match job.params.type_filters.get(&ty) {
+            Some(q) => super::type_filter_search(&ty, q, &job.inner.registry)
+                .map_err(|_| RunError::Corrupt(format!("the stored _typeFilter of {ty} no longer parses")))?,
+            None => SearchRequest {
+                resource_type: ty.clone(),
+                criteria: Vec::new(),
+                count: batch,
+                sort: Sort::LastUpdated,
+                include: Vec::new(),
+                summary_count: false,
+                cursor: None,
+                link_params: Vec::new(),
+            },
+        };
+        base.count = batch;
+        base.sort = Sort::LastUpdated;
+        base.criteria.extend(bounds(lo, hi));
+        loop {
+            if skip {
+                break;
+            }
+            let mut req = base.clone();
+            req.cursor = ck.cursor.as_ref().map(|(t, id)| Cursor { last_updated: Some(*t), id: id.clone() });
+            let mut chunk_last = None;
+            if by_student {
+                let all = students.unwrap_or_default();
+                let start = match &ck.chunk_after {
+                    Some(after) => all.partition_point(|p| p <= after),
+                    None => 0,
+                };
+                let chunk = &all[start..(start + CHUNK).min(all.len())];
+                let Some(last) = chunk.last() else { break };
+                chunk_last = Some(last.clone());
+                match compartment(&job.inner.store, &ty, chunk).await? {
+                    Some(c) => req.criteria.push(c),
+                    None => {
+                        ck.chunk_after = chunk_last;
+                        ck.cursor = None;
+                        continue;
+                    }
+                }
+            }
+            let page = job.inner.store.fhir_search(&req, None).await?;
+            let more = page.next.is_some();
+            let out = judge_page(job, std::mem::take(ck), open.take(), page.matches, previously.clone()).await?;
+            *ck = out.ck;
+            open = out.open;
+            for (row, at) in &out.finished {
+                job.record(Some(row), at).await?;
+            }
+            job.keep_lease(ck).await?;
+            if !more {
+                if by_student {
+                    ck.chunk_after = chunk_last;
+                    ck.cursor = None;
+                    continue;
+                }
+                break;
+            }
+        }
+        ck.type_index += 1;
+        ck.cursor = None;
+        ck.chunk_after = None;
+        if let Some(f) = &open {
+            ck.next_seq = f.seq + 1;
+        }
+        job.close(open, ck).await?;
+    }
+    Ok(())
+}
+
+/// The criterion limiting a type to some students' compartments; `None` when they have nothing
+/// of that type.
+async fn compartment(store: &Store, ty: &str, students: &[String]) -> Result<Option<Criterion>, RunError> {
+    let refs = || students.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>();
+    Ok(Some(match ty {
+        "Patient" => Criterion::Ids(students.to_vec()),
+        "Coverage" => Criterion::Reference("beneficiary".into(), refs()),
+        "Encounter" | "Condition" | "DocumentReference" | "RelatedPerson" => Criterion::Reference("patient".into(), refs()),
+        "Provenance" => {
+            let sessions = store.sessions_of_patients(students).await?;
+            if sessions.is_empty() {
+                return Ok(None);
+            }
+            Criterion::Reference("target".into(), sessions.into_iter().map(|s| format!("Encounter/{s}")).collect())
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// Judges a page and writes what is permitted (CPU-bound parts on the blocking pool).
+async fn judge_page(
+    job: &Job<'_>,
+    mut ck: Checkpoint,
+    open: Option<OpenFile>,
+    rows: Vec<StoredResource>,
+    previously: Arc<HashSet<String>>,
+) -> Result<PageOut, RunError> {
+    let blocking = |e: tokio::task::JoinError| RunError::Io(std::io::Error::other(e));
+    let parsed = tokio::task::spawn_blocking(move || Parsed::new(rows)).await.map_err(blocking)?;
+    let facts = parsed.facts(&job.inner.store, Prefetched::default()).await?;
+    let rules = job.inner.rules.clone();
+    let recipient = job.recipient.clone();
+    let cfg = job.inner.settings.export.clone();
+    let (dir, gzip, job_id) = (job.dir.clone(), job.params.gzip, job.row.id.clone());
+    tokio::task::spawn_blocking(move || -> Result<PageOut, RunError> {
+        let judged = parsed.decide(facts, &rules, recipient.partner());
+        let mut open = open;
+        let mut finished = Vec::new();
+        for j in judged {
+            let r = &j.resource;
+            ck.judged += 1;
+            ck.cursor = Some((r.last_updated_us, r.id.clone()));
+            if !j.verdict.permitted {
+                *ck.withheld.entry(j.verdict.rule.to_string()).or_default() += 1;
+                if let Some(p) = &j.verdict.patient
+                    && previously.contains(p)
+                {
+                    ck.withdrawn.push(format!("{}/{}", r.resource_type, r.id));
+                    if ck.withdrawn_patients.last() != Some(p) && !ck.withdrawn_patients.contains(p) {
+                        ck.withdrawn_patients.push(p.clone());
+                    }
+                }
+                continue;
+            }
+            if open.is_none() {
+                let seq = ck.next_seq;
+                let path = dir.join(file_name(seq, &r.resource_type, gzip));
+                open = Some(OpenFile {
+                    file: NdjsonFile::create(path, gzip)?,
+                    seq,
+                    resource_type: r.resource_type.clone(),
+                    patients: BTreeSet::new(),
+                });
+            }
+            let Some(f) = open.as_mut() else { continue };
+            f.file.write_lines([r.content.as_str()])?;
+            if let Some(p) = &j.verdict.patient {
+                f.patients.insert(p.clone());
+            }
+            *ck.written.entry(r.resource_type.clone()).or_default() += 1;
+            if (f.file.lines >= cfg.max_file_resources || f.file.raw_bytes >= cfg.max_file_bytes)
+                && let Some(f) = open.take()
+            {
+                ck.next_seq = f.seq + 1;
+                let row = finish_file(f, &job_id, gzip)?;
+                finished.push((row, ck.clone()));
+            }
+        }
+        Ok(PageOut { ck, open, finished })
+    })
+    .await
+    .map_err(blocking)?
+}
+
+/// Judges again every output file holding a student whose consent changed since the job
+/// started, until a check finds no change; returns the time consent was last evaluated.
+async fn recheck_consent(job: &mut Job<'_>, ck: &Checkpoint) -> Result<i64, RunError> {
+    let mut from = job.row.started_us.unwrap_or(job.row.created_us);
+    for _ in 0..5 {
+        let at = now_us();
+        let changed: HashSet<String> = job.inner.store.consent_changed_patients(from, at).await?.into_iter().collect();
+        if changed.is_empty() {
+            return Ok(at);
+        }
+        for f in job.inner.store.export_files(&job.row.id).await? {
+            let patients: Vec<String> = serde_json::from_str(&f.patients).unwrap_or_default();
+            if f.kind != "output" || !patients.iter().any(|p| changed.contains(p)) {
+                continue;
+            }
+            let row = rejudge_file(&job.inner.store, &job.inner.rules, &job.recipient, &job.dir, job.params.gzip, f).await?;
+            job.record(Some(&row), ck).await?;
+        }
+        from = at;
+    }
+    Ok(from)
+}
+
+/// Rewrites one file of a job (in `dir`) with what consent permits now; returns its new row.
+pub async fn rejudge_file(
+    store: &Store,
+    rules: &ConsentRules,
+    recipient: &Recipient,
+    dir: &std::path::Path,
+    gzip: bool,
+    f: ExportFileRow,
+) -> Result<ExportFileRow, RunError> {
+    let path = dir.join(&f.name);
+    let tmp = dir.join(format!("{}.{}.rejudge", f.name, uuid::Uuid::new_v4().simple()));
+    let mut reader = {
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || open_lines(&p)).await.map_err(|e| RunError::Io(std::io::Error::other(e)))??
+    };
+    let mut out = NdjsonFile::create(tmp.clone(), gzip)?;
+    let mut patients = BTreeSet::new();
+    loop {
+        let (lines, rest) = tokio::task::spawn_blocking(move || {
+            let lines: Vec<std::io::Result<String>> = reader.by_ref().take(1000).collect();
+            (lines, reader)
+        })
+        .await
+        .map_err(|e| RunError::Io(std::io::Error::other(e)))?;
+        reader = rest;
+        if lines.is_empty() {
+            break;
+        }
+        let lines = lines.into_iter().collect::<Result<Vec<String>, _>>()?;
+        for (line, patient) in rejudge_lines(store, rules, recipient, lines).await? {
+            out.write_lines([line.as_str()])?;
+            patients.extend(patient);
+        }
+    }
+    let count = out.lines;
+    let (_, bytes) = out.finish()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(ExportFileRow {
+        count: i64::try_from(count).unwrap_or(i64::MAX),
+        bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+        patients: serde_json::to_string(&patients).unwrap_or_else(|_| "[]".into()),
+        ..f
+    })
+}
+
+/// Judges exported lines again (consent changed since they were written): the lines still
+/// permitted, as they are to be sent now, with their students.
+pub async fn rejudge_lines(
+    store: &Store,
+    rules: &ConsentRules,
+    recipient: &Recipient,
+    lines: Vec<String>,
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    let resources: Vec<StoredResource> = lines
+        .into_iter()
+        .map(|content| {
+            let v: serde_json::Value = serde_json::from_str(&content).unwrap_or_default();
+            StoredResource {
+                resource_type: v["resourceType"].as_str().unwrap_or_default().to_string(),
+                id: v["id"].as_str().unwrap_or_default().to_string(),
+                version_id: v["meta"]["versionId"].as_str().and_then(|x| x.parse().ok()).unwrap_or_default(),
+                last_updated_us: 0,
+                deleted: false,
+                content,
+            }
+        })
+        .collect();
+    let parsed = Parsed::new(resources);
+    let facts = parsed.facts(store, Prefetched::default()).await?;
+    Ok(parsed
+        .decide(facts, rules, recipient.partner())
+        .into_iter()
+        .filter(|j| j.verdict.permitted)
+        .map(|j| (j.resource.content, j.verdict.patient))
+        .collect())
+}
