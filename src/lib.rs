@@ -37,6 +37,7 @@ pub mod export;
 pub mod fhir;
 pub mod intake;
 pub mod mapping;
+pub mod notify;
 pub mod pipeline;
 pub mod serve;
 pub mod settings;

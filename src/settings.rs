@@ -57,6 +57,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// FHIR Bulk Data export.
     pub export: ExportSettings,
+    /// FHIR Subscriptions (rest-hook change notifications).
+    pub subscriptions: SubscriptionSettings,
     /// Local educational agencies and FQHCs.
     pub organizations: Vec<Organization>,
     /// School sites.
@@ -183,6 +185,43 @@ impl Default for ExportSettings {
             lease_seconds: 60,
             retry_after_seconds: 5,
             batch_size: 1000,
+        }
+    }
+}
+
+/// FHIR Subscriptions: how notifications are delivered and retried.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionSettings {
+    /// Allow `http://` endpoints (local development and tests only; partners must use https).
+    pub allow_http_endpoints: bool,
+    /// Subscriptions a client may have that are not off.
+    pub max_per_client: u64,
+    /// A notification is retried for this long after it was queued, then dead-lettered, in hours.
+    pub retry_hours: u64,
+    /// First retry delay, in milliseconds; each further retry waits twice as long...
+    pub backoff_initial_ms: u64,
+    /// ...up to this, in seconds.
+    pub backoff_max_seconds: u64,
+    /// How often the change feed and the delivery queue are looked at, in milliseconds.
+    pub poll_ms: u64,
+    /// Timeout of one notification request, in seconds.
+    pub timeout_seconds: u64,
+    /// Deliverers this instance runs (0: leave delivering to other instances).
+    pub workers: usize,
+}
+
+impl Default for SubscriptionSettings {
+    fn default() -> Self {
+        Self {
+            allow_http_endpoints: false,
+            max_per_client: 20,
+            retry_hours: 24,
+            backoff_initial_ms: 5_000,
+            backoff_max_seconds: 3_600,
+            poll_ms: 1_000,
+            timeout_seconds: 10,
+            workers: 1,
         }
     }
 }
@@ -547,6 +586,10 @@ impl Settings {
         }
         if export.lease_seconds < 5 || export.poll_seconds == 0 || export.batch_size == 0 {
             return Err(self.invalid("export.lease_seconds", "must be at least 5 (and poll_seconds, batch_size at least 1)"));
+        }
+        let subs = &self.subscriptions;
+        if subs.retry_hours == 0 || subs.backoff_initial_ms == 0 || subs.poll_ms == 0 || subs.timeout_seconds == 0 {
+            return Err(self.invalid("subscriptions", "retry_hours, backoff_initial_ms, poll_ms and timeout_seconds must be at least 1"));
         }
         if self.server.max_body_bytes < 1024 {
             return Err(self.invalid("server.max_body_bytes", "must be at least 1024"));

@@ -34,6 +34,8 @@ pub struct AppState {
     pub auditor: crate::audit::Auditor,
     /// The bulk export workers.
     pub exporter: crate::export::run::Exporter,
+    /// Subscription notifications.
+    pub notifier: crate::notify::Notifier,
 }
 
 /// A built, bound, not yet running server.
@@ -112,6 +114,23 @@ impl Application {
             settings.clone(),
             auditor.clone(),
         );
+        let address = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
+        let port = listener.local_addr()?.port();
+        // Notifications name resources under the public base (auth.token_url's origin), else the
+        // bound address.
+        let base =
+            settings.auth.token_url.as_deref().and_then(|u| u.strip_suffix("/auth/token")).map(|o| format!("{o}/fhir")).unwrap_or_else(
+                || format!("{}://{}:{port}/fhir", if settings.server.tls.enabled { "https" } else { "http" }, settings.server.host),
+            );
+        let notifier = crate::notify::Notifier::spawn(
+            store.clone(),
+            pipeline.consent.clone(),
+            pipeline.search.clone(),
+            settings.clone(),
+            auditor.clone(),
+            Some(base),
+        )?;
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             store: store.clone(),
@@ -121,10 +140,8 @@ impl Application {
             smart,
             auditor,
             exporter,
+            notifier,
         });
-        let address = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
-        let port = listener.local_addr()?.port();
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(crate::telemetry::request_span)).app_data(state.clone()).configure(crate::api::configure)
         });

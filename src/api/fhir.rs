@@ -220,6 +220,12 @@ pub fn capability_statement(registry: &SearchRegistry, base: &str) -> serde_json
             "operation": [{ "name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export" }],
         })))
         .chain(std::iter::once(serde_json::json!({
+            "type": "Subscription",
+            "profile": "http://hl7.org/fhir/StructureDefinition/Subscription",
+            "documentation": "FQHC partners: rest-hook notifications (id-only, Subscriptions Backport IG R4 form) when an Encounter they may see is created or changed. Criteria: Encounter or Encounter?<search parameters>. Delete sets status off.",
+            "interaction": [{"code": "create"}, {"code": "read"}, {"code": "search-type"}, {"code": "delete"}],
+        })))
+        .chain(std::iter::once(serde_json::json!({
             "type": "AuditEvent",
             "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
             "documentation": "Admin clients only: one event per partner request, hash-chained.",

@@ -10,5 +10,6 @@ pub mod health;
 pub mod intake;
 pub mod openapi;
 pub mod routes;
+pub mod subscriptions;
 
 pub use routes::configure;

@@ -3,7 +3,7 @@
 
 use actix_web::web;
 
-use super::{audit, auth, consents, export, extractors, fhir, health, intake, openapi};
+use super::{audit, auth, consents, export, extractors, fhir, health, intake, openapi, subscriptions};
 use crate::error::ApiError;
 
 /// Registers every route, the query/path error renderers and the 404/405 fallbacks.
@@ -39,6 +39,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(export::export_file) // partner (its own jobs)
         .service(export::read_group) // partner (its sites), admin
         .service(export::search_groups) // partner (its sites), admin
+        .service(subscriptions::create) // partner
+        .service(subscriptions::read) // partner (its own), admin (before the generic /fhir/{type}/{id})
+        .service(subscriptions::search) // partner (its own), admin (before the generic /fhir/{type})
+        .service(subscriptions::remove) // partner (its own), admin
+        .service(subscriptions::dead_letters) // admin
+        .service(subscriptions::redrive) // admin
         .service(fhir::metadata) // open: describes the API, holds no data
         .service(fhir::history) // submitter (own LEA), admin
         .service(fhir::vread) // submitter (own LEA), admin

@@ -34,6 +34,8 @@ pub enum Interaction {
     Search,
     /// search-type with `_summary=count`
     Count,
+    /// a subscription notification (id-only) sent to the partner
+    Notify,
 }
 
 impl Interaction {
@@ -43,6 +45,7 @@ impl Interaction {
             Interaction::Vread => "vread",
             Interaction::History => "history-instance",
             Interaction::Search | Interaction::Count => "search-type",
+            Interaction::Notify => "operation",
         }
     }
 }

@@ -463,6 +463,7 @@ async fn run_pass(
         // The directory is the same for everyone: not part of a consent-changes pass.
         let skip = ck.phase == 1 && !by_student;
         let mut open: Option<OpenFile> = None;
+        let mut prefetched: Option<crate::store::SearchPage> = None;
         let mut base = match job.params.type_filters.get(&ty) {
             Some(q) => super::type_filter_search(&ty, q, &job.inner.registry)
                 .map_err(|_| RunError::Corrupt(format!("the stored _typeFilter of {ty} no longer parses")))?,
@@ -505,9 +506,24 @@ async fn run_pass(
                     }
                 }
             }
-            let page = job.inner.store.fhir_search(&req, None).await?;
+            let page = match prefetched.take() {
+                Some(p) => p,
+                None => job.inner.store.fhir_search(&req, None).await?,
+            };
             let more = page.next.is_some();
-            let out = judge_page(job, std::mem::take(ck), open.take(), page.matches, previously.clone()).await?;
+            // The next page is read while this one is judged and written (two cores: the
+            // database's thread and the blocking pool's).
+            let next_req = page.next.clone().map(|c| SearchRequest { cursor: Some(c), ..req.clone() });
+            let store = job.inner.store.clone();
+            let fetch = async move {
+                match next_req {
+                    Some(r) => store.fhir_search(&r, None).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (out, next) = tokio::join!(judge_page(job, std::mem::take(ck), open.take(), page.matches, previously.clone()), fetch);
+            let out = out?;
+            prefetched = next?;
             *ck = out.ck;
             open = out.open;
             for (row, at) in &out.finished {

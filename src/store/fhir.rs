@@ -206,6 +206,16 @@ pub(crate) struct FhirPlan<'a> {
 }
 
 impl FhirPlan<'_> {
+    /// The change-feed rows (`fhir_changes`, the subscriptions' outbox): one per new Encounter
+    /// version.
+    pub(crate) fn changes(&self) -> Vec<Vec<Bind>> {
+        self.versions
+            .iter()
+            .filter(|v| v.key.0 == "Encounter")
+            .map(|v| vec![Bind::Text(v.key.0.clone()), Bind::Text(v.key.1.clone()), Bind::Int(v.version_id), Bind::Int(v.last_updated_us)])
+            .collect()
+    }
+
     /// The rows to insert once every resource's `rid` is known: versions, index, links, owned.
     /// (The version contents move out.)
     pub(crate) fn rows(&mut self, rids: &HashMap<Key, i64>) -> [Vec<Vec<Bind>>; 4] {
@@ -424,7 +434,9 @@ macro_rules! apply_fhir {
                     rids.insert((ty, id), rid);
                 }
             }
+            let changes = plan.changes();
             let [versions, index, links, owned] = plan.rows(&rids);
+            $crate::store::fhir::insert_rows!($tx, "fhir_changes (resource_type, id, version_id, changed_us)", 4, &changes, "");
             $crate::store::fhir::insert_rows!(
                 $tx,
                 "fhir_resource_versions (rid, version_id, last_updated_us, deleted, session_id, session_version, content)",

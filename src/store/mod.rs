@@ -13,6 +13,7 @@ mod consents;
 mod export;
 pub(crate) mod fhir;
 mod sessions;
+mod subscriptions;
 mod writer;
 
 use std::str::FromStr;
@@ -34,6 +35,7 @@ pub use fhir::{ReadScope, Remap, SearchPage, SessionResources, StoredResource};
 pub use sessions::{
     IntakeRecord, ListFilter, NewVersion, Rejection, SessionSummary, StoredSession, VersionMeta, WriteJob, WriteOutcome, WriteStatus,
 };
+pub use subscriptions::{ChangeRow, DeliveryRow, SubscriptionRow};
 
 use crate::settings::{DatabaseSettings, Settings};
 

@@ -14,3 +14,4 @@ mod intake;
 mod mapping;
 mod server;
 mod smart;
+mod subscriptions;

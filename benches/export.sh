@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Bulk $export throughput and memory, release build, SQLite file: ROWS generated sessions
+# (default 1,000,000) over STUDENTS students (default ROWS/10), imported with `wellness-gateway
+# import`, a consent for every student, then a system-level export by an FQHC partner with consent
+# enforcement on, timed from kick-off to manifest; then a `_since` export after re-sending 1% of
+# the sessions. Prints resources written, resources/s, the server's peak RSS during the export
+# (VmHWM reset just before the kick-off) and the `_since` time as a share of the full export's.
+#   bash benches/export.sh [ROWS] [STUDENTS]
+# Keep the database between runs with WORK=/some/dir (import and consents are skipped when
+# WORK/bench.db exists).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-1000000}
+students=${2:-$((rows / 10))}
+work=${WORK:-$(mktemp -d)}
+mkdir -p "$work"
+trap 'kill $server 2>/dev/null || true; [ -n "${WORK:-}" ] || rm -rf "$work"' EXIT
+export WG__DATABASE__URL="sqlite://$work/bench.db" WG__SERVER__PORT=18083 WG__LOG__LEVEL=warn WG__EXPORT__DIR="$work/exports"
+cargo build --release --quiet
+cargo bench --bench http_load --no-run --quiet 2>/dev/null || cargo bench --bench http_load --no-run
+gw=target/release/wellness-gateway
+load() { cargo bench --quiet --bench http_load -- "$@"; }
+url=http://127.0.0.1:18083
+fresh=0
+[ -f "$work/bench.db" ] || fresh=1
+if [ $fresh = 1 ]; then
+  load gen-csv "$work/sessions.csv" "$rows" "$students"
+  $gw import "$work/sessions.csv" --quiet
+fi
+submitter=$($gw clients add --name bench --role submitter --org lea-demo | tail -n1)
+partner=$($gw clients add --name bench-partner --role partner --org fqhc-demo --jwks tests/fixtures/smart/jwks.json | tail -n1)
+$gw serve > "$work/server.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do curl -sf $url/health/ready >/dev/null && break; sleep 0.2; done
+[ $fresh = 1 ] && load consents "$url" "$submitter" "$students"
+export_once() { # $1 = query; prints seconds and the manifest to $work/manifest.json
+  local token status start end
+  token=$(load smart-token "$url" "$partner")
+  echo 5 > /proc/$server/clear_refs
+  start=$(date +%s.%N)
+  status=$(curl -sfi "$url/fhir/\$export$1" -H "Authorization: Bearer $token" -H "Prefer: respond-async" | tr -d '\r' | sed -n 's/^content-location: //Ip')
+  while true; do
+    code=$(curl -s -o "$work/manifest.json" -w '%{http_code}' "$status" -H "Authorization: Bearer $token")
+    [ "$code" = 200 ] && break
+    [ "$code" = 202 ] || { echo "status $code"; cat "$work/manifest.json"; exit 1; }
+    sleep 0.2
+  done
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc
+}
+full=$(export_once "")
+written=$(python3 -c "import json;m=json.load(open('$work/manifest.json'));print(sum(o['count'] for o in m['output']))")
+echo "full export: $written resources in ${full}s = $(echo "$written / $full" | bc) resources/s; peak RSS during export: $(grep VmHWM /proc/$server/status | tr -s ' ')"
+since=$(python3 -c "import json;print(json.load(open('$work/manifest.json'))['transactionTime'])")
+# 1% of the sessions changed since: re-send them five minutes longer (a new Encounter version).
+changed=$((rows / 100))
+python3 - "$work/sessions.csv" "$work/changed.csv" "$changed" <<'PY'
+import csv, sys
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(src) as f, open(dst, "w", newline="") as g:
+    r = csv.DictReader(f); w = csv.DictWriter(g, r.fieldnames); w.writeheader()
+    for i, row in enumerate(r):
+        if i >= n: break
+        row["service.end"] = row["service.end"].replace("T10:50:00", "T10:55:00")
+        w.writerow(row)
+PY
+kill $server; wait $server 2>/dev/null || true
+$gw import "$work/changed.csv" --quiet
+$gw serve > "$work/server.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do curl -sf $url/health/ready >/dev/null && break; sleep 0.2; done
+q=$(python3 -c "import urllib.parse,sys;print(urllib.parse.quote(sys.argv[1]))" "$since")
+part=$(export_once "?_since=$q")
+written=$(python3 -c "import json;m=json.load(open('$work/manifest.json'));print(sum(o['count'] for o in m['output']))")
+echo "_since export ($changed sessions changed): $written resources in ${part}s = $(echo "scale=1; 100 * $part / $full" | bc)% of the full export's time"
