@@ -283,11 +283,13 @@ fn check_binding(settings: &Settings, name: &str, role: Role, org: Option<&str>)
 
 async fn authenticate(state: web::Data<AppState>, header: Option<String>) -> Result<Principal, ApiError> {
     let header = header.ok_or_else(|| ApiError::Unauthenticated("send the client secret as 'Authorization: Bearer <secret>'".into()))?;
+    // The scheme is case-insensitive (RFC 7235); access tokens carry their scopes, so a token
+    // granted many types is long (smart-fetch asks for 21).
     let token = header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 512)
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty() && t.len() <= 8192)
         .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be 'Bearer <secret>'".into()))?;
     let hash = hash_secret(token);
     if let Some(p) = state.auth_cache.get(&hash)

@@ -216,6 +216,12 @@ struct Job<'a> {
     recipient: Recipient,
     dir: PathBuf,
     last_renew: Instant,
+    /// Microseconds spent waiting for: a page, parsing, decision facts, deciding and writing.
+    timings: [std::sync::atomic::AtomicU64; 4],
+}
+
+fn add_time(slot: &std::sync::atomic::AtomicU64, since: Instant) {
+    slot.fetch_add(u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Job<'_> {
@@ -282,7 +288,8 @@ async fn run_job(inner: &Inner, row: ExportJobRow) -> Result<(), RunError> {
     }
     std::fs::create_dir_all(&dir)?;
     let recipient = Recipient { org: row.org_id.clone(), purpose };
-    let mut job = Job { inner, row, params, recipient, dir, last_renew: Instant::now() };
+    let mut job = Job { inner, row, params, recipient, dir, last_renew: Instant::now(), timings: Default::default() };
+    let started = Instant::now();
     if ck.next_seq == 0 {
         ck.next_seq = 1;
         write_ignored(&mut job, &mut ck).await?;
@@ -349,6 +356,18 @@ async fn run_job(inner: &Inner, row: ExportJobRow) -> Result<(), RunError> {
     if !done {
         return Err(RunError::Lost);
     }
+    let ms = |i: usize| job.timings[i].load(std::sync::atomic::Ordering::Relaxed) / 1000;
+    tracing::info!(
+        job = %job.row.id,
+        examined = ck.judged,
+        written = ck.written.values().sum::<u64>(),
+        seconds = started.elapsed().as_secs_f64(),
+        page_wait_ms = ms(0),
+        parse_ms = ms(1),
+        facts_ms = ms(2),
+        decide_write_ms = ms(3),
+        "export job figures"
+    );
     Ok(())
 }
 
@@ -506,10 +525,12 @@ async fn run_pass(
                     }
                 }
             }
+            let t = Instant::now();
             let page = match prefetched.take() {
                 Some(p) => p,
                 None => job.inner.store.fhir_search(&req, None).await?,
             };
+            add_time(&job.timings[0], t);
             let more = page.next.is_some();
             // The next page is read while this one is judged and written (two cores: the
             // database's thread and the blocking pool's).
@@ -578,13 +599,18 @@ async fn judge_page(
     previously: Arc<HashSet<String>>,
 ) -> Result<PageOut, RunError> {
     let blocking = |e: tokio::task::JoinError| RunError::Io(std::io::Error::other(e));
+    let t = Instant::now();
     let parsed = tokio::task::spawn_blocking(move || Parsed::new(rows)).await.map_err(blocking)?;
+    add_time(&job.timings[1], t);
+    let t = Instant::now();
     let facts = parsed.facts(&job.inner.store, Prefetched::default()).await?;
+    add_time(&job.timings[2], t);
+    let t = Instant::now();
     let rules = job.inner.rules.clone();
     let recipient = job.recipient.clone();
     let cfg = job.inner.settings.export.clone();
     let (dir, gzip, job_id) = (job.dir.clone(), job.params.gzip, job.row.id.clone());
-    tokio::task::spawn_blocking(move || -> Result<PageOut, RunError> {
+    let out = tokio::task::spawn_blocking(move || -> Result<PageOut, RunError> {
         let judged = parsed.decide(facts, &rules, recipient.partner());
         let mut open = open;
         let mut finished = Vec::new();
@@ -631,7 +657,9 @@ async fn judge_page(
         Ok(PageOut { ck, open, finished })
     })
     .await
-    .map_err(blocking)?
+    .map_err(blocking)?;
+    add_time(&job.timings[3], t);
+    out
 }
 
 /// Judges again every output file holding a student whose consent changed since the job
