@@ -251,44 +251,43 @@ impl Store {
         Ok(Some((resource, sessions, directives)))
     }
 
+    /// The sessions whose `column` is one of `keys`, and their students' consents (two queries:
+    /// a student's consent is read once, not once per session of theirs).
     async fn facts_where(&self, column: &'static str, keys: &[&str]) -> Result<(Vec<SessionFacts>, Vec<Directive>), StoreError> {
         let mut sessions: Vec<SessionFacts> = Vec::new();
-        let mut directives: Vec<Directive> = Vec::new();
-        let mut seen_consents = std::collections::HashSet::new();
-        let mut seen_sessions = std::collections::HashSet::new();
         for chunk in keys.chunks(500) {
-            // One row per (session, consent of its student); a session without consents once.
             let sql = format!(
-                "SELECT s.id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, s.adult_from, c.id AS consent_id, c.directive \
-                 FROM sessions s LEFT JOIN consent_directives c ON c.patient_id = s.patient_id \
-                 WHERE s.current_version > 0 AND s.{column} IN ({})",
+                "SELECT s.id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, s.adult_from \
+                 FROM sessions s WHERE s.current_version > 0 AND s.{column} IN ({})",
                 super::fhir::placeholders(1, chunk.len(), matches!(self.db(), Db::Sqlite(_)))
             );
-            let rows: Vec<FactsRow> = with_db!(self.db(), pool => {
+            let rows: Vec<SessionFacts> = with_db!(self.db(), pool => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
                 for k in chunk {
                     q = q.bind(*k);
                 }
                 q.fetch_all(pool).await?
             });
-            for r in rows {
-                if let (Some(cid), Some(json)) = (&r.consent_id, &r.directive)
-                    && seen_consents.insert(cid.clone())
-                {
-                    directives.push(parse_directive(json)?);
+            sessions.extend(rows);
+        }
+        let mut patients: Vec<&str> = sessions.iter().filter_map(|s| s.patient_id.as_deref()).collect();
+        patients.sort_unstable();
+        patients.dedup();
+        let mut directives = Vec::new();
+        for chunk in patients.chunks(500) {
+            let sql = format!(
+                "SELECT directive FROM consent_directives WHERE patient_id IN ({})",
+                super::fhir::placeholders(1, chunk.len(), matches!(self.db(), Db::Sqlite(_)))
+            );
+            let rows: Vec<String> = with_db!(self.db(), pool => {
+                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()));
+                for p in chunk {
+                    q = q.bind(*p);
                 }
-                if seen_sessions.insert(r.id.clone()) {
-                    sessions.push(SessionFacts {
-                        id: r.id,
-                        lea_id: r.lea_id,
-                        site_id: r.site_id,
-                        service_start: r.service_start,
-                        patient_id: r.patient_id,
-                        security: r.security,
-                        service_date: r.service_date,
-                        adult_from: r.adult_from,
-                    });
-                }
+                q.fetch_all(pool).await?
+            });
+            for json in rows {
+                directives.push(parse_directive(&json)?);
             }
         }
         Ok((sessions, directives))
@@ -307,20 +306,6 @@ struct ReadFactsRow {
     lea_id: Option<String>,
     site_id: Option<String>,
     service_start: Option<DateTime<Utc>>,
-    patient_id: Option<String>,
-    security: Option<String>,
-    service_date: Option<String>,
-    adult_from: Option<String>,
-    consent_id: Option<String>,
-    directive: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct FactsRow {
-    id: String,
-    lea_id: String,
-    site_id: String,
-    service_start: DateTime<Utc>,
     patient_id: Option<String>,
     security: Option<String>,
     service_date: Option<String>,
