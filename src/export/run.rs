@@ -604,6 +604,7 @@ async fn judge_page(
     add_time(&job.timings[1], t);
     let t = Instant::now();
     let facts = parsed.facts(&job.inner.store, Prefetched::default()).await?;
+    tracing::trace!(facts_us = t.elapsed().as_micros() as u64, "export page facts");
     add_time(&job.timings[2], t);
     let t = Instant::now();
     let rules = job.inner.rules.clone();

@@ -261,13 +261,41 @@ impl Store {
                  FROM sessions s WHERE s.current_version > 0 AND s.{column} IN ({})",
                 super::fhir::placeholders(1, chunk.len(), matches!(self.db(), Db::Sqlite(_)))
             );
-            let rows: Vec<SessionFacts> = with_db!(self.db(), pool => {
-                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
-                for k in chunk {
-                    q = q.bind(*k);
+            let rows: Vec<SessionFacts> = match self.db() {
+                // SQLite: one row holding them all as JSON. sqlx hands each row of a SQLite
+                // result from the connection's thread to the caller separately, which cost more
+                // than the query itself on a bulk export's pages.
+                Db::Sqlite(pool) => {
+                    let sql = format!(
+                        "SELECT json_group_array(json_array(s.id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, s.adult_from)) \
+                         FROM sessions s WHERE s.current_version > 0 AND s.{column} IN ({})",
+                        super::fhir::placeholders(1, chunk.len(), true)
+                    );
+                    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+                    for k in chunk {
+                        q = q.bind(*k);
+                    }
+                    let json = q.fetch_one(pool).await?;
+                    type Row = (String, String, String, String, Option<String>, Option<String>, Option<String>, Option<String>);
+                    let rows: Vec<Row> =
+                        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("session facts are unreadable: {e}")))?;
+                    rows.into_iter()
+                        .map(|(id, lea_id, site_id, start, patient_id, security, service_date, adult_from)| {
+                            let service_start = chrono::DateTime::parse_from_rfc3339(&start)
+                                .map_err(|e| StoreError::Corrupt(format!("a session's start is unreadable: {e}")))?
+                                .with_timezone(&Utc);
+                            Ok(SessionFacts { id, lea_id, site_id, service_start, patient_id, security, service_date, adult_from })
+                        })
+                        .collect::<Result<_, StoreError>>()?
                 }
-                q.fetch_all(pool).await?
-            });
+                Db::Postgres(pool) => {
+                    let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()));
+                    for k in chunk {
+                        q = q.bind(*k);
+                    }
+                    q.fetch_all(pool).await?
+                }
+            };
             sessions.extend(rows);
         }
         let mut patients: Vec<&str> = sessions.iter().filter_map(|s| s.patient_id.as_deref()).collect();
@@ -279,15 +307,30 @@ impl Store {
                 "SELECT directive FROM consent_directives WHERE patient_id IN ({})",
                 super::fhir::placeholders(1, chunk.len(), matches!(self.db(), Db::Sqlite(_)))
             );
-            let rows: Vec<String> = with_db!(self.db(), pool => {
-                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()));
-                for p in chunk {
-                    q = q.bind(*p);
+            match self.db() {
+                Db::Sqlite(pool) => {
+                    let sql = format!(
+                        "SELECT json_group_array(json(directive)) FROM consent_directives WHERE patient_id IN ({})",
+                        super::fhir::placeholders(1, chunk.len(), true)
+                    );
+                    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+                    for p in chunk {
+                        q = q.bind(*p);
+                    }
+                    let json = q.fetch_one(pool).await?;
+                    let list: Vec<Directive> = serde_json::from_str(&json)
+                        .map_err(|e| StoreError::Corrupt(format!("a stored consent directive is unreadable: {e}")))?;
+                    directives.extend(list);
                 }
-                q.fetch_all(pool).await?
-            });
-            for json in rows {
-                directives.push(parse_directive(&json)?);
+                Db::Postgres(pool) => {
+                    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone()));
+                    for p in chunk {
+                        q = q.bind(*p);
+                    }
+                    for json in q.fetch_all(pool).await? {
+                        directives.push(parse_directive(&json)?);
+                    }
+                }
             }
         }
         Ok((sessions, directives))
