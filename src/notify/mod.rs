@@ -314,14 +314,23 @@ async fn dispatch_loop(inner: Arc<Inner>) {
 /// Fans one page of the change feed out; `true` when there may be more.
 async fn dispatch_once(inner: &Inner) -> Result<bool, StoreError> {
     const PAGE: i64 = 500;
+    let asked = now_us();
+    let subs: Vec<SubscriptionRow> = inner.store.subscriptions(None).await?;
+    if subs.is_empty() {
+        // Nobody subscribed when asked: the changes made before then concern no one (a
+        // subscription is told of the changes after its creation).
+        if let Some(head) = inner.store.changes_head().await? {
+            inner.store.changes_discard(head, asked).await?;
+        }
+        return Ok(false);
+    }
     let changes: Vec<ChangeRow> = inner.store.changes(PAGE).await?;
     if changes.is_empty() {
         return Ok(false);
     }
     let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
-    let subs: Vec<SubscriptionRow> = inner.store.subscriptions(None).await?;
     let mut deliveries = Vec::new();
-    if !subs.is_empty() {
+    {
         let mut ids: Vec<String> = changes.iter().map(|c| c.id.clone()).collect();
         ids.sort();
         ids.dedup();

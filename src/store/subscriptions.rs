@@ -164,6 +164,23 @@ impl Store {
         Ok(rows)
     }
 
+    /// Removes the changes up to `seq` made before `before_us` (nothing subscribed then: they
+    /// concern no one).
+    pub async fn changes_discard(&self, seq: i64, before_us: i64) -> Result<u64, StoreError> {
+        let n = with_db!(self.db(), pool => {
+            sqlx::query("DELETE FROM fhir_changes WHERE seq <= $1 AND changed_us < $2").bind(seq).bind(before_us).execute(pool).await?.rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// The newest change's position.
+    pub async fn changes_head(&self) -> Result<Option<i64>, StoreError> {
+        let n = with_db!(self.db(), pool => {
+            sqlx::query_scalar("SELECT MAX(seq) FROM fhir_changes").fetch_one(pool).await?
+        });
+        Ok(n)
+    }
+
     /// Queues deliveries and removes the changes they came from, in one transaction. On
     /// PostgreSQL the changes are locked first (`SKIP LOCKED`): when another instance is
     /// dispatching the same changes, nothing is written and `false` is returned.
