@@ -279,8 +279,15 @@ pub async fn export_file(
     // before anything of it leaves (a revocation takes effect for every later disclosure).
     let patients: Vec<String> = serde_json::from_str(&file.patients).unwrap_or_default();
     if let Some(evaluated) = job.consent_evaluated_us {
-        let changed = state.store.consent_changed_patients(evaluated, i64::MAX).await?;
-        if patients.iter().any(|p| changed.binary_search(p).is_ok()) {
+        let margin = crate::export::run::CONSENT_CLOCK_MARGIN_US;
+        let changed: std::collections::HashSet<String> =
+            state.store.consent_changed_patients(evaluated - margin, i64::MAX).await?.into_iter().collect();
+        // Consents and partnerships are judged on a date: a file evaluated on an earlier day may
+        // hold what a consent that has since ended, or a guardian's consent of a student who has
+        // since turned 18, no longer permits.
+        let evaluated_on = chrono::DateTime::from_timestamp_micros(evaluated).map(|t| t.date_naive());
+        let stale = evaluated_on != Some(chrono::Utc::now().date_naive());
+        if stale || patients.iter().any(|p| changed.contains(p)) {
             let params: crate::export::Params = serde_json::from_str(&job.params).map_err(|e| ApiError::Internal(e.into()))?;
             let recipient = Recipient { org: job.org_id.clone(), purpose };
             file = crate::export::run::rejudge_file(&state.store, &state.pipeline.consent, &recipient, &dir, params.gzip, file)

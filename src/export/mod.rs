@@ -13,10 +13,12 @@
 //! leaves nothing of that student in its output. The manifest says when consent was evaluated;
 //! a download re-judges any file whose students' consents changed after that.
 //!
-//! `_since` exports also re-send the data of students whose consent changed since `_since`
-//! (a new consent opens records older than `_since`), and list in the manifest extension
-//! [`WITHDRAWN_EXTENSION`] the resources of students previously disclosed to the client that
-//! it may no longer see, so the partner can purge its copies (this goes beyond the IG).
+//! `_since` exports also re-send all data the partner may see of students whose consent changed
+//! since `_since` (a new consent opens records older than `_since`), and list in the manifest
+//! extension [`WITHDRAWN_EXTENSION`] the students previously disclosed to the client of whom it
+//! may no longer see something: the partner purges what it holds of them and loads what this
+//! export re-sends (this goes beyond the IG). Resource ids are never listed: a withheld resource
+//! may be one the client never received, and its id would disclose that it exists.
 
 pub mod files;
 pub mod run;
@@ -115,9 +117,8 @@ pub struct Checkpoint {
     pub written: BTreeMap<String, u64>,
     /// Resources withheld, by rule.
     pub withheld: BTreeMap<String, u64>,
-    /// `Type/id` of resources withdrawn from this client (see [`WITHDRAWN_EXTENSION`]).
-    pub withdrawn: Vec<String>,
-    /// Students those belong to.
+    /// Students previously disclosed to this client whose data it may no longer (all) see (see
+    /// [`WITHDRAWN_EXTENSION`]).
     pub withdrawn_patients: Vec<String>,
 }
 

@@ -18,6 +18,10 @@ use crate::serve::{Parsed, Partner, Prefetched};
 use crate::settings::Settings;
 use crate::store::{ExportFileRow, ExportJobRow, Store, StoreError, StoredResource};
 
+/// A consent change is stamped when its request started and committed a little later (and
+/// instances' clocks differ): changes are looked for this far before the time of interest.
+pub const CONSENT_CLOCK_MARGIN_US: i64 = 60_000_000;
+
 /// Students per query when a pass goes student by student.
 const CHUNK: usize = 100;
 
@@ -120,11 +124,13 @@ async fn worker_loop(inner: Arc<Inner>) {
         }
         let now = now_us();
         let lease = now + i64::try_from(cfg.lease_seconds).unwrap_or(60) * 1_000_000;
-        match inner.store.export_claim(&inner.owner, now, lease).await {
+        // One owner token per claim: two workers of this process never pass for each other.
+        let owner = format!("{}:{}", inner.owner, uuid::Uuid::new_v4().simple());
+        match inner.store.export_claim(&owner, now, lease).await {
             Ok(Some(job)) => {
                 let id = job.id.clone();
                 tracing::info!(job = %id, "export job started");
-                match run_job(&inner, job).await {
+                match run_job(&inner, job, &owner).await {
                     Ok(()) => tracing::info!(job = %id, "export job completed"),
                     Err(RunError::Lost) => tracing::info!(job = %id, "export job stopped: cancelled or taken over"),
                     Err(e @ (RunError::Store(_) | RunError::Audit(_))) => {
@@ -135,7 +141,7 @@ async fn worker_loop(inner: Arc<Inner>) {
                     Err(e) => {
                         tracing::error!(job = %id, error = %e, "export job failed");
                         let expires = now_us() + expire_us(&inner.settings);
-                        let _ = inner.store.export_fail(&id, &inner.owner, &e.to_string(), now_us(), expires).await;
+                        let _ = inner.store.export_fail(&id, &owner, &e.to_string(), now_us(), expires).await;
                     }
                 }
                 continue;
@@ -179,15 +185,21 @@ async fn cleanup(inner: &Inner) -> Result<(), RunError> {
     if !expired.is_empty() {
         tracing::info!(jobs = expired.len(), "expired export files removed");
     }
+    // Only job folders (named by a job's UUID) are ever removed: the folder may be a shared
+    // volume holding other things.
     let dirs: Vec<String> = match std::fs::read_dir(root) {
-        Ok(entries) => entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect(),
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| uuid::Uuid::parse_str(n).is_ok())
+            .collect(),
         Err(_) => return Ok(()),
     };
     let known = inner.store.export_statuses(&dirs).await?;
     for d in &dirs {
         let keep = known.iter().any(|(id, st)| id == d && matches!(st.as_str(), "queued" | "running" | "completed" | "failed"));
-        if !keep {
-            remove_job_dir(root, d)?;
+        if !keep && let Err(e) = remove_job_dir(root, d) {
+            tracing::warn!(job = %d, error = %e, "removing an export folder failed");
         }
     }
     Ok(())
@@ -211,6 +223,8 @@ struct PageOut {
 
 struct Job<'a> {
     inner: &'a Inner,
+    /// This claim's lease owner token.
+    owner: String,
     row: ExportJobRow,
     params: Params,
     recipient: Recipient,
@@ -231,7 +245,7 @@ impl Job<'_> {
 
     async fn record(&mut self, file: Option<&ExportFileRow>, ck: &Checkpoint) -> Result<(), RunError> {
         let json = serde_json::to_string(ck).map_err(|e| RunError::Corrupt(e.to_string()))?;
-        if !self.inner.store.export_record_file(&self.row.id, &self.inner.owner, file, &json, self.lease_until()).await? {
+        if !self.inner.store.export_record_file(&self.row.id, &self.owner, file, &json, self.lease_until()).await? {
             return Err(RunError::Lost);
         }
         Ok(())
@@ -243,15 +257,15 @@ impl Job<'_> {
             return Ok(());
         }
         let written: u64 = ck.written.values().sum();
+        // (Written, never examined: how much was withheld is not the client's to know.)
         let progress = format!(
-            "{}type {} of {}, {} resources examined, {} written",
+            "{}type {} of {}, {} resources written",
             if ck.phase == 1 { "consent changes: " } else { "" },
             (ck.type_index + 1).min(self.params.types.len()),
             self.params.types.len(),
-            ck.judged,
             written
         );
-        if !self.inner.store.export_renew(&self.row.id, &self.inner.owner, self.lease_until(), &progress).await? {
+        if !self.inner.store.export_renew(&self.row.id, &self.owner, self.lease_until(), &progress).await? {
             return Err(RunError::Lost);
         }
         self.last_renew = Instant::now();
@@ -269,7 +283,7 @@ impl Job<'_> {
     }
 }
 
-async fn run_job(inner: &Inner, row: ExportJobRow) -> Result<(), RunError> {
+async fn run_job(inner: &Inner, row: ExportJobRow, owner: &str) -> Result<(), RunError> {
     let params: Params = serde_json::from_str(&row.params).map_err(|e| RunError::Corrupt(e.to_string()))?;
     let mut ck: Checkpoint = match &row.checkpoint {
         Some(c) => serde_json::from_str(c).map_err(|e| RunError::Corrupt(e.to_string()))?,
@@ -288,7 +302,8 @@ async fn run_job(inner: &Inner, row: ExportJobRow) -> Result<(), RunError> {
     }
     std::fs::create_dir_all(&dir)?;
     let recipient = Recipient { org: row.org_id.clone(), purpose };
-    let mut job = Job { inner, row, params, recipient, dir, last_renew: Instant::now(), timings: Default::default() };
+    let mut job =
+        Job { inner, owner: owner.to_string(), row, params, recipient, dir, last_renew: Instant::now(), timings: Default::default() };
     let started = Instant::now();
     if ck.next_seq == 0 {
         ck.next_seq = 1;
@@ -324,15 +339,14 @@ async fn run_job(inner: &Inner, row: ExportJobRow) -> Result<(), RunError> {
         job.record(None, &ck).await?;
     }
     let evaluated = recheck_consent(&mut job, &ck).await?;
-    let extension = (!ck.withdrawn.is_empty()).then(|| {
-        serde_json::json!({ "patients": ck.withdrawn_patients.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>(), "resources": ck.withdrawn })
-            .to_string()
+    let extension = (!ck.withdrawn_patients.is_empty()).then(|| {
+        serde_json::json!({ "patients": ck.withdrawn_patients.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>() }).to_string()
     });
     // The job's AuditEvent (what it examined, wrote and withheld); each download writes one
     // listing the students of that file.
     let mut counts: Vec<(String, u64)> = ck.written.iter().map(|(t, n)| (format!("written {t}"), *n)).collect();
     counts.extend(ck.withheld.iter().map(|(r, n)| (format!("withheld {r}"), *n)));
-    counts.push(("withdrawn".into(), ck.withdrawn.len() as u64));
+    counts.push(("withdrawn students".into(), ck.withdrawn_patients.len() as u64));
     let event = crate::audit::bulk_event(
         &crate::audit::BulkDisclosure {
             client_id: &job.row.client_id,
@@ -351,7 +365,7 @@ async fn run_job(inner: &Inner, row: ExportJobRow) -> Result<(), RunError> {
     let now = now_us();
     let done = inner
         .store
-        .export_complete(&job.row.id, &inner.owner, now, now + expire_us(&inner.settings), evaluated, extension.as_deref())
+        .export_complete(&job.row.id, &job.owner, now, now + expire_us(&inner.settings), evaluated, extension.as_deref())
         .await?;
     if !done {
         return Err(RunError::Lost);
@@ -621,13 +635,15 @@ async fn judge_page(
             ck.cursor = Some((r.last_updated_us, r.id.clone()));
             if !j.verdict.permitted {
                 *ck.withheld.entry(j.verdict.rule.to_string()).or_default() += 1;
+                // Only the student is listed, never the resource: a withheld resource may be one
+                // the client never received (another site's session, a note), and its id alone
+                // would disclose that it exists.
                 if let Some(p) = &j.verdict.patient
                     && previously.contains(p)
+                    && ck.withdrawn_patients.last() != Some(p)
+                    && !ck.withdrawn_patients.contains(p)
                 {
-                    ck.withdrawn.push(format!("{}/{}", r.resource_type, r.id));
-                    if ck.withdrawn_patients.last() != Some(p) && !ck.withdrawn_patients.contains(p) {
-                        ck.withdrawn_patients.push(p.clone());
-                    }
+                    ck.withdrawn_patients.push(p.clone());
                 }
                 continue;
             }
@@ -669,7 +685,8 @@ async fn recheck_consent(job: &mut Job<'_>, ck: &Checkpoint) -> Result<i64, RunE
     let mut from = job.row.started_us.unwrap_or(job.row.created_us);
     for _ in 0..5 {
         let at = now_us();
-        let changed: HashSet<String> = job.inner.store.consent_changed_patients(from, at).await?.into_iter().collect();
+        let changed: HashSet<String> =
+            job.inner.store.consent_changed_patients(from - CONSENT_CLOCK_MARGIN_US, i64::MAX).await?.into_iter().collect();
         if changed.is_empty() {
             return Ok(at);
         }

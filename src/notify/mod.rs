@@ -385,15 +385,21 @@ async fn deliver_loop(inner: Arc<Inner>) {
             break;
         }
         let now = now_us();
-        let lease = now + 60_000_000;
-        match inner.store.subscription_claim(&inner.owner, now, lease).await {
+        let owner = format!("{}:{}", inner.owner, uuid::Uuid::new_v4().simple());
+        match inner.store.subscription_claim(&owner, now, now + LEASE_US).await {
             Ok(Some(s)) => {
                 let id = s.id.clone();
-                if let Err(e) = deliver(&inner, s).await {
-                    tracing::warn!(subscription = %id, error = %e, "delivering notifications failed; retrying");
+                let progressed = match deliver(&inner, s, &owner).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(subscription = %id, error = %e, "delivering notifications failed; retrying");
+                        false
+                    }
+                };
+                let _ = inner.store.subscription_release(&id, &owner, now_us()).await;
+                if progressed {
+                    continue;
                 }
-                let _ = inner.store.subscription_release(&id, &inner.owner, now_us()).await;
-                continue;
             }
             Ok(None) => {}
             Err(_) if inner.store.is_closed() => break,
@@ -410,14 +416,25 @@ fn backoff_us(settings: &Settings, attempts: i64) -> i64 {
     initial.saturating_mul(1i64 << attempts.clamp(1, 40).saturating_sub(1)).min(cap.max(initial))
 }
 
-/// Sends a subscription's due notifications in order, stopping at the first failure.
-async fn deliver(inner: &Inner, mut s: SubscriptionRow) -> Result<(), StoreError> {
+/// How long a deliverer holds a subscription without renewing.
+const LEASE_US: i64 = 60_000_000;
+
+/// Sends a subscription's due notifications in order, stopping at the first failure; whether
+/// anything was attempted.
+async fn deliver(inner: &Inner, mut s: SubscriptionRow, owner: &str) -> Result<bool, StoreError> {
     let window = i64::try_from(inner.settings.subscriptions.retry_hours).unwrap_or(24).saturating_mul(3_600_000_000);
+    let mut progressed = false;
     for mut d in inner.store.deliveries_pending(&s.id, 100).await? {
         let now = now_us();
         if d.next_attempt_us > now {
             break;
         }
+        // Renew the lease before each send; another instance took the subscription over when
+        // this one stalled: stop (it sends in order from here).
+        if !inner.store.subscription_renew(&s.id, owner, now + LEASE_US).await? {
+            return Ok(progressed);
+        }
+        progressed = true;
         // Consent at delivery time.
         let current = inner.store.fhir_read_many(&[format!("{}/{}", d.resource_type, d.resource_id)], None).await?;
         let verdict = permitted(inner, &s, &current).await?.into_iter().next().map(|(_, v)| v);
@@ -426,6 +443,11 @@ async fn deliver(inner: &Inner, mut s: SubscriptionRow) -> Result<(), StoreError
             d.status = "withheld".into();
             inner.store.delivery_update(&d).await?;
             continue;
+        }
+        if d.attempts == 0 {
+            // The retry window starts at the first attempt (deliveries queued behind a failing
+            // one get their own 24 hours).
+            d.created_us = now;
         }
         let number = match d.event_number {
             Some(n) => n,
@@ -452,7 +474,7 @@ async fn deliver(inner: &Inner, mut s: SubscriptionRow) -> Result<(), StoreError
             );
             if let Err(e) = inner.auditor.record(event).await {
                 tracing::warn!(subscription = %s.id, error = %e, "notification not sent: the audit trail could not be written");
-                return Ok(());
+                return Ok(false);
             }
         }
         let body = notification(&s, &inner.base, number, allowed.then_some(focus.as_str()), now);
@@ -475,7 +497,7 @@ async fn deliver(inner: &Inner, mut s: SubscriptionRow) -> Result<(), StoreError
                 d.last_error = None;
                 inner.store.delivery_update(&d).await?;
                 if s.status != "active" {
-                    inner.store.subscription_set_status(&s.id, None, "active", None, now_us()).await?;
+                    inner.store.subscription_health(&s.id, "active", None, now_us()).await?;
                     s.status = "active".into();
                 }
             }
@@ -486,16 +508,16 @@ async fn deliver(inner: &Inner, mut s: SubscriptionRow) -> Result<(), StoreError
                 d.last_error = Some(why.clone());
                 inner.store.delivery_update(&d).await?;
                 tracing::info!(subscription = %s.id, event = number, attempts = d.attempts, dead, error = %why, "notification failed");
-                inner.store.subscription_set_status(&s.id, None, "error", Some(&why), now_us()).await?;
+                inner.store.subscription_health(&s.id, "error", Some(&why), now_us()).await?;
                 if !dead {
                     // Order is kept: later notifications wait behind this one.
-                    return Ok(());
+                    return Ok(true);
                 }
                 s.status = "error".into();
             }
         }
     }
-    Ok(())
+    Ok(progressed)
 }
 
 #[cfg(test)]

@@ -123,7 +123,9 @@ impl Store {
     /// A client's subscriptions (`None`: every subscription that is not off).
     pub async fn subscriptions(&self, client_id: Option<&str>) -> Result<Vec<SubscriptionRow>, StoreError> {
         let sql = format!(
-            "SELECT {SUB_COLUMNS} FROM subscriptions WHERE ($1 IS NULL AND status <> 'off') OR client_id = $1 ORDER BY created_us, id"
+            "SELECT {SUB_COLUMNS} FROM subscriptions WHERE ($1 IS NULL AND status <> 'off' \
+               AND NOT EXISTS (SELECT 1 FROM api_clients c WHERE c.id = subscriptions.client_id AND c.disabled_at IS NOT NULL)) \
+             OR client_id = $1 ORDER BY created_us, id"
         );
         let rows = with_db!(self.db(), pool => { sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(client_id).fetch_all(pool).await? });
         Ok(rows)
@@ -146,6 +148,35 @@ impl Store {
                 .bind(now_us)
                 .bind(id)
                 .bind(client_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// A deliverer's view of a subscription's health (`active` after a success, `error` while
+    /// failing); never revives one its client switched off.
+    pub async fn subscription_health(&self, id: &str, status: &str, error: Option<&str>, now_us: i64) -> Result<(), StoreError> {
+        with_db!(self.db(), pool => {
+            sqlx::query("UPDATE subscriptions SET status = $1, error = $2, updated_us = $3 WHERE id = $4 AND status <> 'off'")
+                .bind(status)
+                .bind(error)
+                .bind(now_us)
+                .bind(id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Extends a deliverer's lease; `false` when it no longer holds the subscription.
+    pub async fn subscription_renew(&self, id: &str, owner: &str, lease_until_us: i64) -> Result<bool, StoreError> {
+        let n = with_db!(self.db(), pool => {
+            sqlx::query("UPDATE subscriptions SET lease_until_us = $1 WHERE id = $2 AND lease_owner = $3")
+                .bind(lease_until_us)
+                .bind(id)
+                .bind(owner)
                 .execute(pool)
                 .await?
                 .rows_affected()
@@ -242,6 +273,7 @@ impl Store {
         let sql = format!(
             "UPDATE subscriptions SET lease_owner = $1, lease_until_us = $2 WHERE id = ( \
                SELECT s.id FROM subscriptions s WHERE s.status <> 'off' AND (s.lease_until_us IS NULL OR s.lease_until_us < $3) \
+               AND NOT EXISTS (SELECT 1 FROM api_clients c WHERE c.id = s.client_id AND c.disabled_at IS NOT NULL) \
                AND (SELECT d.next_attempt_us FROM subscription_deliveries d WHERE d.subscription_id = s.id AND d.status = 'pending' ORDER BY d.seq LIMIT 1) <= $3 \
                ORDER BY COALESCE(s.lease_until_us, 0), s.id LIMIT 1{lock}) \
              RETURNING {SUB_COLUMNS}"
@@ -284,6 +316,14 @@ impl Store {
         };
         let n = with_db!(self.db(), pool => {
             let mut tx = pool.begin_with(begin).await?;
+            let existing: Option<Option<i64>> = sqlx::query_scalar("SELECT event_number FROM subscription_deliveries WHERE seq = $1")
+                .bind(seq)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(Some(n)) = existing {
+                // Numbered already (by a deliverer whose lease ran out): the same number again.
+                return Ok(n);
+            }
             let n: i64 = sqlx::query_scalar("UPDATE subscriptions SET events = events + 1 WHERE id = $1 RETURNING events")
                 .bind(subscription_id)
                 .fetch_one(&mut *tx)
@@ -303,13 +343,15 @@ impl Store {
     pub async fn delivery_update(&self, d: &DeliveryRow) -> Result<(), StoreError> {
         with_db!(self.db(), pool => {
             sqlx::query(
-                "UPDATE subscription_deliveries SET status = $1, attempts = $2, next_attempt_us = $3, delivered_us = $4, last_error = $5 WHERE seq = $6",
+                "UPDATE subscription_deliveries SET status = $1, attempts = $2, next_attempt_us = $3, delivered_us = $4, last_error = $5, created_us = $6 \
+                 WHERE seq = $7",
             )
             .bind(&d.status)
             .bind(d.attempts)
             .bind(d.next_attempt_us)
             .bind(d.delivered_us)
             .bind(&d.last_error)
+            .bind(d.created_us)
             .bind(d.seq)
             .execute(pool)
             .await?;

@@ -251,3 +251,17 @@ async fn subscriptions_are_validated() {
     let res = app.client.post(app.url("/fhir/Subscription")).bearer_auth(&app.admin_token).json(&body).send().await.unwrap();
     crate::helpers::outcome(res, 403).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_clients_subscriptions_fall_silent() {
+    let app = spawn_app_with(Backend::Sqlite, fast).await.unwrap();
+    let hook = endpoint(0).await;
+    app.consent("S1002345", "CONSENT-DISABLED").await;
+    app.subscribe("Encounter", &hook.url).await;
+    app.new_session("DIS-1", "S1002345").await;
+    wait_for("the first notification", || delivered(&hook).len() == 1).await;
+    assert!(app.store.disable_client(&app.partner_client_id, chrono::Utc::now()).await.unwrap());
+    app.new_session("DIS-2", "S1002345").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(delivered(&hook).len(), 1, "a disabled client is told nothing more");
+}
