@@ -107,6 +107,9 @@ pub struct Checkpoint {
     /// When the pass goes student by student: the last student id of the chunks done (chunks
     /// are taken in id order, so students added meanwhile do not shift the position).
     pub chunk_after: Option<String>,
+    /// The last student id of the chunk under way (its range is fixed when it starts).
+    #[serde(default)]
+    pub chunk_end: Option<String>,
     /// Keyset position within the type: (`_lastUpdated` µs, id) of the last resource judged.
     pub cursor: Option<(i64, String)>,
     /// Sequence number of the next file.

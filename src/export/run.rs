@@ -315,7 +315,10 @@ async fn run_job(inner: &Inner, row: ExportJobRow, owner: &str) -> Result<(), Ru
             0 => Some((members.clone(), job.params.since_us, job.row.transaction_us)),
             _ => match job.params.since_us {
                 Some(since) => {
-                    let changed = inner.store.consent_changed_patients(since, job.row.transaction_us).await?;
+                    let mut changed = inner.store.consent_changed_patients(since, job.row.transaction_us).await?;
+                    // Chunks are positioned in Rust's order (a database collation may differ).
+                    changed.sort();
+                    changed.dedup();
                     let changed: Vec<String> = match &members {
                         Some(m) => changed.into_iter().filter(|p| m.binary_search(p).is_ok()).collect(),
                         None => changed,
@@ -336,6 +339,7 @@ async fn run_job(inner: &Inner, row: ExportJobRow, owner: &str) -> Result<(), Ru
         ck.type_index = 0;
         ck.cursor = None;
         ck.chunk_after = None;
+        ck.chunk_end = None;
         job.record(None, &ck).await?;
     }
     let evaluated = recheck_consent(&mut job, &ck).await?;
@@ -527,13 +531,30 @@ async fn run_pass(
                     Some(after) => all.partition_point(|p| p <= after),
                     None => 0,
                 };
-                let chunk = &all[start..(start + CHUNK).min(all.len())];
-                let Some(last) = chunk.last() else { break };
-                chunk_last = Some(last.clone());
+                // A chunk is an id range fixed when it starts (kept in the checkpoint), so a
+                // student who joins while the job runs cannot shift a resumed chunk's bounds.
+                let end = match &ck.chunk_end {
+                    Some(end) => all.partition_point(|p| p <= end).max(start),
+                    None => (start + CHUNK).min(all.len()),
+                };
+                let chunk = &all[start..end];
+                let Some(last) = chunk.last() else {
+                    match ck.chunk_end.take() {
+                        Some(end) => {
+                            ck.chunk_after = Some(end);
+                            ck.cursor = None;
+                            continue;
+                        }
+                        None => break,
+                    }
+                };
+                chunk_last = Some(ck.chunk_end.clone().unwrap_or_else(|| last.clone()));
+                ck.chunk_end = chunk_last.clone();
                 match compartment(&job.inner.store, &ty, chunk).await? {
                     Some(c) => req.criteria.push(c),
                     None => {
                         ck.chunk_after = chunk_last;
+                        ck.chunk_end = None;
                         ck.cursor = None;
                         continue;
                     }
@@ -568,6 +589,7 @@ async fn run_pass(
             if !more {
                 if by_student {
                     ck.chunk_after = chunk_last;
+                    ck.chunk_end = None;
                     ck.cursor = None;
                     continue;
                 }
@@ -577,6 +599,7 @@ async fn run_pass(
         ck.type_index += 1;
         ck.cursor = None;
         ck.chunk_after = None;
+        ck.chunk_end = None;
         if let Some(f) = &open {
             ck.next_seq = f.seq + 1;
         }
