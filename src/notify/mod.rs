@@ -45,6 +45,24 @@ fn bad(expression: &str, text: impl Into<String>) -> OutcomeIssue {
     OutcomeIssue::error(IssueCode::Value, text).at_expression(expression)
 }
 
+/// Headers a subscription may not set (the gateway sets them, or they change the request's framing).
+const RESERVED_HEADERS: &[&str] = &["host", "content-length", "content-type", "transfer-encoding", "connection", "te", "upgrade"];
+
+/// Whether a URL names localhost or a loopback, private, link-local or unspecified address.
+fn internal_host(u: &reqwest::Url) -> bool {
+    let Some(host) = u.host_str() else { return true };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified() || ip.is_broadcast()
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00 || (ip.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Err(_) => host == "localhost" || host.ends_with(".localhost"),
+    }
+}
+
 /// What a client asked for in a `Subscription` (validated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requested {
@@ -96,6 +114,11 @@ pub fn parse_subscription(body: &Value, registry: &SearchRegistry, allow_http: b
     }
     let endpoint = channel["endpoint"].as_str().unwrap_or_default().to_string();
     match reqwest::Url::parse(&endpoint) {
+        // The gateway must not be made to post into its own network: loopback, private and
+        // link-local addresses are refused (except in development, with allow_http_endpoints).
+        Ok(u) if !allow_http && internal_host(&u) => {
+            issues.push(bad("channel.endpoint", "the endpoint must be a public host, not a loopback, private or link-local address"));
+        }
         Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && allow_http) => {}
         Ok(_) => issues.push(bad("channel.endpoint", "the endpoint must be an https URL")),
         Err(_) => issues.push(bad("channel.endpoint", "channel.endpoint must be an absolute URL")),
@@ -103,6 +126,9 @@ pub fn parse_subscription(body: &Value, registry: &SearchRegistry, allow_http: b
     let mut headers = Vec::new();
     for (i, h) in channel["header"].as_array().into_iter().flatten().enumerate() {
         match h.as_str().and_then(|h| h.split_once(':')) {
+            Some((name, _)) if RESERVED_HEADERS.iter().any(|r| name.trim().eq_ignore_ascii_case(r)) => {
+                issues.push(bad(&format!("channel.header[{i}]"), format!("header `{}` is set by the gateway", name.trim())));
+            }
             Some((name, value))
                 if reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).is_ok()
                     && reqwest::header::HeaderValue::from_str(value.trim()).is_ok() =>
@@ -543,6 +569,19 @@ mod tests {
         assert_eq!(err(sub("Encounter?bogus=1", "https://x"), false), ["criteria"]);
         assert_eq!(err(sub("Encounter", "http://x"), false), ["channel.endpoint"]);
         assert!(parse_subscription(&sub("Encounter", "http://127.0.0.1:1/x"), &r, true).is_ok());
+        for internal in [
+            "https://127.0.0.1/x",
+            "https://localhost/x",
+            "https://10.1.2.3/x",
+            "https://192.168.0.9/x",
+            "https://[::1]/x",
+            "https://169.254.169.254/x",
+        ] {
+            assert_eq!(err(sub("Encounter", internal), false), ["channel.endpoint"], "{internal}");
+        }
+        let mut host = sub("Encounter", "https://x");
+        host["channel"]["header"] = json!(["Host: intranet"]);
+        assert_eq!(err(host, false), ["channel.header[0]"]);
         let mut full = sub("Encounter", "https://x");
         full["channel"]["_payload"] = json!({ "extension": [{ "url": PAYLOAD_CONTENT, "valueCode": "full-resource" }] });
         assert_eq!(err(full, false), ["channel.payload"]);
