@@ -374,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn withheld_resources_beyond_the_cap_are_counted_not_listed() {
+    fn withheld_resources_beyond_the_cap_are_counted_not_listed() -> Result<(), &'static str> {
         let mut verdicts: Vec<(String, String, Verdict)> =
             (0..150).map(|i| ("Encounter".into(), format!("e{i}"), verdict(false, "p1"))).collect();
         verdicts.push(("Encounter".into(), "ok1".into(), verdict(true, "p2")));
@@ -391,12 +391,13 @@ mod tests {
             count: None,
         };
         let e = event(&d, Utc::now());
-        let entities = e.event["entity"].as_array().unwrap();
+        let entities = e.event["entity"].as_array().ok_or("no entities")?;
         let resources = entities.iter().filter(|x| x["what"]["reference"].as_str().is_some_and(|r| r.starts_with("Encounter/"))).count();
         assert_eq!(resources, MAX_LISTED_WITHHELD + 2);
-        let query = entities.last().unwrap();
-        assert!(query["detail"].as_array().unwrap().iter().any(|x| x["valueString"] == "no-consent: 50"), "{query}");
+        let query = entities.last().ok_or("no query entity")?;
+        assert!(query["detail"].as_array().ok_or("no details")?.iter().any(|x| x["valueString"] == "no-consent: 50"), "{query}");
         assert_eq!(e.patients, vec![("p1".to_string(), true), ("p2".to_string(), true)]);
         assert_eq!(e.event["outcome"], "0");
+        Ok(())
     }
 }

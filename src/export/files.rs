@@ -93,20 +93,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_round_trip_plain_and_gzip() {
-        let dir = tempfile::tempdir().unwrap();
+    fn lines_round_trip_plain_and_gzip() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
         for gzip in [false, true] {
             let path = job_dir(dir.path(), "job").join(file_name(1, "Encounter", gzip));
-            let mut f = NdjsonFile::create(path.clone(), gzip).unwrap();
-            f.write_lines(["{\"a\":1}", "{\"b\":\"x\\ny\"}"]).unwrap();
+            let mut f = NdjsonFile::create(path.clone(), gzip)?;
+            f.write_lines(["{\"a\":1}", "{\"b\":\"x\\ny\"}"])?;
             assert_eq!((f.lines, f.raw_bytes), (2, 8 + 13));
-            let (p, bytes) = f.finish().unwrap();
+            let (p, bytes) = f.finish()?;
             assert!(bytes > 0);
-            let lines: Vec<String> = open_lines(&p).unwrap().collect::<Result<_, _>>().unwrap();
+            let lines: Vec<String> = open_lines(&p)?.collect::<Result<_, _>>()?;
             assert_eq!(lines, ["{\"a\":1}", "{\"b\":\"x\\ny\"}"]);
         }
-        remove_job_dir(dir.path(), "job").unwrap();
-        remove_job_dir(dir.path(), "job").unwrap();
+        remove_job_dir(dir.path(), "job")?;
+        remove_job_dir(dir.path(), "job")?;
         assert!(!job_dir(dir.path(), "job").exists());
+        Ok(())
     }
 }

@@ -385,8 +385,15 @@ pub fn group_resource(id: &str, name: &str, sites: &[String]) -> Value {
 mod tests {
     use super::*;
 
-    fn registry() -> SearchRegistry {
-        SearchRegistry::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap()
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn registry() -> Result<SearchRegistry, Box<dyn std::error::Error>> {
+        Ok(SearchRegistry::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))?)
+    }
+
+    /// A kick-off that must be accepted.
+    fn accepted(r: Result<Params, Vec<OutcomeIssue>>) -> Result<Params, String> {
+        r.map_err(|issues| format!("refused: {issues:?}"))
     }
 
     fn kick(pairs: &[(&str, &str)]) -> Kickoff {
@@ -394,18 +401,19 @@ mod tests {
     }
 
     #[test]
-    fn kickoff_defaults_to_allowed_types_in_order() {
-        let p = parse_kickoff(Level::System, None, kick(&[]), |t| t != "Coverage", &registry(), false).unwrap();
+    fn kickoff_defaults_to_allowed_types_in_order() -> TestResult {
+        let p = accepted(parse_kickoff(Level::System, None, kick(&[]), |t| t != "Coverage", &registry()?, false))?;
         assert_eq!(p.types.first().map(String::as_str), Some("Patient"));
         assert!(!p.types.contains(&"Coverage".to_string()));
-        let p = parse_kickoff(Level::Patient, None, kick(&[("_type", "Encounter,Patient")]), |_| true, &registry(), true).unwrap();
+        let p = accepted(parse_kickoff(Level::Patient, None, kick(&[("_type", "Encounter,Patient")]), |_| true, &registry()?, true))?;
         assert_eq!(p.types, ["Patient", "Encounter"]);
         assert!(p.gzip);
+        Ok(())
     }
 
     #[test]
-    fn kickoff_refuses_what_it_cannot_do() {
-        let r = registry();
+    fn kickoff_refuses_what_it_cannot_do() -> TestResult {
+        let r = registry()?;
         let bad = |pairs: &[(&str, &str)]| parse_kickoff(Level::System, None, kick(pairs), |t| t != "Condition", &r, false).unwrap_err();
         assert_eq!(bad(&[("_outputFormat", "text/csv")])[0].expression, ["_outputFormat"]);
         assert_eq!(bad(&[("_since", "yesterday")])[0].expression, ["_since"]);
@@ -416,23 +424,24 @@ mod tests {
         assert_eq!(bad(&[("_type", "Patient"), ("_typeFilter", "Encounter?date=ge2026-01-01")])[0].expression, ["_typeFilter"]);
         assert_eq!(bad(&[("_typeFilter", "Encounter?date=ge2026-01-01&_count=5")])[0].expression, ["_typeFilter"]);
         let lenient = Kickoff { lenient: true, ..kick(&[("_elements", "id")]) };
-        assert_eq!(parse_kickoff(Level::System, None, lenient, |_| true, &r, false).unwrap().ignored, ["_elements"]);
+        assert_eq!(accepted(parse_kickoff(Level::System, None, lenient, |_| true, &r, false))?.ignored, ["_elements"]);
+        Ok(())
     }
 
     #[test]
-    fn type_filter_and_since_are_kept() {
-        let p = parse_kickoff(
+    fn type_filter_and_since_are_kept() -> TestResult {
+        let p = accepted(parse_kickoff(
             Level::System,
             None,
             kick(&[("_since", "2026-11-01T00:00:00Z"), ("_typeFilter", "Encounter?date=ge2026-09-01")]),
             |_| true,
-            &registry(),
+            &registry()?,
             false,
-        )
-        .unwrap();
-        assert_eq!(p.since_us, Some(chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z").unwrap().timestamp_micros()));
+        ))?;
+        assert_eq!(p.since_us, Some(chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")?.timestamp_micros()));
         assert_eq!(p.type_filters.get("Encounter").map(String::as_str), Some("date=ge2026-09-01"));
-        let back: Params = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        let back: Params = serde_json::from_str(&serde_json::to_string(&p)?)?;
         assert_eq!(back, p);
+        Ok(())
     }
 }

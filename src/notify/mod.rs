@@ -550,8 +550,8 @@ async fn deliver(inner: &Inner, mut s: SubscriptionRow, owner: &str) -> Result<b
 mod tests {
     use super::*;
 
-    fn registry() -> SearchRegistry {
-        SearchRegistry::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap()
+    fn registry() -> Result<SearchRegistry, Box<dyn std::error::Error>> {
+        Ok(SearchRegistry::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))?)
     }
 
     fn sub(criteria: &str, endpoint: &str) -> Value {
@@ -560,9 +560,10 @@ mod tests {
     }
 
     #[test]
-    fn subscriptions_are_checked() {
-        let r = registry();
-        let ok = parse_subscription(&sub("Encounter?status=finished", "https://ehr.example/hook"), &r, false).unwrap();
+    fn subscriptions_are_checked() -> Result<(), Box<dyn std::error::Error>> {
+        let r = registry()?;
+        let ok = parse_subscription(&sub("Encounter?status=finished", "https://ehr.example/hook"), &r, false)
+            .map_err(|issues| format!("refused: {issues:?}"))?;
         assert_eq!((ok.payload.as_str(), ok.headers.len()), ("id-only", 1));
         let err = |v: Value, http: bool| parse_subscription(&v, &r, http).unwrap_err()[0].expression.clone();
         assert_eq!(err(sub("Patient", "https://x"), false), ["criteria"]);
@@ -588,6 +589,7 @@ mod tests {
         let mut ws = sub("Encounter", "https://x");
         ws["channel"]["type"] = json!("websocket");
         assert_eq!(err(ws, false), ["channel.type"]);
+        Ok(())
     }
 
     #[test]
