@@ -79,7 +79,7 @@ async fn purge_jti_loop(store: Store) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tick.tick().await;
-        match store.purge_jti(crate::store::now_micros().timestamp_micros()).await {
+        match store.purge_jti(crate::store::now_us()).await {
             Ok(n) if n > 0 => tracing::debug!(removed = n, "expired assertion jti values purged"),
             Ok(_) => {}
             Err(_) if store.is_closed() => break,

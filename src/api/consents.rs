@@ -99,9 +99,7 @@ async fn fhir_answer(state: &AppState, out: ConsentOutcome) -> Result<HttpRespon
 }
 
 async fn consent_body(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Result<serde_json::Value, ApiError> {
-    body_kind(req, &[BodyKind::Json])?;
-    let body = read_body(req, payload, state.settings.server.max_body_bytes).await?;
-    batch::parse_record(&body).map_err(|issue| ApiError::Malformed(vec![issue]))
+    super::extractors::json_body(req, payload, state.settings.server.max_body_bytes).await
 }
 
 /// Record a FHIR R4 Consent (scope patient-privacy). Answers the stored Consent (201), or 200

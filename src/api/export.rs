@@ -30,11 +30,6 @@ fn partner_org(who: &Principal) -> Result<&str, ApiError> {
     }
 }
 
-fn base_url(req: &HttpRequest) -> String {
-    let info = req.connection_info();
-    format!("{}://{}/fhir", info.scheme(), info.host())
-}
-
 /// The `Prefer` header's tokens, lower-cased.
 fn prefer(req: &HttpRequest) -> Vec<String> {
     req.headers()
@@ -46,14 +41,12 @@ fn prefer(req: &HttpRequest) -> Vec<String> {
 }
 
 /// Reads a POST kick-off's `Parameters` body into name/value pairs and `patient` references.
-fn parameters(body: &[u8], k: &mut Kickoff) -> Result<(), ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    let bad = |m: String| ApiError::Malformed(vec![OutcomeIssue::error(IssueCode::Structure, m)]);
-    let doc: Value = serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+fn parameters(doc: &Value, k: &mut Kickoff) -> Result<(), ApiError> {
     if doc["resourceType"] != "Parameters" {
-        return Err(bad("a POST kick-off body must be a FHIR Parameters resource".into()));
+        return Err(ApiError::Malformed(vec![
+            OutcomeIssue::error(IssueCode::Structure, "a POST kick-off body must be a FHIR Parameters resource")
+                .at_pointer("/resourceType"),
+        ]));
     }
     for (i, p) in doc["parameter"].as_array().into_iter().flatten().enumerate() {
         let name = p["name"].as_str().unwrap_or_default();
@@ -90,7 +83,7 @@ async fn kickoff(
     state: &AppState,
     who: &Principal,
     req: &HttpRequest,
-    body: &[u8],
+    payload: web::Payload,
     level: Level,
     group: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -104,8 +97,10 @@ async fn kickoff(
     let mut k = Kickoff { lenient: prefs.iter().any(|p| p == "handling=lenient"), ..Kickoff::default() };
     k.params = serde_urlencoded::from_str(req.query_string())
         .map_err(|e| ApiError::bad_request(IssueCode::Structure, "query", format!("the query string could not be read: {e}")))?;
-    if req.method() == actix_web::http::Method::POST {
-        parameters(body, &mut k)?;
+    // A POST may carry its parameters as a FHIR Parameters body (a body always names its type).
+    if req.method() == actix_web::http::Method::POST && req.headers().contains_key(header::CONTENT_TYPE) {
+        let doc = super::extractors::json_body(req, payload, state.settings.server.max_body_bytes).await?;
+        parameters(&doc, &mut k)?;
     }
     if let Some(g) = &group
         && !crate::export::groups_of(&state.settings, Some(org)).iter().any(|(id, _, _)| id == g)
@@ -122,7 +117,7 @@ async fn kickoff(
     )
     .map_err(ApiError::BadRequest)?;
     let id = uuid::Uuid::new_v4().to_string();
-    let request = format!("{}{}", base_url(req).trim_end_matches("/fhir"), req.uri());
+    let request = format!("{}{}", super::fhir::base_url(req).trim_end_matches("/fhir"), req.uri());
     let params_json = serde_json::to_string(&params).map_err(|e| ApiError::Internal(e.into()))?;
     let job = crate::store::NewExportJob {
         id: &id,
@@ -131,7 +126,7 @@ async fn kickoff(
         purpose: purpose.code(),
         request: &request,
         params: &params_json,
-        now_us: crate::store::now_micros().timestamp_micros(),
+        now_us: crate::store::now_us(),
     };
     let limit = &state.settings.export;
     if !state.store.export_insert(&job, i64::try_from(limit.max_jobs_per_client).unwrap_or(i64::MAX)).await? {
@@ -146,7 +141,7 @@ async fn kickoff(
     state.exporter.wake();
     tracing::info!(job = %id, level = ?level, types = params.types.len(), "export job queued");
     Ok(HttpResponse::Accepted()
-        .insert_header((header::CONTENT_LOCATION, format!("{}/$export-status/{id}", base_url(req))))
+        .insert_header((header::CONTENT_LOCATION, format!("{}/$export-status/{id}", super::fhir::base_url(req))))
         .content_type(FHIR_JSON)
         .body(
             serde_json::to_vec(&crate::fhir::OperationOutcome::new(vec![OutcomeIssue {
@@ -161,15 +156,25 @@ async fn kickoff(
 #[utoipa::path(get, path = "/fhir/$export", tag = "bulk", responses((status = 202, description = "accepted; Content-Location is the status URL"),
     (status = 400, description = "bad parameters", body = crate::fhir::OperationOutcome), (status = 429, description = "too many jobs")), security(("bearer" = [])))]
 #[route("/fhir/$export", method = "GET", method = "POST")]
-pub async fn export_system(state: web::Data<AppState>, who: Principal, req: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
-    kickoff(&state, &who, &req, &body, Level::System, None).await
+pub async fn export_system(
+    state: web::Data<AppState>,
+    who: Principal,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    kickoff(&state, &who, &req, payload, Level::System, None).await
 }
 
 /// Patient-level export (`/fhir/Patient/$export`).
 #[utoipa::path(get, path = "/fhir/Patient/$export", tag = "bulk", responses((status = 202, description = "accepted")), security(("bearer" = [])))]
 #[route("/fhir/Patient/$export", method = "GET", method = "POST")]
-pub async fn export_patients(state: web::Data<AppState>, who: Principal, req: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
-    kickoff(&state, &who, &req, &body, Level::Patient, None).await
+pub async fn export_patients(
+    state: web::Data<AppState>,
+    who: Principal,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    kickoff(&state, &who, &req, payload, Level::Patient, None).await
 }
 
 /// Group-level export (`/fhir/Group/{id}/$export`): a school site, or the partnership.
@@ -181,9 +186,9 @@ pub async fn export_group(
     who: Principal,
     req: HttpRequest,
     path: web::Path<String>,
-    body: Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    kickoff(&state, &who, &req, &body, Level::Group, Some(path.into_inner())).await
+    kickoff(&state, &who, &req, payload, Level::Group, Some(path.into_inner())).await
 }
 
 /// The job, if it is this client's.
@@ -193,11 +198,6 @@ async fn own_job(state: &AppState, who: &Principal, id: &str) -> Result<crate::s
         Some(job) if job.client_id == who.client_id => Ok(job),
         _ => Err(ApiError::NotFound(format!("export job {id} is not known (it may have been cancelled or expired)"))),
     }
-}
-
-fn http_date(us: i64) -> String {
-    let secs = u64::try_from(us.div_euclid(1_000_000)).unwrap_or_default();
-    header::HttpDate::from(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
 }
 
 /// Job status: 202 while running, 200 with the manifest, 500 with an OperationOutcome when it failed.
@@ -213,14 +213,14 @@ pub async fn export_status(
 ) -> Result<HttpResponse, ApiError> {
     let job = own_job(&state, &who, &path).await?;
     let files = if job.status == "completed" { state.store.export_files(&job.id).await? } else { Vec::new() };
-    let file_base = format!("{}/$export-file/{}", base_url(&req), job.id);
+    let file_base = format!("{}/$export-file/{}", super::fhir::base_url(&req), job.id);
     match crate::export::status(&job, &files, &file_base) {
         Status::InProgress(p) => Ok(HttpResponse::Accepted()
             .insert_header(("X-Progress", p.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).collect::<String>()))
             .insert_header((header::RETRY_AFTER, state.settings.export.retry_after_seconds.to_string()))
             .finish()),
         Status::Completed(manifest) => Ok(HttpResponse::Ok()
-            .insert_header((header::EXPIRES, job.expires_us.map(http_date).unwrap_or_default()))
+            .insert_header((header::EXPIRES, job.expires_us.map(|us| super::fhir::http_date(us).to_string()).unwrap_or_default()))
             .content_type("application/json")
             .body(manifest.to_string())),
         Status::Failed(why) => Ok(HttpResponse::InternalServerError().content_type(FHIR_JSON).body(
@@ -394,7 +394,7 @@ pub async fn search_groups(state: web::Data<AppState>, who: Principal, req: Http
     if !req.query_string().is_empty() {
         return Err(ApiError::bad_request(IssueCode::NotSupported, "query", "Group search takes no parameters"));
     }
-    let base = base_url(&req);
+    let base = super::fhir::base_url(&req);
     let entries: Vec<Value> = groups
         .iter()
         .map(|(id, name, sites)| {

@@ -57,6 +57,14 @@ pub async fn read_body(req: &HttpRequest, payload: Payload, limit: usize) -> Res
     }
 }
 
+/// Reads a JSON body: its Content-Type, the size limit, and JSON that parses (the error names
+/// line and column).
+pub async fn json_body(req: &HttpRequest, payload: Payload, limit: usize) -> Result<serde_json::Value, ApiError> {
+    body_kind(req, &[BodyKind::Json])?;
+    let body = read_body(req, payload, limit).await?;
+    crate::intake::batch::parse_record(&body).map_err(|issue| ApiError::Malformed(vec![issue]))
+}
+
 /// The request id set by the telemetry middleware.
 pub fn request_id(req: &HttpRequest) -> Option<String> {
     req.extensions().get::<RequestId>().map(|r| r.0.clone())

@@ -125,13 +125,14 @@ fn instance<'a>(ty: &str, id: &str, who: &'a Principal, req: &HttpRequest) -> Re
 }
 
 /// `http(s)://host/fhir`, as the client addressed us.
-fn base_url(req: &HttpRequest) -> String {
+pub(crate) fn base_url(req: &HttpRequest) -> String {
     let info = req.connection_info();
     format!("{}://{}/fhir", info.scheme(), info.host())
 }
 
-fn http_date(r: &StoredResource) -> HttpDate {
-    let secs = u64::try_from(r.last_updated_us.div_euclid(1_000_000)).unwrap_or_default();
+/// An HTTP date (whole seconds) from microseconds since the Unix epoch.
+pub(crate) fn http_date(us: i64) -> HttpDate {
+    let secs = u64::try_from(us.div_euclid(1_000_000)).unwrap_or_default();
     HttpDate::from(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
@@ -153,7 +154,7 @@ fn resource_response(req: &HttpRequest, r: StoredResource) -> Result<HttpRespons
         return Err(ApiError::Gone(format!("{}/{} was deleted (version {})", r.resource_type, r.id, r.version_id)));
     }
     let mut res = if not_modified(req, &r) { HttpResponse::NotModified() } else { HttpResponse::Ok() };
-    res.insert_header(header::ETag(etag(r.version_id))).insert_header(header::LastModified(http_date(&r)));
+    res.insert_header(header::ETag(etag(r.version_id))).insert_header(header::LastModified(http_date(r.last_updated_us)));
     if not_modified(req, &r) {
         return Ok(res.finish());
     }

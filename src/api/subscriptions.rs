@@ -2,7 +2,6 @@
 //! notifications (`/api/v1/subscriptions/...`). Delivery itself is [`crate::notify`].
 
 use actix_web::http::header;
-use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use serde_json::{Value, json};
 
@@ -11,11 +10,6 @@ use crate::error::ApiError;
 use crate::fhir::{FHIR_JSON, IssueCode, OutcomeIssue};
 use crate::startup::AppState;
 use crate::store::SubscriptionRow;
-
-fn base_url(req: &HttpRequest) -> String {
-    let info = req.connection_info();
-    format!("{}://{}/fhir", info.scheme(), info.host())
-}
 
 /// The subscription, if this client may see it (its own; admins: any).
 async fn visible(state: &AppState, who: &Principal, id: &str) -> Result<SubscriptionRow, ApiError> {
@@ -30,15 +24,14 @@ async fn visible(state: &AppState, who: &Principal, id: &str) -> Result<Subscrip
     responses((status = 201, description = "created, active"), (status = 400, description = "unsupported criteria or channel", body = crate::fhir::OperationOutcome)),
     security(("bearer" = [])))]
 #[post("/fhir/Subscription")]
-pub async fn create(state: web::Data<AppState>, who: Principal, req: HttpRequest, body: Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn create(state: web::Data<AppState>, who: Principal, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let org = match (who.role, who.org.as_deref()) {
         (Role::Partner, Some(org)) => org.to_string(),
         _ => return Err(ApiError::Forbidden("subscriptions are for FQHC partner clients".into())),
     };
     who.require_scope("Encounter", crate::auth::scope::Interaction::Read)?;
     let purpose = who.purpose(req.headers().get(PURPOSE_HEADER).map(|v| v.to_str().unwrap_or("?")))?;
-    let doc: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::Malformed(vec![OutcomeIssue::error(IssueCode::Structure, format!("the body is not JSON: {e}"))]))?;
+    let doc = super::extractors::json_body(&req, payload, state.settings.server.max_body_bytes).await?;
     let cfg = &state.settings.subscriptions;
     let wanted = crate::notify::parse_subscription(&doc, &state.pipeline.search, cfg.allow_http_endpoints).map_err(ApiError::BadRequest)?;
     let active = state.store.subscriptions(Some(&who.client_id)).await?.into_iter().filter(|s| s.status != "off").count();
@@ -48,7 +41,7 @@ pub async fn create(state: web::Data<AppState>, who: Principal, req: HttpRequest
             format!("this client already has {active} subscriptions (the most allowed); delete one first"),
         )]));
     }
-    let now = crate::store::now_micros().timestamp_micros();
+    let now = crate::store::now_us();
     let row = SubscriptionRow {
         id: uuid::Uuid::new_v4().to_string(),
         client_id: who.client_id.clone(),
@@ -68,7 +61,7 @@ pub async fn create(state: web::Data<AppState>, who: Principal, req: HttpRequest
     state.store.subscription_insert(&row).await?;
     tracing::info!(subscription = %row.id, "subscription created");
     Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("{}/Subscription/{}", base_url(&req), row.id)))
+        .insert_header((header::LOCATION, format!("{}/Subscription/{}", super::fhir::base_url(&req), row.id)))
         .content_type(FHIR_JSON)
         .body(crate::notify::render(&row).to_string()))
 }
@@ -91,7 +84,7 @@ pub async fn search(state: web::Data<AppState>, who: Principal, req: HttpRequest
         Role::Partner => state.store.subscriptions(Some(&who.client_id)).await?,
         r => return Err(ApiError::Forbidden(format!("a {} client may not read subscriptions", r.as_str()))),
     };
-    let base = base_url(&req);
+    let base = super::fhir::base_url(&req);
     let entries: Vec<Value> = rows
         .iter()
         .map(|s| json!({ "fullUrl": format!("{base}/Subscription/{}", s.id), "resource": crate::notify::render(s), "search": { "mode": "match" } }))
@@ -109,7 +102,7 @@ pub async fn search(state: web::Data<AppState>, who: Principal, req: HttpRequest
 #[delete("/fhir/Subscription/{id}")]
 pub async fn remove(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let s = visible(&state, &who, &path).await?;
-    state.store.subscription_set_status(&s.id, None, "off", None, crate::store::now_micros().timestamp_micros()).await?;
+    state.store.subscription_set_status(&s.id, None, "off", None, crate::store::now_us()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -157,7 +150,7 @@ pub async fn dead_letters(state: web::Data<AppState>, who: Principal, q: web::Qu
 pub async fn redrive(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     admin(&who)?;
     let s = visible(&state, &who, &path).await?;
-    let n = state.store.deliveries_redrive(&s.id, crate::store::now_micros().timestamp_micros()).await?;
+    let n = state.store.deliveries_redrive(&s.id, crate::store::now_us()).await?;
     tracing::info!(subscription = %s.id, redriven = n, "dead notifications re-queued");
     Ok(HttpResponse::Ok().json(json!({ "subscription": s.id, "redriven": n })))
 }

@@ -121,12 +121,7 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
         }));
     }
     for (p, was_disclosed) in &patients {
-        entities.push(json!({
-            "what": { "reference": format!("Patient/{p}") },
-            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
-            "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" },
-            "detail": [detail("disclosed", if *was_disclosed { "true" } else { "false" })],
-        }));
+        entities.push(patient_entity(p, *was_disclosed));
     }
     let mut query_details = Vec::new();
     if let Some(rid) = &d.request_id {
@@ -147,25 +142,66 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
         query["detail"] = query_details.into();
     }
     entities.push(query);
+    let event = rest_event(RestEvent {
+        id: &id,
+        subtype: d.interaction.code(),
+        action: if matches!(d.interaction, Interaction::Search | Interaction::Count) { "E" } else { "R" },
+        at,
+        // 0 = success (something disclosed, or nothing matched); 4 = minor failure (all refused).
+        outcome: if refused && !disclosed { "4" } else { "0" },
+        client_id: d.client_id,
+        org: d.org,
+        purpose: d.purpose,
+        token_id: d.token_id,
+        entities,
+    });
+    PendingEvent { id, recorded_us: at.timestamp_micros(), client_id: d.client_id.to_string(), event, patients }
+}
+
+/// The entity naming a student an event is about.
+fn patient_entity(patient: &str, disclosed: bool) -> Value {
+    json!({
+        "what": { "reference": format!("Patient/{patient}") },
+        "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
+        "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" },
+        "detail": [detail("disclosed", if disclosed { "true" } else { "false" })],
+    })
+}
+
+/// What distinguishes one partner AuditEvent from another; [`rest_event`] adds the rest.
+struct RestEvent<'a> {
+    id: &'a str,
+    subtype: &'static str,
+    action: &'static str,
+    at: DateTime<Utc>,
+    outcome: &'static str,
+    client_id: &'a str,
+    org: &'a str,
+    purpose: PurposeOfUse,
+    token_id: Option<&'a str>,
+    entities: Vec<Value>,
+}
+
+/// A partner AuditEvent: the recipient client and its purpose, the gateway as source, the FQHC.
+fn rest_event(e: RestEvent<'_>) -> Value {
     let mut agent = json!({
         "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient" }] },
-        "who": { "identifier": { "system": "urn:wellness-gateway:client-id", "value": d.client_id } },
+        "who": { "identifier": { "system": "urn:wellness-gateway:client-id", "value": e.client_id } },
         "requestor": true,
-        "purposeOfUse": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": d.purpose.code() }] }],
+        "purposeOfUse": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": e.purpose.code() }] }],
     });
-    if let Some(t) = d.token_id {
+    if let Some(t) = e.token_id {
         agent["policy"] = json!([format!("urn:wellness-gateway:access-token:{t}")]);
     }
-    let event = json!({
+    json!({
         "resourceType": "AuditEvent",
-        "id": id,
+        "id": e.id,
         "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation" },
-        "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": d.interaction.code() }],
-        "action": if matches!(d.interaction, Interaction::Search | Interaction::Count) { "E" } else { "R" },
-        "recorded": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        // 0 = success (something disclosed, or nothing matched); 4 = minor failure (all refused).
-        "outcome": if refused && !disclosed { "4" } else { "0" },
-        "purposeOfEvent": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": d.purpose.code() }] }],
+        "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": e.subtype }],
+        "action": e.action,
+        "recorded": e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "outcome": e.outcome,
+        "purposeOfEvent": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": e.purpose.code() }] }],
         "agent": [agent, {
             "type": { "coding": [{ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID" }] },
             "who": { "display": "wellness-gateway" },
@@ -175,10 +211,9 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
             "observer": { "display": "wellness-gateway" },
             "type": [{ "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server" }],
         },
-        "entity": entities,
-        "extension": [{ "url": "urn:wellness-gateway:fhir:extension:partner-organization", "valueString": d.org }],
-    });
-    PendingEvent { id, recorded_us: at.timestamp_micros(), client_id: d.client_id.to_string(), event, patients }
+        "entity": e.entities,
+        "extension": [{ "url": "urn:wellness-gateway:fhir:extension:partner-organization", "valueString": e.org }],
+    })
 }
 
 /// What one bulk export disclosed: a completed job (counts), or one downloaded file (the
@@ -208,18 +243,7 @@ pub struct BulkDisclosure<'a> {
 /// Builds the AuditEvent of a bulk export job or file download.
 pub fn bulk_event(d: &BulkDisclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
     let id = uuid::Uuid::now_v7().to_string();
-    let mut entities: Vec<Value> = d
-        .patients
-        .iter()
-        .map(|p| {
-            json!({
-                "what": { "reference": format!("Patient/{p}") },
-                "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
-                "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" },
-                "detail": [detail("disclosed", "true")],
-            })
-        })
-        .collect();
+    let mut entities: Vec<Value> = d.patients.iter().map(|p| patient_entity(p, true)).collect();
     let mut details = vec![detail("export-job", d.job_id)];
     if let Some(f) = d.file {
         details.push(detail("export-file", f));
@@ -236,31 +260,17 @@ pub fn bulk_event(d: &BulkDisclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
         "query": base64_encode(d.query.as_bytes()),
         "detail": details,
     }));
-    let event = json!({
-        "resourceType": "AuditEvent",
-        "id": id,
-        "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation" },
-        "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": "operation" }],
-        "action": if d.file.is_some() { "R" } else { "E" },
-        "recorded": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "outcome": "0",
-        "purposeOfEvent": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": d.purpose.code() }] }],
-        "agent": [{
-            "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient" }] },
-            "who": { "identifier": { "system": "urn:wellness-gateway:client-id", "value": d.client_id } },
-            "requestor": true,
-            "purposeOfUse": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": d.purpose.code() }] }],
-        }, {
-            "type": { "coding": [{ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID" }] },
-            "who": { "display": "wellness-gateway" },
-            "requestor": false,
-        }],
-        "source": {
-            "observer": { "display": "wellness-gateway" },
-            "type": [{ "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server" }],
-        },
-        "entity": entities,
-        "extension": [{ "url": "urn:wellness-gateway:fhir:extension:partner-organization", "valueString": d.org }],
+    let event = rest_event(RestEvent {
+        id: &id,
+        subtype: "operation",
+        action: if d.file.is_some() { "R" } else { "E" },
+        at,
+        outcome: "0",
+        client_id: d.client_id,
+        org: d.org,
+        purpose: d.purpose,
+        token_id: None,
+        entities,
     });
     let patients = d.patients.iter().map(|p| (p.clone(), true)).collect();
     PendingEvent { id, recorded_us: at.timestamp_micros(), client_id: d.client_id.to_string(), event, patients }

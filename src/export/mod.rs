@@ -307,10 +307,6 @@ pub enum Status {
     Gone,
 }
 
-fn rfc3339(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 /// The status of a job: progress, the manifest (file URLs under `file_base`), or the failure.
 pub fn status(job: &crate::store::ExportJobRow, files: &[crate::store::ExportFileRow], file_base: &str) -> Status {
     match job.status.as_str() {
@@ -330,13 +326,13 @@ pub fn manifest(job: &crate::store::ExportJobRow, files: &[crate::store::ExportF
     let error: Vec<Value> = files.iter().filter(|f| f.kind == "error").map(entry).collect();
     let mut extension = serde_json::Map::new();
     if let Some(at) = job.consent_evaluated_us {
-        extension.insert(CONSENT_EVALUATED_EXTENSION.into(), json!(rfc3339(at)));
+        extension.insert(CONSENT_EVALUATED_EXTENSION.into(), json!(crate::fhir::instant(at)));
     }
     if let Some(w) = job.extension.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()) {
         extension.insert(WITHDRAWN_EXTENSION.into(), w);
     }
     json!({
-        "transactionTime": rfc3339(job.transaction_us),
+        "transactionTime": crate::fhir::instant(job.transaction_us),
         "request": job.request,
         "requiresAccessToken": true,
         "output": output,

@@ -83,10 +83,6 @@ impl std::fmt::Debug for Exporter {
     }
 }
 
-fn now_us() -> i64 {
-    crate::store::now_micros().timestamp_micros()
-}
-
 impl Exporter {
     /// Starts `export.workers` workers and the cleanup loop on the current runtime.
     pub fn spawn(
@@ -122,7 +118,7 @@ async fn worker_loop(inner: Arc<Inner>) {
         if inner.store.is_closed() {
             break;
         }
-        let now = now_us();
+        let now = crate::store::now_us();
         let lease = now + i64::try_from(cfg.lease_seconds).unwrap_or(60) * 1_000_000;
         // One owner token per claim: two workers of this process never pass for each other.
         let owner = format!("{}:{}", inner.owner, uuid::Uuid::new_v4().simple());
@@ -140,8 +136,8 @@ async fn worker_loop(inner: Arc<Inner>) {
                     }
                     Err(e) => {
                         tracing::error!(job = %id, error = %e, "export job failed");
-                        let expires = now_us() + expire_us(&inner.settings);
-                        let _ = inner.store.export_fail(&id, &owner, &e.to_string(), now_us(), expires).await;
+                        let expires = crate::store::now_us() + expire_us(&inner.settings);
+                        let _ = inner.store.export_fail(&id, &owner, &e.to_string(), crate::store::now_us(), expires).await;
                     }
                 }
                 continue;
@@ -178,7 +174,7 @@ async fn cleanup_loop(inner: Arc<Inner>) {
 
 async fn cleanup(inner: &Inner) -> Result<(), RunError> {
     let root = &inner.settings.export.dir;
-    let expired = inner.store.export_expire(now_us()).await?;
+    let expired = inner.store.export_expire(crate::store::now_us()).await?;
     for id in &expired {
         remove_job_dir(root, id)?;
     }
@@ -240,7 +236,7 @@ fn add_time(slot: &std::sync::atomic::AtomicU64, since: Instant) {
 
 impl Job<'_> {
     fn lease_until(&self) -> i64 {
-        now_us() + i64::try_from(self.inner.settings.export.lease_seconds).unwrap_or(60) * 1_000_000
+        crate::store::now_us() + i64::try_from(self.inner.settings.export.lease_seconds).unwrap_or(60) * 1_000_000
     }
 
     async fn record(&mut self, file: Option<&ExportFileRow>, ck: &Checkpoint) -> Result<(), RunError> {
@@ -366,7 +362,7 @@ async fn run_job(inner: &Inner, row: ExportJobRow, owner: &str) -> Result<(), Ru
         chrono::Utc::now(),
     );
     inner.auditor.record(event).await?;
-    let now = now_us();
+    let now = crate::store::now_us();
     let done = inner
         .store
         .export_complete(&job.row.id, &job.owner, now, now + expire_us(&inner.settings), evaluated, extension.as_deref())
@@ -707,7 +703,7 @@ async fn judge_page(
 async fn recheck_consent(job: &mut Job<'_>, ck: &Checkpoint) -> Result<i64, RunError> {
     let mut from = job.row.started_us.unwrap_or(job.row.created_us);
     for _ in 0..5 {
-        let at = now_us();
+        let at = crate::store::now_us();
         let changed: HashSet<String> =
             job.inner.store.consent_changed_patients(from - CONSENT_CLOCK_MARGIN_US, i64::MAX).await?.into_iter().collect();
         if changed.is_empty() {

@@ -195,7 +195,7 @@ pub fn render(s: &SubscriptionRow) -> Value {
     let mut r = json!({
         "resourceType": "Subscription",
         "id": s.id,
-        "meta": { "lastUpdated": rfc3339(s.updated_us) },
+        "meta": { "lastUpdated": crate::fhir::instant(s.updated_us) },
         "status": s.status,
         "reason": s.reason.clone().unwrap_or_else(|| "Encounter changes".into()),
         "criteria": s.criteria,
@@ -208,16 +208,12 @@ pub fn render(s: &SubscriptionRow) -> Value {
     r
 }
 
-fn rfc3339(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 /// An id-only (or empty) notification: event `number`, about `focus` (`Encounter/<id>`) when
 /// given.
 pub fn notification(s: &SubscriptionRow, base: &str, number: i64, focus: Option<&str>, at_us: i64) -> Value {
     let mut event = vec![
         json!({ "name": "event-number", "valueString": number.to_string() }),
-        json!({ "name": "timestamp", "valueInstant": rfc3339(at_us) }),
+        json!({ "name": "timestamp", "valueInstant": crate::fhir::instant(at_us) }),
     ];
     let focus = focus.filter(|_| s.payload == "id-only");
     if let Some(f) = focus {
@@ -241,7 +237,7 @@ pub fn notification(s: &SubscriptionRow, base: &str, number: i64, focus: Option<
         entries
             .push(json!({ "fullUrl": format!("{base}/{f}"), "request": { "method": "PUT", "url": f }, "response": { "status": "200" } }));
     }
-    json!({ "resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(), "type": "history", "timestamp": rfc3339(at_us), "entry": entries })
+    json!({ "resourceType": "Bundle", "id": uuid::Uuid::new_v4().to_string(), "type": "history", "timestamp": crate::fhir::instant(at_us), "entry": entries })
 }
 
 /// The base URL notifications point at (`auth.token_url`'s origin + `/fhir`, else loopback).
@@ -273,10 +269,6 @@ impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Notifier").field("owner", &self.inner.owner).finish()
     }
-}
-
-fn now_us() -> i64 {
-    crate::store::now_micros().timestamp_micros()
 }
 
 impl Notifier {
@@ -340,7 +332,7 @@ async fn dispatch_loop(inner: Arc<Inner>) {
 /// Fans one page of the change feed out; `true` when there may be more.
 async fn dispatch_once(inner: &Inner) -> Result<bool, StoreError> {
     const PAGE: i64 = 500;
-    let asked = now_us();
+    let asked = crate::store::now_us();
     let subs: Vec<SubscriptionRow> = inner.store.subscriptions(None).await?;
     if subs.is_empty() {
         // Nobody subscribed when asked: the changes made before then concern no one (a
@@ -362,7 +354,7 @@ async fn dispatch_once(inner: &Inner) -> Result<bool, StoreError> {
         ids.dedup();
         let refs: Vec<String> = ids.iter().map(|i| format!("Encounter/{i}")).collect();
         let current = inner.store.fhir_read_many(&refs, None).await?;
-        let now = now_us();
+        let now = crate::store::now_us();
         for s in &subs {
             // Criteria: the changed Encounters that match the subscription's search now.
             let matching: std::collections::HashSet<String> = match s.criteria.split_once('?') {
@@ -410,7 +402,7 @@ async fn deliver_loop(inner: Arc<Inner>) {
         if inner.store.is_closed() {
             break;
         }
-        let now = now_us();
+        let now = crate::store::now_us();
         let owner = format!("{}:{}", inner.owner, uuid::Uuid::new_v4().simple());
         match inner.store.subscription_claim(&owner, now, now + LEASE_US).await {
             Ok(Some(s)) => {
@@ -422,7 +414,7 @@ async fn deliver_loop(inner: Arc<Inner>) {
                         false
                     }
                 };
-                let _ = inner.store.subscription_release(&id, &owner, now_us()).await;
+                let _ = inner.store.subscription_release(&id, &owner, crate::store::now_us()).await;
                 if progressed {
                     continue;
                 }
@@ -451,7 +443,7 @@ async fn deliver(inner: &Inner, mut s: SubscriptionRow, owner: &str) -> Result<b
     let window = i64::try_from(inner.settings.subscriptions.retry_hours).unwrap_or(24).saturating_mul(3_600_000_000);
     let mut progressed = false;
     for mut d in inner.store.deliveries_pending(&s.id, 100).await? {
-        let now = now_us();
+        let now = crate::store::now_us();
         if d.next_attempt_us > now {
             break;
         }
@@ -519,22 +511,22 @@ async fn deliver(inner: &Inner, mut s: SubscriptionRow, owner: &str) -> Result<b
         match result {
             Ok(()) => {
                 d.status = "delivered".into();
-                d.delivered_us = Some(now_us());
+                d.delivered_us = Some(crate::store::now_us());
                 d.last_error = None;
                 inner.store.delivery_update(&d).await?;
                 if s.status != "active" {
-                    inner.store.subscription_health(&s.id, "active", None, now_us()).await?;
+                    inner.store.subscription_health(&s.id, "active", None, crate::store::now_us()).await?;
                     s.status = "active".into();
                 }
             }
             Err(why) => {
-                let dead = now_us() - d.created_us >= window;
+                let dead = crate::store::now_us() - d.created_us >= window;
                 d.status = if dead { "dead".into() } else { "pending".into() };
-                d.next_attempt_us = now_us() + backoff_us(&inner.settings, d.attempts);
+                d.next_attempt_us = crate::store::now_us() + backoff_us(&inner.settings, d.attempts);
                 d.last_error = Some(why.clone());
                 inner.store.delivery_update(&d).await?;
                 tracing::info!(subscription = %s.id, event = number, attempts = d.attempts, dead, error = %why, "notification failed");
-                inner.store.subscription_health(&s.id, "error", Some(&why), now_us()).await?;
+                inner.store.subscription_health(&s.id, "error", Some(&why), crate::store::now_us()).await?;
                 if !dead {
                     // Order is kept: later notifications wait behind this one.
                     return Ok(true);

@@ -345,24 +345,17 @@ impl Store {
         Ok(rows)
     }
 
-    /// Of `patients`, those some of whose data was disclosed to `client_id` (the audit trail).
+    /// Of `patients`, those some of whose data was disclosed to `client_id` (the audit trail),
+    /// sorted.
     pub async fn patients_disclosed_to(&self, client_id: &str, patients: &[String]) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for chunk in patients.chunks(500) {
-            let sql = format!(
+        let mut out = self
+            .strings_where_in(
                 "SELECT DISTINCT p.patient_id FROM audit_event_patients p JOIN audit_events e ON e.seq = p.seq \
-                 WHERE p.disclosed AND e.client_id = $1 AND p.patient_id IN ({})",
-                super::fhir::placeholders(2, chunk.len(), false)
-            );
-            let rows: Vec<String> = with_db!(self.db(), pool => {
-                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone())).bind(client_id);
-                for p in chunk {
-                    q = q.bind(p.as_str());
-                }
-                q.fetch_all(pool).await?
-            });
-            out.extend(rows);
-        }
+                 WHERE p.disclosed AND e.client_id = $1 AND p.patient_id IN",
+                Some(client_id),
+                patients,
+            )
+            .await?;
         out.sort();
         out.dedup();
         Ok(out)
@@ -370,21 +363,13 @@ impl Store {
 
     /// The students with a session at one of `sites` (a Group's members), sorted.
     pub async fn patients_at_sites(&self, sites: &[String]) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for chunk in sites.chunks(100) {
-            let sql = format!(
-                "SELECT DISTINCT patient_id FROM sessions WHERE patient_id IS NOT NULL AND current_version > 0 AND site_id IN ({})",
-                super::fhir::placeholders(1, chunk.len(), false)
-            );
-            let rows: Vec<String> = with_db!(self.db(), pool => {
-                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()));
-                for s in chunk {
-                    q = q.bind(s.as_str());
-                }
-                q.fetch_all(pool).await?
-            });
-            out.extend(rows);
-        }
+        let mut out = self
+            .strings_where_in(
+                "SELECT DISTINCT patient_id FROM sessions WHERE patient_id IS NOT NULL AND current_version > 0 AND site_id IN",
+                None,
+                sites,
+            )
+            .await?;
         out.sort();
         out.dedup();
         Ok(out)
@@ -392,16 +377,23 @@ impl Store {
 
     /// The session (Encounter) ids of these students.
     pub async fn sessions_of_patients(&self, patients: &[String]) -> Result<Vec<String>, StoreError> {
+        self.strings_where_in("SELECT id FROM sessions WHERE current_version > 0 AND patient_id IN", None, patients).await
+    }
+
+    /// Runs `select` (a one-column query ending in `... IN`, with `$1` = `first` when given) over
+    /// `keys` in chunks of 500 and collects the values.
+    async fn strings_where_in(&self, select: &str, first: Option<&str>, keys: &[String]) -> Result<Vec<String>, StoreError> {
+        let offset = usize::from(first.is_some()) + 1;
         let mut out = Vec::new();
-        for chunk in patients.chunks(500) {
-            let sql = format!(
-                "SELECT id FROM sessions WHERE current_version > 0 AND patient_id IN ({})",
-                super::fhir::placeholders(1, chunk.len(), false)
-            );
+        for chunk in keys.chunks(500) {
+            let sql = format!("{select} ({})", super::fhir::placeholders(offset, chunk.len(), false));
             let rows: Vec<String> = with_db!(self.db(), pool => {
-                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()));
-                for p in chunk {
-                    q = q.bind(p.as_str());
+                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+                if let Some(f) = first {
+                    q = q.bind(f);
+                }
+                for k in chunk {
+                    q = q.bind(k.as_str());
                 }
                 q.fetch_all(pool).await?
             });

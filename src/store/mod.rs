@@ -111,6 +111,11 @@ pub fn now_micros() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// Now, in microseconds since the Unix epoch (how job, change and delivery times are stored).
+pub fn now_us() -> i64 {
+    now_micros().timestamp_micros()
+}
+
 /// WAL size above which the WAL is restarted (see [`checkpoint_loop`]). Each restart makes the
 /// queued writes wait for the frames not yet copied and one sync of the database file, so
 /// restarts stay seconds apart under load; the benchmark figures in the README were taken with

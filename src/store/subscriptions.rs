@@ -86,6 +86,15 @@ const DELIVERY_COLUMNS: &str = "seq, subscription_id, resource_type, resource_id
      created_us, delivered_us, last_error";
 
 impl Store {
+    /// How a transaction that reads, then writes begins: on SQLite with the write lock taken at
+    /// once (a deferred transaction would fail to upgrade under a concurrent writer).
+    fn begin_write(&self) -> &'static str {
+        match self.db() {
+            Db::Sqlite(_) => "BEGIN IMMEDIATE",
+            Db::Postgres(_) => "BEGIN",
+        }
+    }
+
     /// Stores a new subscription.
     pub async fn subscription_insert(&self, s: &SubscriptionRow) -> Result<(), StoreError> {
         with_db!(self.db(), pool => {
@@ -225,10 +234,7 @@ impl Store {
             Db::Postgres(_) => format!("SELECT seq FROM fhir_changes WHERE seq IN ({list}) FOR UPDATE SKIP LOCKED"),
         };
         let delete = format!("DELETE FROM fhir_changes WHERE seq IN ({list})");
-        let begin = match self.db() {
-            Db::Sqlite(_) => "BEGIN IMMEDIATE",
-            Db::Postgres(_) => "BEGIN",
-        };
+        let begin = self.begin_write();
         with_db!(self.db(), pool => {
             let mut tx = pool.begin_with(begin).await?;
             let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(lock));
@@ -310,10 +316,7 @@ impl Store {
 
     /// Assigns the next event number of its subscription to a delivery (once).
     pub async fn delivery_number(&self, subscription_id: &str, seq: i64) -> Result<i64, StoreError> {
-        let begin = match self.db() {
-            Db::Sqlite(_) => "BEGIN IMMEDIATE",
-            Db::Postgres(_) => "BEGIN",
-        };
+        let begin = self.begin_write();
         let n = with_db!(self.db(), pool => {
             let mut tx = pool.begin_with(begin).await?;
             let existing: Option<Option<i64>> = sqlx::query_scalar("SELECT event_number FROM subscription_deliveries WHERE seq = $1")

@@ -8,17 +8,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, outcome, repo_path, session_with_id, spawn_app_with};
 
-async fn exec(url: &str, sql: &str) {
-    use sqlx::Connection;
-    if url.starts_with("sqlite") {
-        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut c).await.unwrap();
-    } else {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut c).await.unwrap();
-    }
-}
-
 fn verify(url: &str) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_wellness-gateway"))
         .current_dir(repo_path(""))
@@ -101,17 +90,17 @@ async fn audit_trail(backend: Backend) {
     let url = app.db.url.clone();
     let (ok, text) = verify(&url);
     assert!(ok && text.contains("4 events verified"), "{text}");
-    exec(&url, "UPDATE audit_events SET event = replace(event, 'TREAT', 'HOPERAT') WHERE seq = 2").await;
+    crate::helpers::exec_sql(&url, "UPDATE audit_events SET event = replace(event, 'TREAT', 'HOPERAT') WHERE seq = 2").await;
     let (ok, text) = verify(&url);
     assert!(!ok && text.contains("broken at event 2") && text.contains("edited"), "{text}");
-    exec(&url, "UPDATE audit_events SET event = replace(event, 'HOPERAT', 'TREAT') WHERE seq = 2").await;
+    crate::helpers::exec_sql(&url, "UPDATE audit_events SET event = replace(event, 'HOPERAT', 'TREAT') WHERE seq = 2").await;
     assert!(verify(&url).0);
-    exec(&url, "DELETE FROM audit_events WHERE seq = 2").await;
+    crate::helpers::exec_sql(&url, "DELETE FROM audit_events WHERE seq = 2").await;
     let (ok, text) = verify(&url);
     assert!(!ok && text.contains("broken at event 3"), "{text}");
 
     // If the audit trail cannot be written, nothing is disclosed.
-    exec(&url, "DROP TABLE audit_event_patients").await;
+    crate::helpers::exec_sql(&url, "DROP TABLE audit_event_patients").await;
     let res = app.get(&format!("/fhir/Encounter/{enc}"), &app.partner_token).await;
     assert_eq!(res.status(), 503);
     let body = res.text().await.unwrap();

@@ -335,18 +335,6 @@ async fn since_export_withdraws_and_resends_by_consent() {
     assert!(!withdrawn.to_string().contains(&patient_of("S2000001")));
 }
 
-/// Runs raw SQL against a test database (either backend).
-async fn exec(db_url: &str, sql: &str) {
-    use sqlx::Connection;
-    if db_url.starts_with("sqlite") {
-        let mut c = sqlx::SqliteConnection::connect(db_url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut c).await.unwrap();
-    } else {
-        let mut c = sqlx::PgConnection::connect(db_url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut c).await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_expire_after_completion() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
@@ -356,7 +344,7 @@ async fn files_expire_after_completion() {
     let file = m["output"][0]["url"].as_str().unwrap().to_owned();
     let job = status_url.rsplit('/').next().unwrap().to_owned();
     assert!(app.db.files.path().join(&job).exists());
-    exec(&app.db.url, &format!("UPDATE export_jobs SET expires_us = 0 WHERE id = '{job}'")).await;
+    crate::helpers::exec_sql(&app.db.url, &format!("UPDATE export_jobs SET expires_us = 0 WHERE id = '{job}'")).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while app.db.files.path().join(&job).exists() {
         assert!(Instant::now() < deadline, "expired files not removed");

@@ -299,6 +299,18 @@ impl TestApp {
     }
 }
 
+/// Runs raw SQL against a test database of either backend (to age rows, break the chain...).
+pub async fn exec_sql(db_url: &str, sql: &str) {
+    use sqlx::Connection;
+    if db_url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(db_url).await.expect("connect to the test SQLite file");
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut c).await.expect("SQL runs");
+    } else {
+        let mut c = sqlx::PgConnection::connect(db_url).await.expect("connect to the test database");
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut c).await.expect("SQL runs");
+    }
+}
+
 /// The example session, as a JSON value.
 pub fn session() -> Value {
     serde_json::from_str(&std::fs::read_to_string(repo_path("schemas/examples/valid/session.json")).unwrap()).unwrap()

@@ -210,7 +210,7 @@ async fn consent_is_checked_again_at_delivery_and_dead_letters_are_redriven() {
     assert!(s["error"].as_str().unwrap().contains("500"));
     // Past the retry window: the next failure dead-letters it.
     let url = app.db.url.clone();
-    exec(&url, "UPDATE subscription_deliveries SET created_us = 0").await;
+    crate::helpers::exec_sql(&url, "UPDATE subscription_deliveries SET created_us = 0").await;
     let dead = || async {
         let v: Value = app.get("/api/v1/subscriptions/dead-letters", &app.admin_token).await.json().await.unwrap();
         v["dead_letters"].as_array().unwrap().len()
@@ -232,12 +232,6 @@ async fn consent_is_checked_again_at_delivery_and_dead_letters_are_redriven() {
     // Encounter, so it arrives without a focus.
     assert_eq!(delivered(&hook), [(1, None)]);
     assert_eq!(dead().await, 0);
-}
-
-async fn exec(db_url: &str, sql: &str) {
-    use sqlx::Connection;
-    let mut c = sqlx::SqliteConnection::connect(db_url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut c).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
