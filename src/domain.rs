@@ -108,6 +108,72 @@ impl MediCalCin {
     }
 }
 
+/// An amount of money in integer cents (never a float). Parsed from and shown as a decimal with
+/// at most two fraction digits (`66.24`, `-5.5`, `120`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Cents(pub i64);
+
+impl Cents {
+    /// Zero.
+    pub const ZERO: Cents = Cents(0);
+
+    /// Parses `123`, `123.4`, `123.45` or `-0.50`; more than two fraction digits is an error.
+    pub fn parse(s: &str) -> Result<Cents, String> {
+        let t = s.trim();
+        let (neg, digits) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t),
+        };
+        let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        let ok = !whole.is_empty()
+            && whole.len() <= 15
+            && whole.bytes().all(|b| b.is_ascii_digit())
+            && frac.len() <= 2
+            && frac.bytes().all(|b| b.is_ascii_digit())
+            && !(digits.contains('.') && frac.is_empty());
+        if !ok {
+            return Err(format!("`{s}` is not an amount: expected dollars with at most two decimals, like 66.24"));
+        }
+        let mut cents: i64 = 0;
+        for b in whole.bytes() {
+            cents = cents * 10 + i64::from(b - b'0');
+        }
+        let mut f = 0i64;
+        for (i, b) in frac.bytes().enumerate() {
+            f += i64::from(b - b'0') * if i == 0 { 10 } else { 1 };
+        }
+        let v = cents * 100 + f;
+        Ok(Cents(if neg { -v } else { v }))
+    }
+
+    /// Multiplied by a count (units), `None` on overflow.
+    pub fn times(self, n: u32) -> Option<Cents> {
+        self.0.checked_mul(i64::from(n)).map(Cents)
+    }
+}
+
+impl fmt::Display for Cents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let a = self.0.unsigned_abs();
+        write!(f, "{sign}{}.{:02}", a / 100, a % 100)
+    }
+}
+
+impl std::ops::Add for Cents {
+    type Output = Cents;
+    fn add(self, o: Cents) -> Cents {
+        Cents(self.0.saturating_add(o.0))
+    }
+}
+
+impl std::iter::Sum for Cents {
+    fn sum<I: Iterator<Item = Cents>>(iter: I) -> Cents {
+        iter.fold(Cents::ZERO, |a, b| a + b)
+    }
+}
+
 /// CALPADS Statewide Student Identifier: ten digits.
 pub fn check_ssid(s: &str) -> Result<(), String> {
     if s.len() == 10 && s.bytes().all(|b| b.is_ascii_digit()) { Ok(()) } else { Err("a CALPADS SSID has exactly 10 digits".into()) }
@@ -138,6 +204,22 @@ mod tests {
         }
         assert_eq!(Icd10::parse("F43.10").unwrap().compact(), "F4310");
         assert_eq!(Icd10::parse("F4310").unwrap().dotted(), "F43.10");
+    }
+
+    #[test]
+    fn cents_parse_and_show() -> Result<(), String> {
+        assert_eq!(Cents::parse("66.24")?, Cents(6624));
+        assert_eq!(Cents::parse("120")?, Cents(12000));
+        assert_eq!(Cents::parse("0.5")?, Cents(50));
+        assert_eq!(Cents::parse("-5.05")?, Cents(-505));
+        for bad in ["", "1.234", "1.", ".5", "abc", "1e3", "--1", "1,00"] {
+            assert!(Cents::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Cents(6624).to_string(), "66.24");
+        assert_eq!(Cents(-505).to_string(), "-5.05");
+        assert_eq!(Cents(7).to_string(), "0.07");
+        assert_eq!(Cents(4108).times(3), Some(Cents(12324)));
+        Ok(())
     }
 
     #[test]

@@ -29,6 +29,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod consent;
 pub mod demo;
 pub mod domain;
@@ -45,3 +46,4 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod validate;
+pub mod x12;

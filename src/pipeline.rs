@@ -38,6 +38,8 @@ pub struct Pipeline {
     pub search: Arc<SearchRegistry>,
     /// Consent category labels and partnerships.
     pub consent: Arc<crate::consent::ConsentRules>,
+    /// Billing programs, payers and code tables (`mappings/billing/`).
+    pub billing: Arc<crate::billing::BillingRules>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -53,13 +55,76 @@ impl Pipeline {
         let mapper = Arc::new(Mapper::from_settings(&settings, &validator)?);
         let search = Arc::new(SearchRegistry::load(&settings.rules.schemas_dir)?);
         let consent = Arc::new(crate::consent::ConsentRules::from_settings(&settings)?);
-        Ok(Self { settings, validator, mapper, search, consent })
+        let billing =
+            Arc::new(crate::billing::BillingRules::load(&settings.rules.mappings_dir, validator.schemas().session_document(), &settings)?);
+        Ok(Self { settings, validator, mapper, search, consent, billing })
+    }
+
+    /// A draft session as billing sees it (validated and mapped, not stored): what
+    /// `POST /api/v1/billing/$evaluate` decides on.
+    pub fn billing_draft(
+        &self,
+        who: &Submitter,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<crate::billing::Subject, Vec<OutcomeIssue>> {
+        let rec = RawRecord::from_value(value);
+        let (valid, record) = check_one(&self.validator, who, value, &rec, now)?;
+        let job = MapJob {
+            pipeline: self.clone(),
+            set: self.mapper.for_site(valid.site()),
+            valid,
+            record: value.clone(),
+            content_sha256: record.content_sha256.clone(),
+            raw_sha256: record.raw_sha256.clone(),
+            received_at: now,
+        };
+        let (patient_id, security) = match job.map_with_facts(1) {
+            Ok((_, facts)) => facts,
+            Err(MapError::Missing(m)) => return Err(vec![missing_entry_issue(&m)]),
+            Err(e) => return Err(vec![OutcomeIssue::error(IssueCode::BusinessRule, e.to_string())]),
+        };
+        let facts = crate::store::SessionFacts {
+            id: record.session_id.clone(),
+            lea_id: record.lea,
+            site_id: record.site,
+            service_start: record.service_start,
+            patient_id,
+            security,
+            service_date: Some(record.service_date),
+            adult_from: record.adult_from,
+        };
+        Ok(crate::billing::Subject { session_id: record.session_id, valid: job.valid, facts })
+    }
+
+    /// A stored session's current version as billing sees it; `None` when there is no such
+    /// session. A stored record that no longer validates (the configuration changed under it)
+    /// is reported with its issues.
+    pub async fn billing_stored(&self, store: &Store, id: &str) -> Result<Option<crate::billing::Subject>, BillingSubjectError> {
+        let Some(stored) = store.session(id, None).await? else { return Ok(None) };
+        let (facts, _) = store.session_facts(&[id]).await?;
+        let Some(facts) = facts.into_iter().next() else { return Ok(None) };
+        let value: serde_json::Value =
+            serde_json::from_str(&stored.record).map_err(|e| StoreError::Corrupt(format!("a stored session record is unreadable: {e}")))?;
+        let valid = self.validator.validate(&value, stored.version.received_at).map_err(BillingSubjectError::Invalid)?;
+        Ok(Some(crate::billing::Subject { session_id: stored.id, valid, facts }))
     }
 
     /// Validation and mapping (CPU only); see [`prepare`].
     pub fn prepare(&self, who: &Submitter, records: Vec<RawRecord>, now: DateTime<Utc>) -> Prepared {
         prepare(self, who, records, now)
     }
+}
+
+/// Why a stored session cannot be billed on.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingSubjectError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored record no longer passes validation.
+    #[error("the stored session no longer validates")]
+    Invalid(Vec<OutcomeIssue>),
 }
 
 /// Namespace of session ids: `uuid_v5(NS, "{lea}\n{source_id}")`, so a session's id is stable.

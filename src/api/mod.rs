@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod consents;
 pub mod export;
 pub mod extractors;

@@ -23,6 +23,8 @@ use crate::startup::AppState;
         super::intake::get_session_version,
         super::intake::get_session_raw,
         super::intake::list_sessions,
+        super::billing::session_billing,
+        super::billing::evaluate,
         super::consents::post_consent,
         super::consents::get_consent,
         super::consents::revoke_consent,

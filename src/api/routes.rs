@@ -3,7 +3,7 @@
 
 use actix_web::web;
 
-use super::{audit, auth, consents, export, extractors, fhir, health, intake, openapi, subscriptions};
+use super::{audit, auth, billing, consents, export, extractors, fhir, health, intake, openapi, subscriptions};
 use crate::error::ApiError;
 
 /// Registers every route, the query/path error renderers and the 404/405 fallbacks.
@@ -21,6 +21,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(intake::list_sessions) // submitter (own LEA), admin
         .service(intake::get_session_raw) // submitter (own LEA), admin
         .service(intake::get_session_version) // submitter (own LEA), admin
+        .service(billing::session_billing) // submitter (own LEA), finance, admin (before /api/v1/sessions/{id})
+        .service(billing::evaluate) // submitter (own LEA), finance, admin
         .service(intake::get_session) // submitter (own LEA), admin
         .service(consents::post_consent) // submitter (own LEA), admin
         .service(consents::revoke_consent) // submitter (own LEA), admin

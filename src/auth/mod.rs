@@ -144,6 +144,16 @@ impl Principal {
         }
     }
 
+    /// Billing decisions: finance and admins see every LEA (`None`), submitters their own LEA;
+    /// partners none.
+    pub fn billing_scope(&self) -> Result<Option<&str>, ApiError> {
+        match self.role {
+            Role::Admin | Role::Finance => Ok(None),
+            Role::Submitter => self.intake_scope(),
+            Role::Partner => Err(ApiError::Forbidden("a partner client may not read billing decisions".into())),
+        }
+    }
+
     /// Submitters are limited to their LEA; admins see every LEA (`None`); other roles may not
     /// touch intake at all.
     pub fn intake_scope(&self) -> Result<Option<&str>, ApiError> {

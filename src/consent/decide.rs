@@ -197,6 +197,11 @@ impl Partnerships {
     pub fn serves(&self, fqhc: &str, site: &str, date: NaiveDate) -> bool {
         self.links.iter().any(|(s, f, p)| s == site && f == fqhc && p.contains(date))
     }
+
+    /// The FQHC that served `site` on `date` (the first configured, if several).
+    pub fn fqhc_of(&self, site: &str, date: NaiveDate) -> Option<&str> {
+        self.links.iter().find(|(s, _, p)| s == site && p.contains(date)).map(|(_, f, _)| f.as_str())
+    }
 }
 
 /// The purposes an FQHC partner may ask for (DOMAIN.md 4.8 step 3). Payers and TPAs, when they
@@ -279,6 +284,31 @@ pub fn decide<'c>(ask: &Ask<'_>, facts: &Facts<'_>, consents: &'c [Compiled], pa
     if !purpose_allowed(ask.purpose) {
         return Decision::Deny { rule: Rule::Purpose, consent: None };
     }
+    decide_by_consents(ask, facts, consents, |_| true)
+}
+
+/// Whether the record may go to `recipient` for payment (HPAYMT): the same rules as [`decide`]
+/// after the partner-site rule, which is for partners' reads. Billing asks this of the
+/// organisation that bills (an FQHC, or an LEA under a fee-schedule program). With
+/// `by_name_only` a consent must name the recipient: "every partnered FQHC" (`*`) does not
+/// open payment disclosures by an LEA.
+pub fn decide_payment<'c>(
+    recipient: &str,
+    by_name_only: bool,
+    facts: &Facts<'_>,
+    consents: &'c [Compiled],
+    today: NaiveDate,
+) -> Decision<'c> {
+    let ask = Ask { partner: recipient, purpose: PurposeOfUse::Payment, today };
+    decide_by_consents(&ask, facts, consents, |c| !by_name_only || names(c, recipient))
+}
+
+fn decide_by_consents<'c>(
+    ask: &Ask<'_>,
+    facts: &Facts<'_>,
+    consents: &'c [Compiled],
+    may_permit: impl Fn(&Compiled) -> bool,
+) -> Decision<'c> {
     if facts.psychotherapy_note {
         return Decision::Deny { rule: Rule::PsychotherapyNotes, consent: None };
     }
@@ -289,7 +319,7 @@ pub fn decide<'c>(ask: &Ask<'_>, facts: &Facts<'_>, consents: &'c [Compiled], pa
     if let Some(c) = consents.iter().find(|c| applicable(c, ask, facts).is_ok() && exception_matches(c, ask, facts)) {
         return Decision::Deny { rule: Rule::ConsentException, consent: Some(c) };
     }
-    match consents.iter().find(|c| evaluate(c, ask, facts).is_ok()) {
+    match consents.iter().find(|c| may_permit(c) && evaluate(c, ask, facts).is_ok()) {
         Some(c) => Decision::Permit {
             consent: c,
             obligations: Obligations {

@@ -101,8 +101,11 @@ fn read_recipients(actors: &Value, at: &str, settings: &Settings, issues: &mut I
         let any = a["reference"]["identifier"]["system"] == ANY_RECIPIENT_SYSTEM && a["reference"]["identifier"]["value"] == ANY_RECIPIENT;
         match a["reference"]["reference"].as_str() {
             Some(r) => match r.strip_prefix("Organization/") {
-                Some(org) if settings.organization(org).is_some_and(|o| o.kind == OrgKind::Fqhc) => out.push(org.to_string()),
-                _ => issues.at(&format!("{at}/{i}/reference/reference"), format!("`{r}` is not a configured FQHC (Organization/<id>)")),
+                // FQHCs receive for treatment, payment and operations; an LEA is named when it
+                // bills a fee-schedule program itself (payment disclosures to its payer).
+                Some(org) if settings.organization(org).is_some() => out.push(org.to_string()),
+                _ => issues
+                    .at(&format!("{at}/{i}/reference/reference"), format!("`{r}` is not a configured organisation (Organization/<id>)")),
             },
             None if any => out.push(ANY_RECIPIENT.to_string()),
             None => issues.at(

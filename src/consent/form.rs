@@ -76,10 +76,13 @@ impl ConsentForm {
         if settings.organization(&self.lea).is_none_or(|o| o.kind != OrgKind::Lea) {
             issues.push(issue("/lea", format!("`{}` is not a configured LEA", self.lea)));
         }
-        let fqhc = |id: &str| settings.organization(id).is_some_and(|o| o.kind == OrgKind::Fqhc);
+        // FQHCs receive for treatment, payment and operations; the form's own LEA is named when
+        // it bills a fee-schedule program itself (payment disclosures to its payer).
+        let known = |id: &str| id == self.lea || settings.organization(id).is_some_and(|o| o.kind == OrgKind::Fqhc);
         for (i, r) in self.recipients.iter().enumerate() {
-            if r != ANY_RECIPIENT && !fqhc(r) {
-                issues.push(issue(&format!("/recipients/{i}"), format!("`{r}` is not a configured FQHC (or \"*\")")));
+            if r != ANY_RECIPIENT && !known(r) {
+                issues
+                    .push(issue(&format!("/recipients/{i}"), format!("`{r}` is neither a configured FQHC nor this form's LEA (or \"*\")")));
             }
         }
         let check_period = |p: &Period, at: &str, issues: &mut Vec<OutcomeIssue>| {
@@ -98,8 +101,11 @@ impl ConsentForm {
         }
         for (i, e) in self.exceptions.iter().enumerate() {
             for (j, r) in e.recipients.iter().flatten().enumerate() {
-                if r != ANY_RECIPIENT && !fqhc(r) {
-                    issues.push(issue(&format!("/exceptions/{i}/recipients/{j}"), format!("`{r}` is not a configured FQHC (or \"*\")")));
+                if r != ANY_RECIPIENT && !known(r) {
+                    issues.push(issue(
+                        &format!("/exceptions/{i}/recipients/{j}"),
+                        format!("`{r}` is neither a configured FQHC nor this form's LEA (or \"*\")"),
+                    ));
                 }
             }
             if let Some(p) = &e.data_period {

@@ -10,7 +10,7 @@ pub mod form;
 pub mod model;
 pub mod records;
 
-pub use decide::{Ask, Decision, Facts, Obligations, Partnerships, Rule, decide, explain};
+pub use decide::{Ask, Decision, Facts, Obligations, Partnerships, Rule, decide, decide_payment, explain};
 pub use model::{Categories, Category, CategoryLabels, Compiled, Directive, Grantor, Period, Status};
 
 /// The consent rules compiled at start-up: category labels (`mappings/consent/`) and the

@@ -45,6 +45,13 @@ pub struct RawRecord {
     pub parsed: Result<Value, OutcomeIssue>,
 }
 
+impl RawRecord {
+    /// A record made from an already parsed JSON value (drafts evaluated without storing).
+    pub fn from_value(value: &Value) -> RawRecord {
+        RawRecord { index: 0, line: None, raw: value.to_string().into_bytes(), format: RawFormat::Json, parsed: Ok(value.clone()) }
+    }
+}
+
 /// SHA-256, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

@@ -518,7 +518,7 @@ fn number_groups<'e>(elements: impl Iterator<Item = &'e mut Element>) -> usize {
     names.len()
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset.min(text.len())).map_or(1, |t| t.bytes().filter(|b| *b == b'\n').count() + 1)
 }
 

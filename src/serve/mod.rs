@@ -133,7 +133,7 @@ fn subject_of(r: &StoredResource, content: &Value) -> Subject {
 }
 
 /// What labels tell the decision: data categories, minor-consented, psychotherapy note.
-type LabelFacts = (Categories, bool, bool);
+pub(crate) type LabelFacts = (Categories, bool, bool);
 
 /// The decision facts of labels (`system|code` pairs).
 fn label_facts<'l>(labels: impl Iterator<Item = (&'l str, &'l str)>, rules: &ConsentRules) -> LabelFacts {
@@ -153,7 +153,7 @@ fn content_labels(content: &Value) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// The label facts of a session, from the Encounter labels stored with it.
-fn session_label_facts(s: &SessionFacts, rules: &ConsentRules) -> LabelFacts {
+pub(crate) fn session_label_facts(s: &SessionFacts, rules: &ConsentRules) -> LabelFacts {
     let list: Vec<String> = s.security.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default();
     label_facts(list.iter().filter_map(|l| l.split_once('|')), rules)
 }
@@ -169,7 +169,7 @@ fn subject_label_facts(content: &Value, s: &SessionFacts, own_labels: bool, name
 }
 
 /// The decision facts of a session with these labels, judged on `today`.
-fn session_facts_for(s: &SessionFacts, labels: LabelFacts, today: NaiveDate) -> Facts<'_> {
+pub(crate) fn session_facts_for(s: &SessionFacts, labels: LabelFacts, today: NaiveDate) -> Facts<'_> {
     Facts {
         site: &s.site_id,
         service_date: s.date_of_service(),

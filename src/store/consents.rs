@@ -301,6 +301,12 @@ impl Store {
         let mut patients: Vec<&str> = sessions.iter().filter_map(|s| s.patient_id.as_deref()).collect();
         patients.sort_unstable();
         patients.dedup();
+        let directives = self.patient_directives(&patients).await?;
+        Ok((sessions, directives))
+    }
+
+    /// The consents of these students (by Patient id).
+    pub async fn patient_directives(&self, patients: &[&str]) -> Result<Vec<Directive>, StoreError> {
         let mut directives = Vec::new();
         for chunk in patients.chunks(500) {
             let sql = format!(
@@ -333,7 +339,7 @@ impl Store {
                 }
             }
         }
-        Ok((sessions, directives))
+        Ok(directives)
     }
 }
 

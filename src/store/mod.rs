@@ -8,6 +8,7 @@
 //! `query`/`query_as` and the shared test suite, run on both backends, is the query check.
 
 mod audit;
+mod claims;
 mod clients;
 mod consents;
 mod export;
@@ -28,6 +29,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use audit::{ChainRow, GENESIS_HASH, PREVIOUS_HASH_EXTENSION, PendingEvent, event_hash};
+pub use claims::ClaimedVisit;
 pub use clients::{NewSmartClient, SmartClientRow};
 pub use consents::{ConsentOutcome, ConsentWrite, SessionFacts, StoredDirective};
 pub use export::{ExportFileRow, ExportJobRow, NewExportJob};

@@ -88,6 +88,9 @@ pub struct RawService {
     pub group_id: Option<String>,
     #[serde(default)]
     pub participants: Vec<RawParticipant>,
+    /// Family sessions: whether the student took part (default: yes).
+    #[serde(default)]
+    pub student_present: Option<bool>,
 }
 
 /// A participant such as a parent in a family session.

@@ -5,6 +5,7 @@ mod helpers;
 mod audit;
 mod auth;
 mod batch;
+mod billing;
 mod cli;
 mod consent;
 mod corpora;

@@ -1,0 +1,75 @@
+-- Claims (issue 6): one row per claim the gateway files for a billable session version.
+-- No double billing: at most one *active* claim per session (the partial unique index below);
+-- a corrected (frequency 7) or void (frequency 8) claim replaces the active one in the same
+-- transaction that retires it.
+CREATE TABLE claims (
+    id                  TEXT PRIMARY KEY,
+    -- CLM01, echoed in 835 CLP01 (at most 20 characters)
+    pcn                 TEXT NOT NULL UNIQUE,
+    session_id          TEXT NOT NULL,
+    session_version     BIGINT NOT NULL,
+    patient_id          TEXT,
+    -- local date of service, YYYY-MM-DD
+    service_date        TEXT NOT NULL,
+    site_id             TEXT NOT NULL,
+    lea_id              TEXT NOT NULL,
+    program             TEXT NOT NULL,
+    program_version     TEXT NOT NULL,
+    -- professional | institutional
+    form                TEXT NOT NULL,
+    biller              TEXT NOT NULL,
+    payer               TEXT NOT NULL,
+    rendering_npi       TEXT NOT NULL,
+    -- 1 original, 7 replacement, 8 void
+    frequency           TEXT NOT NULL,
+    -- the claim this one replaces or voids
+    replaces            TEXT,
+    -- the payer's claim control number (835 CLP07), needed for frequency 7 / 8
+    payer_claim_number  TEXT,
+    -- ready | batched | submitted | accepted | rejected | adjudicated | closed
+    -- | cancelled (replaced before it was sent) | replaced | voided
+    status              TEXT NOT NULL,
+    active              BIGINT NOT NULL,
+    charge_cents        BIGINT NOT NULL,
+    expected_cents      BIGINT NOT NULL,
+    -- the billing decision's planned claim (JSON)
+    plan                TEXT NOT NULL,
+    -- the FHIR R4 Claim (JSON)
+    resource            TEXT NOT NULL,
+    batch_id            TEXT,
+    created_us          BIGINT NOT NULL,
+    updated_us          BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX claims_one_active ON claims (session_id) WHERE active = 1;
+CREATE INDEX claims_session ON claims (session_id, created_us);
+CREATE INDEX claims_visit_day ON claims (patient_id, service_date) WHERE active = 1;
+CREATE INDEX claims_status ON claims (status, payer, biller);
+
+-- Claim lines with their line item control numbers (837 REF*6R, returned in 835 REF*6R).
+CREATE TABLE claim_lines (
+    claim_id        TEXT NOT NULL,
+    line_no         BIGINT NOT NULL,
+    line_id         TEXT NOT NULL,
+    revenue_code    TEXT,
+    code            TEXT NOT NULL,
+    -- modifiers joined with ':'
+    modifiers       TEXT NOT NULL,
+    units           BIGINT NOT NULL,
+    charge_cents    BIGINT NOT NULL,
+    expected_cents  BIGINT NOT NULL,
+    informational   BIGINT NOT NULL,
+    PRIMARY KEY (claim_id, line_no)
+);
+CREATE UNIQUE INDEX claim_lines_line_id ON claim_lines (line_id);
+
+-- Every lifecycle transition: who, when, why. Append-only.
+CREATE TABLE claim_events (
+    seq         BIGSERIAL PRIMARY KEY,
+    claim_id    TEXT NOT NULL,
+    at_us       BIGINT NOT NULL,
+    actor       TEXT NOT NULL,
+    from_status TEXT,
+    to_status   TEXT NOT NULL,
+    reason      TEXT NOT NULL
+);
+CREATE INDEX claim_events_claim ON claim_events (claim_id, seq);

@@ -1,0 +1,92 @@
+//! Stage 7a: which funding path a session takes and whether it is billable now.
+//!
+//! - [`mod@rules`] reads `mappings/billing/` (payers, programs versioned by effective date, code tables)
+//!   compiled at start-up with located errors;
+//! - [`mod@decide`] makes the pure decision for one session version (program, codes, units, modifiers,
+//!   place of service, expected amount, or every reason not to bill);
+//! - here: the decision for a stored session or a draft, with what it needs from the store
+//!   (the student's consents for the payment purpose, visits already claimed that day, the
+//!   program an earlier version was claimed under).
+
+pub mod decide;
+pub mod rules;
+
+use chrono::NaiveDate;
+
+pub use decide::{BillingDecision, Context, PlannedClaim, PlannedLine, Reason, ReasonCode};
+pub use rules::{BillingRules, ClaimForm, Program};
+
+use crate::consent::{Compiled, ConsentRules, Decision, Facts};
+use crate::store::{ClaimedVisit, SessionFacts, Store, StoreError};
+use crate::validate::ValidSession;
+
+/// A session version to bill: validated, with the facts the consent decision reads.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// The session id.
+    pub session_id: String,
+    /// The validated record.
+    pub valid: ValidSession,
+    /// Site, date of service, Patient id, Encounter labels, adulthood.
+    pub facts: SessionFacts,
+}
+
+/// [`Context`] over what was read from the store for one subject.
+struct Gathered<'a> {
+    consent_rules: &'a ConsentRules,
+    facts: Facts<'a>,
+    consents: Vec<Compiled>,
+    visits: Vec<ClaimedVisit>,
+    claimed: Option<String>,
+    today: NaiveDate,
+}
+
+impl Context for Gathered<'_> {
+    fn fqhc_for_site(&self, site: &str, date: NaiveDate) -> Option<String> {
+        self.consent_rules.partnerships.fqhc_of(site, date).map(str::to_string)
+    }
+
+    fn payment_consent(&self, biller: &str, by_name_only: bool) -> Result<String, String> {
+        match crate::consent::decide_payment(biller, by_name_only, &self.facts, &self.consents, self.today) {
+            Decision::Permit { consent, .. } => Ok(format!("{}/_history/{}", consent.id, consent.version)),
+            Decision::Deny { rule, consent } => {
+                Err(consent.map_or_else(|| format!("rule {}", rule.id()), |c| format!("rule {} (consent {})", rule.id(), c.id)))
+            }
+        }
+    }
+
+    fn visits_same_day(&self, biller: &str) -> Vec<String> {
+        self.visits.iter().filter(|v| v.biller == biller).map(|v| v.session_id.clone()).collect()
+    }
+
+    fn claimed_program(&self) -> Option<String> {
+        self.claimed.clone()
+    }
+}
+
+/// Decides a subject on `today`, reading its student's consents, the day's claimed visits and
+/// the session's earlier claim from the store.
+pub async fn decide_subject(
+    store: &Store,
+    consent_rules: &ConsentRules,
+    rules: &BillingRules,
+    subject: &Subject,
+    today: NaiveDate,
+) -> Result<BillingDecision, StoreError> {
+    let (consents, visits) = match subject.facts.patient_id.as_deref() {
+        Some(p) => {
+            let directives = store.patient_directives(&[p]).await?;
+            let date = subject.facts.date_of_service().to_string();
+            (
+                directives.iter().map(crate::consent::Directive::compile).collect(),
+                store.claimed_visits(p, &date, &subject.session_id).await?,
+            )
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    let claimed = store.claimed_program(&subject.session_id).await?;
+    let labels = crate::serve::session_label_facts(&subject.facts, consent_rules);
+    let ctx =
+        Gathered { consent_rules, facts: crate::serve::session_facts_for(&subject.facts, labels, today), consents, visits, claimed, today };
+    Ok(decide::decide(rules, &subject.valid, &ctx, today))
+}
