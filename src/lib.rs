@@ -30,6 +30,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod billing;
+pub mod claims;
 pub mod consent;
 pub mod demo;
 pub mod domain;

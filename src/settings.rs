@@ -59,6 +59,8 @@ pub struct Settings {
     pub export: ExportSettings,
     /// FHIR Subscriptions (rest-hook change notifications).
     pub subscriptions: SubscriptionSettings,
+    /// Claims: the claim worker and the X12 interchange identity.
+    pub billing: BillingSettings,
     /// Local educational agencies and FQHCs.
     pub organizations: Vec<Organization>,
     /// School sites.
@@ -352,6 +354,77 @@ pub struct Organization {
     /// Federal tax id.
     #[serde(default)]
     pub tin: Option<String>,
+    /// NUCC taxonomy of the organisation as billing provider (837 PRV*BI).
+    #[serde(default)]
+    pub taxonomy: Option<String>,
+    /// Street address (837 billing provider N3/N4; ZIP+4).
+    #[serde(default)]
+    pub address: Option<Address>,
+}
+
+/// A postal address (X12 N3/N4).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    /// Street line.
+    pub line1: String,
+    /// Second street line.
+    #[serde(default)]
+    pub line2: Option<String>,
+    /// City.
+    pub city: String,
+    /// Two-letter state code.
+    pub state: String,
+    /// ZIP code (ZIP+4 as 9 digits where the 837 needs it).
+    pub zip: String,
+}
+
+/// Claims: the claim worker and the identity the gateway uses in X12 interchanges.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingSettings {
+    /// Run the claim worker in this instance (it turns billable session versions into claims,
+    /// replacements and voids). Several instances may run it; each session is settled once.
+    pub worker: bool,
+    /// How often the worker looks for sessions to settle, in seconds.
+    pub poll_seconds: u64,
+    /// ISA05/ISA06 qualifier and id of the gateway as interchange sender (also GS02 and the
+    /// 837 submitter id, loop 1000A).
+    pub sender_qualifier: String,
+    /// See `sender_qualifier`.
+    pub sender_id: String,
+    /// Submitter name (1000A NM103).
+    pub submitter_name: String,
+    /// Submitter contact name (1000A PER02).
+    pub contact_name: String,
+    /// Submitter contact phone, digits only (1000A PER04).
+    pub contact_phone: String,
+    /// ISA07/ISA08 qualifier and id of the receiver (clearinghouse); also GS03 and 1000B.
+    pub receiver_qualifier: String,
+    /// See `receiver_qualifier`.
+    pub receiver_id: String,
+    /// Receiver name (1000B NM103).
+    pub receiver_name: String,
+    /// `T` test or `P` production interchanges (ISA15).
+    pub usage: String,
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            poll_seconds: 5,
+            sender_qualifier: "ZZ".into(),
+            sender_id: "WELLNESSGW".into(),
+            submitter_name: "WELLNESS GATEWAY".into(),
+            contact_name: "BILLING OFFICE".into(),
+            contact_phone: "9165550100".into(),
+            receiver_qualifier: "ZZ".into(),
+            receiver_id: "CLEARINGHOUSE".into(),
+            receiver_name: "CLEARINGHOUSE".into(),
+            usage: "T".into(),
+        }
+    }
 }
 
 /// A school site.
@@ -373,6 +446,9 @@ pub struct Site {
     /// Monthly clinician cost of the site in cents (sustainability reports).
     #[serde(default)]
     pub clinician_cost_cents_per_month: Option<i64>,
+    /// Street address (837 service facility N3/N4).
+    #[serde(default)]
+    pub address: Option<Address>,
 }
 
 /// An FQHC that serves school sites as satellite sites.
@@ -555,6 +631,37 @@ impl Settings {
             }
         }
         let intake = &self.intake;
+        let address_ok = |a: &Address| {
+            !a.line1.trim().is_empty()
+                && !a.city.trim().is_empty()
+                && a.state.len() == 2
+                && a.state.bytes().all(|b| b.is_ascii_uppercase())
+                && matches!(a.zip.len(), 5 | 9)
+                && a.zip.bytes().all(|b| b.is_ascii_digit())
+        };
+        for (i, org) in self.organizations.iter().enumerate() {
+            if org.address.as_ref().is_some_and(|a| !address_ok(a)) {
+                return Err(
+                    self.invalid(format!("organizations[{i}].address"), "needs line1, city, a two-letter state and a 5- or 9-digit zip")
+                );
+            }
+        }
+        for (i, site) in self.sites.iter().enumerate() {
+            if site.address.as_ref().is_some_and(|a| !address_ok(a)) {
+                return Err(self.invalid(format!("sites[{i}].address"), "needs line1, city, a two-letter state and a 5- or 9-digit zip"));
+            }
+        }
+        if !matches!(self.billing.usage.as_str(), "T" | "P") {
+            return Err(self.invalid("billing.usage", "is T (test) or P (production)"));
+        }
+        for (key, v, max) in [("billing.sender_id", &self.billing.sender_id, 15), ("billing.receiver_id", &self.billing.receiver_id, 15)] {
+            if v.is_empty() || v.len() > max || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ') {
+                return Err(self.invalid(key, format!("is 1 to {max} letters, digits or spaces")));
+            }
+        }
+        if self.billing.poll_seconds == 0 {
+            return Err(self.invalid("billing.poll_seconds", "must be at least 1"));
+        }
         if intake.min_session_minutes < 1 || intake.max_session_minutes < intake.min_session_minutes {
             return Err(self.invalid("intake.max_session_minutes", "must be >= intake.min_session_minutes >= 1"));
         }

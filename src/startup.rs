@@ -131,6 +131,9 @@ impl Application {
             auditor.clone(),
             Some(base),
         )?;
+        if settings.billing.worker {
+            tokio::spawn(crate::claims::Claimer::new(store.clone(), pipeline.clone()).run());
+        }
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             store: store.clone(),

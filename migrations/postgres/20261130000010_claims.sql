@@ -73,3 +73,34 @@ CREATE TABLE claim_events (
     reason      TEXT NOT NULL
 );
 CREATE INDEX claim_events_claim ON claim_events (claim_id, seq);
+
+-- The session version billing last settled (claims created, replaced, voided or none): the
+-- claim worker picks up sessions whose current version is newer.
+ALTER TABLE sessions ADD COLUMN billed_version BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX sessions_unbilled ON sessions (updated_at) WHERE billed_version < current_version;
+
+-- X12 batches: one interchange (ISA/GS/ST) per payer and billing provider.
+CREATE TABLE claim_batches (
+    id              TEXT PRIMARY KEY,
+    payer           TEXT NOT NULL,
+    biller          TEXT NOT NULL,
+    -- 837P or 837I implementation guide
+    implementation  TEXT NOT NULL,
+    isa_control     BIGINT NOT NULL UNIQUE,
+    gs_control      BIGINT NOT NULL UNIQUE,
+    st_control      TEXT NOT NULL,
+    claim_count     BIGINT NOT NULL,
+    total_cents     BIGINT NOT NULL,
+    x12             TEXT NOT NULL,
+    -- built | submitted
+    status          TEXT NOT NULL,
+    created_by      TEXT NOT NULL,
+    created_us      BIGINT NOT NULL
+);
+
+-- Control-number counters (ISA13, GS06), persisted so numbers never repeat.
+CREATE TABLE x12_counters (
+    name   TEXT PRIMARY KEY,
+    value  BIGINT NOT NULL
+);
+INSERT INTO x12_counters (name, value) VALUES ('isa', 0), ('gs', 0);

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod auth;
 pub mod billing;
+pub mod claims;
 pub mod consents;
 pub mod export;
 pub mod extractors;

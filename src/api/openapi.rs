@@ -25,6 +25,11 @@ use crate::startup::AppState;
         super::intake::list_sessions,
         super::billing::session_billing,
         super::billing::evaluate,
+        super::claims::list,
+        super::claims::read,
+        super::claims::build_batches,
+        super::claims::read_batch,
+        super::claims::batch_x12,
         super::consents::post_consent,
         super::consents::get_consent,
         super::consents::revoke_consent,
@@ -53,7 +58,7 @@ use crate::startup::AppState;
         super::subscriptions::redrive,
         openapi_json,
     ),
-    components(schemas(crate::fhir::OperationOutcome, crate::intake::receipt::BatchReceipt, crate::intake::receipt::SessionReceipt, super::consents::ConsentReceipt)),
+    components(schemas(crate::fhir::OperationOutcome, crate::intake::receipt::BatchReceipt, crate::intake::receipt::SessionReceipt, super::consents::ConsentReceipt, super::claims::ClaimView, super::claims::BatchesBuilt, crate::claims::batch::BatchSummary)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -3,7 +3,7 @@
 
 use actix_web::web;
 
-use super::{audit, auth, billing, consents, export, extractors, fhir, health, intake, openapi, subscriptions};
+use super::{audit, auth, billing, claims, consents, export, extractors, fhir, health, intake, openapi, subscriptions};
 use crate::error::ApiError;
 
 /// Registers every route, the query/path error renderers and the 404/405 fallbacks.
@@ -24,6 +24,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(billing::session_billing) // submitter (own LEA), finance, admin (before /api/v1/sessions/{id})
         .service(billing::evaluate) // submitter (own LEA), finance, admin
         .service(intake::get_session) // submitter (own LEA), admin
+        .service(claims::build_batches) // finance, admin
+        .service(claims::read_batch) // finance, admin
+        .service(claims::batch_x12) // finance, admin
+        .service(claims::list) // finance, admin
+        .service(claims::read) // finance, admin
+        .service(claims::fhir_read) // finance, admin (before the generic /fhir/{type}/{id})
+        .service(claims::fhir_search) // finance, admin (before the generic /fhir/{type})
         .service(consents::post_consent) // submitter (own LEA), admin
         .service(consents::revoke_consent) // submitter (own LEA), admin
         .service(consents::get_consent) // submitter (own LEA), admin

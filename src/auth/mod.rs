@@ -144,6 +144,14 @@ impl Principal {
         }
     }
 
+    /// Claims, batches and remittances: finance and admins only.
+    pub fn finance_scope(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin | Role::Finance => Ok(()),
+            _ => Err(ApiError::Forbidden(format!("a {} client may not read or file claims", self.role.as_str()))),
+        }
+    }
+
     /// Billing decisions: finance and admins see every LEA (`None`), submitters their own LEA;
     /// partners none.
     pub fn billing_scope(&self) -> Result<Option<&str>, ApiError> {

@@ -11,7 +11,7 @@
 //! earlier version was claimed stays with that program: one funding path per service.
 
 use chrono::NaiveDate;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::rules::{Biller, BillingRules, ClaimForm, CodeRule, Program, ProgramVersion};
 use crate::domain::Cents;
@@ -57,6 +57,8 @@ pub enum ReasonCode {
     NoCoverage,
     /// No diagnosis.
     NoDiagnosis,
+    /// No home address (the 837 subscriber address).
+    NoMemberAddress,
     /// No active payment-purpose consent naming the biller.
     NoPaymentConsent,
     /// The timely-filing window has closed.
@@ -83,7 +85,7 @@ pub struct Reason {
 }
 
 /// A planned claim line.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PlannedLine {
     /// Revenue code (institutional).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,7 +105,7 @@ pub struct PlannedLine {
 }
 
 /// The claim a billable session becomes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedClaim {
     /// Professional or institutional.
     pub form: ClaimForm,
@@ -371,6 +373,9 @@ fn plan(
     let rule = select_code(p, v, s, class).map_err(|r| why.push(r)).ok();
     if v.require_coverage && s.medi_cal_cin.is_none() {
         why.push(reason(p, ReasonCode::NoCoverage, "no Medi-Cal CIN: coverage is required".into()));
+    }
+    if s.raw.student.address.is_none() {
+        why.push(reason(p, ReasonCode::NoMemberAddress, "no student.address: the claim carries the member's address".into()));
     }
     if v.require_diagnosis && s.diagnoses.is_empty() {
         why.push(reason(p, ReasonCode::NoDiagnosis, "no diagnosis: the program requires one".into()));

@@ -73,6 +73,18 @@ pub async fn decide_subject(
     subject: &Subject,
     today: NaiveDate,
 ) -> Result<BillingDecision, StoreError> {
+    Ok(decide_subject_counted(store, consent_rules, rules, subject, today).await?.0)
+}
+
+/// As [`decide_subject`], with the number of other sessions' active claims that day it saw
+/// (the claim worker checks it again when it writes).
+pub async fn decide_subject_counted(
+    store: &Store,
+    consent_rules: &ConsentRules,
+    rules: &BillingRules,
+    subject: &Subject,
+    today: NaiveDate,
+) -> Result<(BillingDecision, usize), StoreError> {
     let (consents, visits) = match subject.facts.patient_id.as_deref() {
         Some(p) => {
             let directives = store.patient_directives(&[p]).await?;
@@ -84,9 +96,10 @@ pub async fn decide_subject(
         }
         None => (Vec::new(), Vec::new()),
     };
+    let seen = visits.len();
     let claimed = store.claimed_program(&subject.session_id).await?;
     let labels = crate::serve::session_label_facts(&subject.facts, consent_rules);
     let ctx =
         Gathered { consent_rules, facts: crate::serve::session_facts_for(&subject.facts, labels, today), consents, visits, claimed, today };
-    Ok(decide::decide(rules, &subject.valid, &ctx, today))
+    Ok((decide::decide(rules, &subject.valid, &ctx, today), seen))
 }

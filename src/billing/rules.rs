@@ -188,7 +188,7 @@ struct WhenSpec {
 // Compiled rules
 
 /// Which claim a program files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClaimForm {
     /// 837P / FHIR claim-type `professional`.

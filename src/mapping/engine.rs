@@ -31,6 +31,16 @@ pub fn patient_id(lea: &str, district_id: &str) -> String {
     v5(&mut String::new(), &["Patient", lea, district_id])
 }
 
+/// The FHIR Practitioner id of a clinician, as the mapping derives it.
+pub fn practitioner_id(npi: &str) -> String {
+    v5(&mut String::new(), &["Practitioner", npi])
+}
+
+/// The FHIR Coverage id of a student's Medi-Cal coverage, as the mapping derives it.
+pub fn coverage_id(patient_id: &str) -> String {
+    v5(&mut String::new(), &["Coverage", patient_id, "medi-cal"])
+}
+
 /// Everything the mapping of one session version reads.
 #[derive(Debug, Clone, Copy)]
 pub struct MapInput<'a> {

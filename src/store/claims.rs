@@ -1,7 +1,13 @@
-//! Claims: what billing reads back (visits already claimed, the program a session is claimed
-//! under) and the claim rows themselves.
+//! Claims: the rows billing writes (claims, their lines and every lifecycle transition), what it
+//! reads back (visits already claimed, the program a session is claimed under), the sessions
+//! whose current version it has not settled, X12 batches and their control numbers.
+//!
+//! No double billing is the database's job, not the caller's: at most one active claim per
+//! session (a partial unique index), and a session version is settled in one transaction that
+//! first moves the session's `billed_version` from the value the caller saw (so two workers on
+//! two instances cannot both settle it) and re-checks the active claim and the day's visits.
 
-use super::{Store, StoreError, with_db};
+use super::{Db, Store, StoreError, with_db};
 
 /// An active claim of the same student on the same day (the visit limit).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -13,6 +19,144 @@ pub struct ClaimedVisit {
     /// Program.
     pub program: String,
 }
+
+/// A claim as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[allow(missing_docs)]
+pub struct ClaimRow {
+    pub id: String,
+    /// CLM01 / CLP01.
+    pub pcn: String,
+    pub session_id: String,
+    pub session_version: i64,
+    pub patient_id: Option<String>,
+    pub service_date: String,
+    pub site_id: String,
+    pub lea_id: String,
+    pub program: String,
+    pub program_version: String,
+    /// professional | institutional.
+    pub form: String,
+    pub biller: String,
+    pub payer: String,
+    pub rendering_npi: String,
+    /// 1 original, 7 replacement, 8 void.
+    pub frequency: String,
+    pub replaces: Option<String>,
+    pub payer_claim_number: Option<String>,
+    pub status: String,
+    pub active: i64,
+    pub charge_cents: i64,
+    pub expected_cents: i64,
+    /// The planned claim (JSON).
+    pub plan: String,
+    /// FHIR R4 Claim (JSON).
+    pub resource: String,
+    pub batch_id: Option<String>,
+    pub created_us: i64,
+    pub updated_us: i64,
+}
+
+/// A claim line as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[allow(missing_docs)]
+pub struct ClaimLineRow {
+    pub claim_id: String,
+    pub line_no: i64,
+    /// REF*6R.
+    pub line_id: String,
+    pub revenue_code: Option<String>,
+    pub code: String,
+    /// Joined with `:`.
+    pub modifiers: String,
+    pub units: i64,
+    pub charge_cents: i64,
+    pub expected_cents: i64,
+    pub informational: bool,
+}
+
+/// One lifecycle transition.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[allow(missing_docs)]
+pub struct ClaimEventRow {
+    pub seq: i64,
+    pub claim_id: String,
+    pub at_us: i64,
+    pub actor: String,
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub reason: String,
+}
+
+/// A new claim with its lines.
+#[derive(Debug, Clone)]
+pub struct NewClaim {
+    /// The row (status, active and times are set by the store).
+    pub row: ClaimRow,
+    /// Lines.
+    pub lines: Vec<ClaimLineRow>,
+}
+
+/// A session whose current version billing has not settled.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UnbilledSession {
+    /// Session id.
+    pub id: String,
+    /// Its current version.
+    pub current_version: i64,
+    /// The version billing settled last (0: none).
+    pub billed_version: i64,
+}
+
+/// What settling a session version does to its claims.
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    /// Nothing to file (not billable, and no claim to retire; or the active claim already
+    /// covers an identical bill).
+    Nothing {
+        /// Why (recorded nowhere else: the billing decision is recomputed on demand).
+        reason: String,
+    },
+    /// Retire the active claim (to `retire_to`) and, if given, file `new`.
+    Change {
+        /// The active claim and the status it moves to (`cancelled` before it was sent,
+        /// `replaced` / `voided` after, when `new` is its frequency 7 / 8 successor).
+        retire: Option<(String, &'static str)>,
+        /// The claim to file.
+        new: Option<Box<NewClaim>>,
+        /// Why (the lifecycle events carry it).
+        reason: String,
+    },
+}
+
+/// The outcome of [`Store::settle_session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Written.
+    Done,
+    /// Someone else settled this version, a newer version arrived, or the active claim or the
+    /// day's visits changed since the caller looked: decide again.
+    Stale,
+}
+
+/// What the caller saw when it decided, checked again inside the transaction.
+#[derive(Debug, Clone)]
+pub struct SettleGuard<'a> {
+    /// Session.
+    pub session_id: &'a str,
+    /// The version decided on.
+    pub version: i64,
+    /// `billed_version` as read.
+    pub billed_version: i64,
+    /// The active claim's id as read.
+    pub active_claim: Option<&'a str>,
+    /// Patient and date of service, with the number of other sessions' active claims seen.
+    pub visits: Option<(&'a str, &'a str, usize)>,
+}
+
+const CLAIM_COLUMNS: &str = "id, pcn, session_id, session_version, patient_id, service_date, site_id, lea_id, program, program_version, form, \
+     biller, payer, rendering_npi, frequency, replaces, payer_claim_number, status, active, charge_cents, expected_cents, plan, resource, \
+     batch_id, created_us, updated_us";
 
 impl Store {
     /// Active claims of `patient_id` on `service_date` for sessions other than `except_session`.
@@ -37,5 +181,348 @@ impl Store {
         Ok(with_db!(self.db(), pool => {
             sqlx::query_scalar(sql).bind(session_id).fetch_optional(pool).await?
         }))
+    }
+
+    /// Up to `limit` sessions whose current version billing has not settled, oldest change first.
+    pub async fn unbilled_sessions(&self, limit: i64) -> Result<Vec<UnbilledSession>, StoreError> {
+        let sql =
+            "SELECT id, current_version, billed_version FROM sessions WHERE billed_version < current_version ORDER BY updated_at LIMIT $1";
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sql).bind(limit).fetch_all(pool).await? }))
+    }
+
+    /// Marks the sessions of these students unsettled again when they have no active claim (a
+    /// consent changed: a session held for want of a payment consent may now be billable).
+    pub async fn unsettle_unclaimed(&self, patient_ids: &[&str]) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for p in patient_ids {
+            n += with_db!(self.db(), pool => {
+                sqlx::query(
+                    "UPDATE sessions SET billed_version = 0 WHERE patient_id = $1 AND billed_version > 0 \
+                     AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1)",
+                )
+                .bind(*p)
+                .execute(pool)
+                .await?
+                .rows_affected()
+            });
+        }
+        Ok(n)
+    }
+
+    /// The session's active claim.
+    pub async fn active_claim(&self, session_id: &str) -> Result<Option<ClaimRow>, StoreError> {
+        let sql = format!("SELECT {CLAIM_COLUMNS} FROM claims WHERE session_id = $1 AND active = 1");
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(session_id).fetch_optional(pool).await? }))
+    }
+
+    /// One claim.
+    pub async fn claim(&self, id: &str) -> Result<Option<ClaimRow>, StoreError> {
+        let sql = format!("SELECT {CLAIM_COLUMNS} FROM claims WHERE id = $1");
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await? }))
+    }
+
+    /// Claims matching the filters, newest first, at most `limit`.
+    pub async fn claims(&self, f: &ClaimFilter<'_>, limit: i64) -> Result<Vec<ClaimRow>, StoreError> {
+        let sql = format!(
+            "SELECT {CLAIM_COLUMNS} FROM claims WHERE ($1 IS NULL OR session_id = $1) AND ($2 IS NULL OR status = $2) \
+             AND ($3 IS NULL OR patient_id = $3) AND ($4 IS NULL OR pcn = $4) AND ($5 IS NULL OR batch_id = $5) \
+             ORDER BY created_us DESC, id LIMIT $6"
+        );
+        Ok(with_db!(self.db(), pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(f.session_id)
+                .bind(f.status)
+                .bind(f.patient_id)
+                .bind(f.pcn)
+                .bind(f.batch_id)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    /// A claim's lines in order.
+    pub async fn claim_lines(&self, claim_id: &str) -> Result<Vec<ClaimLineRow>, StoreError> {
+        let sql = "SELECT claim_id, line_no, line_id, revenue_code, code, modifiers, units, charge_cents, expected_cents, \
+                   informational <> 0 AS informational FROM claim_lines WHERE claim_id = $1 ORDER BY line_no";
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sql).bind(claim_id).fetch_all(pool).await? }))
+    }
+
+    /// A claim's lifecycle.
+    pub async fn claim_events(&self, claim_id: &str) -> Result<Vec<ClaimEventRow>, StoreError> {
+        let sql = "SELECT seq, claim_id, at_us, actor, from_status, to_status, reason FROM claim_events WHERE claim_id = $1 ORDER BY seq";
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sql).bind(claim_id).fetch_all(pool).await? }))
+    }
+
+    /// Settles one session version (see [`Settlement`]) if what the caller saw still holds.
+    pub async fn settle_session(&self, g: &SettleGuard<'_>, s: Settlement, actor: &str, now_us: i64) -> Result<Settled, StoreError> {
+        let begin = self.begin_write();
+        let pg = matches!(self.db(), Db::Postgres(_));
+        with_db!(self.db(), pool => {
+            let mut tx = pool.begin_with(begin).await?;
+            if let (true, Some((patient, _, _))) = (pg, g.visits) {
+                // Sessions of one student on one day settle one at a time (the visit limit).
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 6))").bind(patient).execute(&mut *tx).await?;
+            }
+            let moved = sqlx::query("UPDATE sessions SET billed_version = $1 WHERE id = $2 AND billed_version = $3 AND current_version = $1")
+                .bind(g.version)
+                .bind(g.session_id)
+                .bind(g.billed_version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if moved != 1 {
+                return Ok(Settled::Stale);
+            }
+            let active: Option<String> = sqlx::query_scalar("SELECT id FROM claims WHERE session_id = $1 AND active = 1")
+                .bind(g.session_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if active.as_deref() != g.active_claim {
+                return Ok(Settled::Stale);
+            }
+            if let Some((patient, date, seen)) = g.visits {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM claims WHERE active = 1 AND patient_id = $1 AND service_date = $2 AND session_id <> $3 AND frequency <> '8'",
+                )
+                .bind(patient)
+                .bind(date)
+                .bind(g.session_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                if usize::try_from(n).unwrap_or(usize::MAX) != seen {
+                    return Ok(Settled::Stale);
+                }
+            }
+            if let Settlement::Change { retire, new, reason } = s {
+                if let Some((old, to)) = retire {
+                    let from: Option<String> = sqlx::query_scalar("SELECT status FROM claims WHERE id = $1 AND active = 1")
+                        .bind(&old)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let Some(from) = from else { return Ok(Settled::Stale) };
+                    sqlx::query("UPDATE claims SET status = $1, active = 0, updated_us = $2 WHERE id = $3")
+                        .bind(to)
+                        .bind(now_us)
+                        .bind(&old)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) VALUES ($1, $2, $3, $4, $5, $6)")
+                        .bind(&old)
+                        .bind(now_us)
+                        .bind(actor)
+                        .bind(&from)
+                        .bind(to)
+                        .bind(&reason)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let Some(c) = new {
+                    let r = &c.row;
+                    sqlx::query(
+                        "INSERT INTO claims (id, pcn, session_id, session_version, patient_id, service_date, site_id, lea_id, program, program_version, form, \
+                         biller, payer, rendering_npi, frequency, replaces, payer_claim_number, status, active, charge_cents, expected_cents, plan, resource, \
+                         batch_id, created_us, updated_us) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 'ready', 1, $18, $19, $20, $21, NULL, $22, $22)",
+                    )
+                    .bind(&r.id)
+                    .bind(&r.pcn)
+                    .bind(&r.session_id)
+                    .bind(r.session_version)
+                    .bind(&r.patient_id)
+                    .bind(&r.service_date)
+                    .bind(&r.site_id)
+                    .bind(&r.lea_id)
+                    .bind(&r.program)
+                    .bind(&r.program_version)
+                    .bind(&r.form)
+                    .bind(&r.biller)
+                    .bind(&r.payer)
+                    .bind(&r.rendering_npi)
+                    .bind(&r.frequency)
+                    .bind(&r.replaces)
+                    .bind(&r.payer_claim_number)
+                    .bind(r.charge_cents)
+                    .bind(r.expected_cents)
+                    .bind(&r.plan)
+                    .bind(&r.resource)
+                    .bind(now_us)
+                    .execute(&mut *tx)
+                    .await?;
+                    for l in &c.lines {
+                        sqlx::query(
+                            "INSERT INTO claim_lines (claim_id, line_no, line_id, revenue_code, code, modifiers, units, charge_cents, expected_cents, informational) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                        )
+                        .bind(&r.id)
+                        .bind(l.line_no)
+                        .bind(&l.line_id)
+                        .bind(&l.revenue_code)
+                        .bind(&l.code)
+                        .bind(&l.modifiers)
+                        .bind(l.units)
+                        .bind(l.charge_cents)
+                        .bind(l.expected_cents)
+                        .bind(i64::from(l.informational))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    sqlx::query("INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) VALUES ($1, $2, $3, NULL, 'ready', $4)")
+                        .bind(&r.id)
+                        .bind(now_us)
+                        .bind(actor)
+                        .bind(&reason)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(Settled::Done)
+    }
+}
+
+/// Filters of a claim listing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClaimFilter<'a> {
+    /// Session.
+    pub session_id: Option<&'a str>,
+    /// Status.
+    pub status: Option<&'a str>,
+    /// Patient id.
+    pub patient_id: Option<&'a str>,
+    /// CLM01.
+    pub pcn: Option<&'a str>,
+    /// Batch.
+    pub batch_id: Option<&'a str>,
+}
+
+/// An X12 batch as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[allow(missing_docs)]
+pub struct BatchRow {
+    pub id: String,
+    pub payer: String,
+    pub biller: String,
+    pub implementation: String,
+    pub isa_control: i64,
+    pub gs_control: i64,
+    pub st_control: String,
+    pub claim_count: i64,
+    pub total_cents: i64,
+    pub x12: String,
+    pub status: String,
+    pub created_by: String,
+    pub created_us: i64,
+}
+
+impl Store {
+    /// Claims ready to batch: active, status `ready`, and (for replacements and voids) with the
+    /// payer's claim number they refer to. Oldest first, at most `limit`.
+    pub async fn ready_claims(&self, limit: i64) -> Result<Vec<ClaimRow>, StoreError> {
+        let sql = format!(
+            "SELECT {CLAIM_COLUMNS} FROM claims WHERE active = 1 AND status = 'ready' \
+             AND (frequency = '1' OR payer_claim_number IS NOT NULL) ORDER BY created_us, id LIMIT $1"
+        );
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(pool).await? }))
+    }
+
+    /// The next value of an X12 control-number counter (`isa`, `gs`); committed at once, so a
+    /// number is never used twice (a failed batch leaves a gap, which X12 allows).
+    pub async fn next_control_number(&self, name: &str) -> Result<i64, StoreError> {
+        let begin = self.begin_write();
+        Ok(with_db!(self.db(), pool => {
+            let mut tx = pool.begin_with(begin).await?;
+            let n: i64 = sqlx::query_scalar("UPDATE x12_counters SET value = CASE WHEN value >= 999999999 THEN 1 ELSE value + 1 END WHERE name = $1 RETURNING value")
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            n
+        }))
+    }
+
+    /// Session records by (session id, version): the canonical JSON of each.
+    pub async fn session_records(&self, keys: &[(&str, i64)]) -> Result<std::collections::HashMap<(String, i64), String>, StoreError> {
+        let mut ids: Vec<&str> = keys.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let wanted: std::collections::HashSet<(&str, i64)> = keys.iter().copied().collect();
+        let mut out = std::collections::HashMap::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT session_id, version, record FROM session_versions WHERE session_id IN ({})",
+                super::fhir::placeholders(1, chunk.len(), matches!(self.db(), Db::Sqlite(_)))
+            );
+            let rows: Vec<(String, i64, String)> = with_db!(self.db(), pool => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.fetch_all(pool).await?
+            });
+            for (id, v, record) in rows {
+                if wanted.contains(&(id.as_str(), v)) {
+                    out.insert((id, v), record);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a batch and moves its claims from `ready` to `batched`; `false` (nothing written)
+    /// when any of them is no longer ready (another batch took it, or it was replaced).
+    pub async fn insert_batch(&self, b: &BatchRow, claim_ids: &[&str], actor: &str) -> Result<bool, StoreError> {
+        let begin = self.begin_write();
+        with_db!(self.db(), pool => {
+            let mut tx = pool.begin_with(begin).await?;
+            sqlx::query(
+                "INSERT INTO claim_batches (id, payer, biller, implementation, isa_control, gs_control, st_control, claim_count, total_cents, x12, status, created_by, created_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(&b.id)
+            .bind(&b.payer)
+            .bind(&b.biller)
+            .bind(&b.implementation)
+            .bind(b.isa_control)
+            .bind(b.gs_control)
+            .bind(&b.st_control)
+            .bind(b.claim_count)
+            .bind(b.total_cents)
+            .bind(&b.x12)
+            .bind(&b.status)
+            .bind(&b.created_by)
+            .bind(b.created_us)
+            .execute(&mut *tx)
+            .await?;
+            for id in claim_ids {
+                let n = sqlx::query("UPDATE claims SET status = 'batched', batch_id = $1, updated_us = $2 WHERE id = $3 AND status = 'ready' AND active = 1")
+                    .bind(&b.id)
+                    .bind(b.created_us)
+                    .bind(*id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n != 1 {
+                    return Ok(false);
+                }
+                sqlx::query("INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) VALUES ($1, $2, $3, 'ready', 'batched', $4)")
+                    .bind(*id)
+                    .bind(b.created_us)
+                    .bind(actor)
+                    .bind(format!("X12 batch {} (ISA {:09})", b.id, b.isa_control))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(true)
+    }
+
+    /// One batch.
+    pub async fn batch(&self, id: &str) -> Result<Option<BatchRow>, StoreError> {
+        let sql = "SELECT id, payer, biller, implementation, isa_control, gs_control, st_control, claim_count, total_cents, x12, status, created_by, created_us \
+                   FROM claim_batches WHERE id = $1";
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sql).bind(id).fetch_optional(pool).await? }))
     }
 }

@@ -163,6 +163,7 @@ impl Store {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let out = write_consent!(&mut tx, w, "");
                 tx.commit().await?;
+                self.after_consent_write(&out, w).await?;
                 Ok(out)
             }
             Db::Postgres(pool) => {
@@ -171,9 +172,19 @@ impl Store {
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(&w.directive.id).execute(&mut *tx).await?;
                 let out = write_consent!(&mut tx, w, " FOR UPDATE");
                 tx.commit().await?;
+                self.after_consent_write(&out, w).await?;
                 Ok(out)
             }
         }
+    }
+
+    /// A changed consent may make held sessions of its student billable: billing looks at them
+    /// again (those without an active claim).
+    async fn after_consent_write(&self, out: &ConsentOutcome, w: &ConsentWrite<'_>) -> Result<(), StoreError> {
+        if !matches!(out, ConsentOutcome::Duplicate { .. }) {
+            self.unsettle_unclaimed(&[w.directive.patient.as_str()]).await?;
+        }
+        Ok(())
     }
 
     /// One consent's current directive.

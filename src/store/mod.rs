@@ -29,7 +29,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use audit::{ChainRow, GENESIS_HASH, PREVIOUS_HASH_EXTENSION, PendingEvent, event_hash};
-pub use claims::ClaimedVisit;
+pub use claims::{
+    BatchRow, ClaimEventRow, ClaimFilter, ClaimLineRow, ClaimRow, ClaimedVisit, NewClaim, SettleGuard, Settled, Settlement, UnbilledSession,
+};
 pub use clients::{NewSmartClient, SmartClientRow};
 pub use consents::{ConsentOutcome, ConsentWrite, SessionFacts, StoredDirective};
 pub use export::{ExportFileRow, ExportJobRow, NewExportJob};
@@ -404,6 +406,15 @@ impl Store {
                 .rows_affected()
         });
         Ok(done == 1)
+    }
+
+    /// How a transaction that reads, then writes begins: on SQLite with the write lock taken at
+    /// once (a deferred transaction would fail to upgrade under a concurrent writer).
+    pub(crate) fn begin_write(&self) -> &'static str {
+        match self.db() {
+            Db::Sqlite(_) => "BEGIN IMMEDIATE",
+            Db::Postgres(_) => "BEGIN",
+        }
     }
 
     pub(crate) fn db(&self) -> &Db {

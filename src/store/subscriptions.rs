@@ -86,15 +86,6 @@ const DELIVERY_COLUMNS: &str = "seq, subscription_id, resource_type, resource_id
      created_us, delivered_us, last_error";
 
 impl Store {
-    /// How a transaction that reads, then writes begins: on SQLite with the write lock taken at
-    /// once (a deferred transaction would fail to upgrade under a concurrent writer).
-    fn begin_write(&self) -> &'static str {
-        match self.db() {
-            Db::Sqlite(_) => "BEGIN IMMEDIATE",
-            Db::Postgres(_) => "BEGIN",
-        }
-    }
-
     /// Stores a new subscription.
     pub async fn subscription_insert(&self, s: &SubscriptionRow) -> Result<(), StoreError> {
         with_db!(self.db(), pool => {

@@ -43,6 +43,8 @@ pub struct RawStudent {
     pub sex: String,
     #[serde(default)]
     pub grade: Option<String>,
+    #[serde(default)]
+    pub address: Option<crate::settings::Address>,
 }
 
 /// Clinician as submitted.

@@ -206,6 +206,10 @@ fn reasons_not_to_bill_are_named() {
     assert_eq!(d.program.as_deref(), Some("medi-cal-fqhc-pps"), "held under its funding path, not sent elsewhere");
     assert_eq!(reasons(&d), vec![ReasonCode::NoCoverage, ReasonCode::NoDiagnosis]);
 
+    let mut no_address = lasting("individual-counseling", 45);
+    no_address["student"].as_object_mut().expect("student").remove("address");
+    assert_eq!(reasons(&b.decide(&no_address)), vec![ReasonCode::NoMemberAddress]);
+
     let s = lasting("individual-counseling", 45);
     let d = b.decide_with(&s, &Fake { consent: false, visits: vec![], claimed: None }, "2026-11-30");
     assert_eq!(reasons(&d), vec![ReasonCode::NoPaymentConsent]);

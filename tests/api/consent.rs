@@ -15,6 +15,8 @@ fn with_second_fqhc(s: &mut Settings) {
         cds_code: None,
         npi: Some("1245319599".into()),
         tin: None,
+        taxonomy: None,
+        address: None,
     });
     s.partnerships.push(Partnership {
         fqhc: "fqhc-other".into(),

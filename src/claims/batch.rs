@@ -1,0 +1,325 @@
+//! X12 batches: ready claims grouped by payer, billing provider and claim form into one
+//! interchange each (ISA/GS/ST with persisted control numbers), written by the typed X12 layer
+//! (`crate::x12`) as 837P (fee-schedule programs) or 837I (FQHC PPS visits).
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use serde::Serialize;
+
+use crate::billing::PlannedClaim;
+use crate::pipeline::Pipeline;
+use crate::settings::{Address, Settings};
+use crate::store::{BatchRow, ClaimRow, Store, StoreError};
+use crate::validate::RawSession;
+use crate::x12::{self, claim837 as c837};
+
+/// Why a batch could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Configuration the 837 needs is missing (names the key).
+    #[error("{key}: {message}")]
+    Config {
+        /// Dotted configuration key.
+        key: String,
+        /// What is missing.
+        message: String,
+    },
+    /// The X12 layer refused a value (names the segment and element).
+    #[error("claim {claim}: {source}")]
+    X12 {
+        /// CLM01 (or the batch).
+        claim: String,
+        /// The X12 error.
+        #[source]
+        source: x12::X12Error,
+    },
+    /// A stored claim or session could not be read back.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// What a built batch answers.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BatchSummary {
+    /// Batch id.
+    pub id: String,
+    /// Payer (configuration id).
+    pub payer: String,
+    /// Billing provider (configuration id).
+    pub biller: String,
+    /// `005010X222A1` (837P) or `005010X223A2` (837I).
+    pub implementation: String,
+    /// ISA13.
+    pub isa_control: i64,
+    /// GS06.
+    pub gs_control: i64,
+    /// Claims in it.
+    pub claim_count: i64,
+    /// Sum of the claims' charges, in cents.
+    pub total_cents: i64,
+    /// CLM01 of each claim.
+    pub claims: Vec<String>,
+    /// Where to download the X12 file.
+    pub x12: String,
+}
+
+impl BatchSummary {
+    /// From a stored row and its claims' numbers.
+    pub fn of(b: &BatchRow, claims: Vec<String>) -> BatchSummary {
+        BatchSummary {
+            id: b.id.clone(),
+            payer: b.payer.clone(),
+            biller: b.biller.clone(),
+            implementation: b.implementation.clone(),
+            isa_control: b.isa_control,
+            gs_control: b.gs_control,
+            claim_count: b.claim_count,
+            total_cents: b.total_cents,
+            claims,
+            x12: format!("/api/v1/claims/batches/{}/x12", b.id),
+        }
+    }
+}
+
+fn config(key: impl Into<String>, message: impl Into<String>) -> BatchError {
+    BatchError::Config { key: key.into(), message: message.into() }
+}
+
+fn address(a: &Address) -> c837::Address {
+    c837::Address { line1: a.line1.clone(), line2: a.line2.clone(), city: a.city.clone(), state: a.state.clone(), zip: a.zip.clone() }
+}
+
+fn billing_provider(settings: &Settings, biller: &str) -> Result<c837::BillingProvider, BatchError> {
+    let (i, org) = settings
+        .organizations
+        .iter()
+        .enumerate()
+        .find(|(_, o)| o.id == biller)
+        .ok_or_else(|| config("organizations", format!("billing provider {biller} is not configured")))?;
+    let need = |v: &Option<String>, k: &str| {
+        v.clone().ok_or_else(|| config(format!("organizations[{i}].{k}"), format!("{biller} bills claims and needs its {k}")))
+    };
+    Ok(c837::BillingProvider {
+        name: org.name.to_ascii_uppercase(),
+        npi: need(&org.npi, "npi")?,
+        tin: need(&org.tin, "tin")?,
+        taxonomy: need(&org.taxonomy, "taxonomy")?,
+        address: address(
+            org.address
+                .as_ref()
+                .ok_or_else(|| config(format!("organizations[{i}].address"), format!("{biller} bills claims and needs its address")))?,
+        ),
+    })
+}
+
+/// A NUCC taxonomy of a credential from the mapping table, when it is a NUCC code.
+fn taxonomy(pipeline: &Pipeline, site: &str, credential: &str) -> Option<String> {
+    let set = pipeline.mapper.for_site(site);
+    let code = set.tables.get("credentials")?.entries.get(credential)?.get("taxonomy")?.get("code")?.as_str()?.to_string();
+    (code.len() == 10).then_some(code)
+}
+
+fn sex(s: &str) -> c837::Sex {
+    match s {
+        "female" => c837::Sex::Female,
+        "male" => c837::Sex::Male,
+        _ => c837::Sex::Unknown,
+    }
+}
+
+fn upper(s: &str) -> String {
+    s.to_ascii_uppercase()
+}
+
+/// The 837 claim of a stored claim and the session version it covers.
+fn x12_claim(pipeline: &Pipeline, c: &ClaimRow, plan: &PlannedClaim, raw: &RawSession) -> Result<c837::Claim, BatchError> {
+    let corrupt = |m: &str| BatchError::Corrupt(format!("claim {}: {m}", c.pcn));
+    let dos = NaiveDate::parse_from_str(&c.service_date, "%Y-%m-%d").map_err(|_| corrupt("unreadable date of service"))?;
+    let birth = NaiveDate::parse_from_str(&raw.student.birth_date, "%Y-%m-%d").map_err(|_| corrupt("unreadable birth date"))?;
+    let home = raw.student.address.as_ref().ok_or_else(|| corrupt("the session has no student address"))?;
+    let member_id = raw.student.medi_cal_cin.clone().ok_or_else(|| corrupt("the session has no Medi-Cal CIN"))?;
+    let site = pipeline.settings.site(&c.site_id).ok_or_else(|| config("sites", format!("site {} is not configured", c.site_id)))?;
+    let site_index = pipeline.settings.sites.iter().position(|s| s.id == c.site_id).unwrap_or_default();
+    let facility = c837::Facility {
+        name: upper(&site.name),
+        npi: None,
+        address: address(
+            site.address
+                .as_ref()
+                .ok_or_else(|| config(format!("sites[{site_index}].address"), "the service facility (school) needs its address"))?,
+        ),
+    };
+    let clinician = &raw.clinician;
+    let rendering = c837::Person {
+        last: upper(&clinician.family_name),
+        first: upper(&clinician.given_name),
+        npi: clinician.npi.clone(),
+        taxonomy: taxonomy(pipeline, &c.site_id, &clinician.credential),
+    };
+    let supervising = match (&plan.supervising_npi, &clinician.supervisor) {
+        (Some(_), Some(s)) => {
+            Some(c837::Person { last: upper(&s.family_name), first: upper(&s.given_name), npi: s.npi.clone(), taxonomy: None })
+        }
+        _ => None,
+    };
+    let institutional = plan.form == crate::billing::ClaimForm::Institutional;
+    let pointers: Vec<u8> = (1..=plan.diagnoses.len().min(4) as u8).collect();
+    let lines = plan
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| c837::Line {
+            line_id: format!("{}-{}", c.pcn, i + 1),
+            procedure: l.code.clone(),
+            modifiers: l.modifiers.clone(),
+            revenue_code: if institutional { l.revenue_code.clone() } else { None },
+            charge_cents: l.charge_cents.0,
+            units: l.units,
+            service_date: dos,
+            diagnosis_pointers: if institutional { Vec::new() } else { pointers.clone() },
+        })
+        .collect();
+    let form = if institutional {
+        c837::ClaimForm::Institutional(c837::InstitutionalForm {
+            facility_type: plan.facility_type.clone().ok_or_else(|| corrupt("an institutional claim without a facility type"))?,
+            patient_status: "01".into(),
+            admission_type: None,
+            admission_source: None,
+            reason_for_visit: plan.diagnoses.first().map(|d| vec![d.replace('.', "")]).unwrap_or_default(),
+        })
+    } else {
+        c837::ClaimForm::Professional {
+            place_of_service: plan.place_of_service.clone().ok_or_else(|| corrupt("a professional claim without a place of service"))?,
+        }
+    };
+    Ok(c837::Claim {
+        patient_control_number: c.pcn.clone(),
+        form,
+        frequency: match c.frequency.as_str() {
+            "7" => c837::Frequency::Replacement,
+            "8" => c837::Frequency::Void,
+            _ => c837::Frequency::Original,
+        },
+        payer_claim_number: c.payer_claim_number.clone(),
+        // Part 2 data goes only with the patient's signed consent on file ("I"); the payment
+        // consent billing checked covers every category of the session.
+        release_of_information: c837::ReleaseOfInformation::Yes,
+        total_charge_cents: c.charge_cents,
+        diagnoses: plan.diagnoses.iter().map(|d| d.replace('.', "")).collect(),
+        rendering: Some(rendering.clone()),
+        supervising: if institutional { None } else { supervising },
+        attending: if institutional { Some(rendering) } else { None },
+        service_facility: Some(facility),
+        statement_from: dos,
+        statement_to: dos,
+        lines,
+        subscriber: c837::Subscriber {
+            member_id,
+            last: upper(&raw.student.family_name),
+            first: upper(&raw.student.given_name),
+            birth_date: birth,
+            sex: sex(&raw.student.sex),
+            address: address(home),
+        },
+    })
+}
+
+/// Builds one batch per (payer, billing provider, claim form) of the ready claims (at most
+/// `limit`), stores each with its control numbers and moves its claims to `batched`.
+pub async fn build(store: &Store, pipeline: &Pipeline, actor: &str, limit: i64) -> Result<Vec<BatchSummary>, BatchError> {
+    let ready = store.ready_claims(limit).await?;
+    let keys: Vec<(&str, i64)> = ready.iter().map(|c| (c.session_id.as_str(), c.session_version)).collect();
+    let records = store.session_records(&keys).await?;
+    let mut groups: BTreeMap<(String, String, String), Vec<&ClaimRow>> = BTreeMap::new();
+    for c in &ready {
+        groups.entry((c.payer.clone(), c.biller.clone(), c.form.clone())).or_default().push(c);
+    }
+    let settings = &pipeline.settings;
+    let b = &settings.billing;
+    let mut out = Vec::new();
+    for ((payer_id, biller, form), claims) in groups {
+        let payer = pipeline
+            .billing
+            .payers
+            .get(&payer_id)
+            .ok_or_else(|| config("mappings/billing/payers.toml", format!("payer {payer_id} is not configured")))?;
+        let provider = billing_provider(settings, &biller)?;
+        let mut x_claims = Vec::with_capacity(claims.len());
+        for c in &claims {
+            let plan: PlannedClaim =
+                serde_json::from_str(&c.plan).map_err(|e| BatchError::Corrupt(format!("claim {} has an unreadable plan: {e}", c.pcn)))?;
+            let record = records
+                .get(&(c.session_id.clone(), c.session_version))
+                .ok_or_else(|| BatchError::Corrupt(format!("claim {}: session version not found", c.pcn)))?;
+            let raw: RawSession = serde_json::from_str(record)
+                .map_err(|e| BatchError::Corrupt(format!("claim {}: unreadable session record: {e}", c.pcn)))?;
+            x_claims.push(x12_claim(pipeline, c, &plan, &raw)?);
+        }
+        let isa = store.next_control_number("isa").await?;
+        let gs = store.next_control_number("gs").await?;
+        let now = chrono::Utc::now();
+        let implementation = if form == "institutional" { c837::Implementation::Institutional } else { c837::Implementation::Professional };
+        let interchange = c837::Interchange {
+            sender_qualifier: b.sender_qualifier.clone(),
+            sender_id: b.sender_id.clone(),
+            receiver_qualifier: b.receiver_qualifier.clone(),
+            receiver_id: b.receiver_id.clone(),
+            gs_sender: b.sender_id.clone(),
+            gs_receiver: b.receiver_id.clone(),
+            usage: if b.usage == "P" { x12::Usage::Production } else { x12::Usage::Test },
+            ack_requested: true,
+            isa_control: u32::try_from(isa).unwrap_or(1),
+            gs_control: u32::try_from(gs).unwrap_or(1),
+            created: now.naive_utc(),
+            implementation,
+            transactions: vec![c837::Transaction837 {
+                control_number: "0001".into(),
+                reference: format!("{isa:09}"),
+                created: now.naive_utc(),
+                submitter: c837::Submitter {
+                    name: b.submitter_name.clone(),
+                    id: b.sender_id.clone(),
+                    contact_name: b.contact_name.clone(),
+                    phone: b.contact_phone.clone(),
+                },
+                receiver: c837::Receiver { name: b.receiver_name.clone(), id: b.receiver_id.clone() },
+                billing_provider: provider.clone(),
+                payer: c837::Payer {
+                    name: upper(&payer.name),
+                    id: payer.payer_id.clone(),
+                    filing_indicator: payer.filing_indicator.clone(),
+                },
+                claims: x_claims,
+            }],
+        };
+        let written = c837::build_interchange(&interchange, &x12::Delimiters::readable())
+            .map_err(|source| BatchError::X12 { claim: format!("batch for {payer_id}/{biller}"), source })?;
+        let row = BatchRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            payer: payer_id.clone(),
+            biller: biller.clone(),
+            implementation: implementation.version().to_string(),
+            isa_control: isa,
+            gs_control: gs,
+            st_control: "0001".into(),
+            claim_count: claims.len() as i64,
+            total_cents: claims.iter().map(|c| c.charge_cents).sum(),
+            x12: written.text,
+            status: "built".into(),
+            created_by: actor.to_string(),
+            created_us: crate::store::now_us(),
+        };
+        let ids: Vec<&str> = claims.iter().map(|c| c.id.as_str()).collect();
+        if store.insert_batch(&row, &ids, actor).await? {
+            tracing::info!(batch = %row.id, payer = %payer_id, biller = %biller, claims = row.claim_count, isa = isa, "claim batch built");
+            out.push(BatchSummary::of(&row, claims.iter().map(|c| c.pcn.clone()).collect()));
+        } else {
+            tracing::info!(payer = %payer_id, biller = %biller, "claims changed while batching; left for the next batch");
+        }
+    }
+    Ok(out)
+}

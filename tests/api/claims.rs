@@ -1,0 +1,286 @@
+//! Claims end to end on the real server: the claim worker turns billable sessions into claims,
+//! amendments into cancellations, frequency-7 replacements and frequency-8 voids; finance builds
+//! X12 batches (837I for the FQHC PPS visit, 837P for the fee schedule) whose files the CI step
+//! checks with pyx12 (`target/x12-out/`); the same session sent again and again, or by two
+//! instances at once, never has more than one active claim.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, exec_sql, repo_path, session_with_id, spawn_app_with};
+use wellness_gateway::auth::{Role, register_client};
+
+async fn finance_token(app: &TestApp) -> String {
+    register_client(&app.store, &app.settings, "finance", Role::Finance, None).await.expect("finance client").secret
+}
+
+async fn submit(app: &TestApp, s: &Value) -> String {
+    let res = app.post_json("/api/v1/sessions", &app.submitter_token, s).await;
+    assert!(res.status().is_success(), "{}", res.status());
+    res.json::<Value>().await.expect("receipt")["id"].as_str().expect("id").to_owned()
+}
+
+async fn consent(app: &TestApp, student: &str, source_id: &str, recipients: Value) {
+    let mut form: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_path("schemas/examples/valid/consent.json")).expect("form")).expect("json");
+    form["student"]["district_id"] = json!(student);
+    form["source_id"] = json!(source_id);
+    form["recipients"] = recipients;
+    let res = app.post_json("/api/v1/consents", &app.submitter_token, &form).await;
+    assert!(res.status().is_success(), "{}", res.status());
+}
+
+async fn claims_of(app: &TestApp, token: &str, session: &str) -> Vec<Value> {
+    let res = app.get(&format!("/api/v1/claims?session={session}"), token).await;
+    assert_eq!(res.status().as_u16(), 200);
+    res.json::<Vec<Value>>().await.expect("claims")
+}
+
+/// Waits until the session's claims satisfy `done` (the worker polls every second).
+async fn wait_claims(app: &TestApp, token: &str, session: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = claims_of(app, token, session).await;
+        if done(&c) {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "claims of {session} never settled: {c:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn active(claims: &[Value]) -> Vec<&Value> {
+    claims.iter().filter(|c| c["active"] == json!(true)).collect()
+}
+
+/// Writes a built file where `.ci/x12-check.sh` finds it.
+fn keep_x12(name: &str, text: &str) {
+    let dir = repo_path("target/x12-out");
+    std::fs::create_dir_all(&dir).expect("x12 output folder");
+    std::fs::write(dir.join(format!("{name}.x12")), text).expect("x12 file written");
+}
+
+async fn build_batches(app: &TestApp, token: &str) -> Vec<Value> {
+    let res = app.client.post(app.url("/api/v1/claims/batches")).bearer_auth(token).send().await.expect("request");
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.expect("json");
+    assert!(status == 201 || status == 200, "{status} {body}");
+    body["batches"].as_array().cloned().unwrap_or_default()
+}
+
+async fn x12_of(app: &TestApp, token: &str, batch: &Value) -> String {
+    let res = app.get(batch["x12"].as_str().expect("x12 link"), token).await;
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.headers()["content-type"], "application/edi-x12");
+    res.text().await.expect("text")
+}
+
+fn with_minutes(mut s: Value, minutes: i64) -> Value {
+    let start = chrono::DateTime::parse_from_rfc3339(s["service"]["start"].as_str().expect("start")).expect("start");
+    s["service"]["end"] = json!((start + chrono::Duration::minutes(minutes)).to_rfc3339());
+    s
+}
+
+async fn claim_lifecycle(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.billing.poll_seconds = 1).await else {
+        eprintln!("skipped: set TEST_DATABASE_URL to run on PostgreSQL");
+        return;
+    };
+    let finance = finance_token(&app).await;
+    let tag = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+
+    // An FQHC visit (LCSW, in scope) and a fee-schedule service (school counsellor).
+    let visit = session_with_id("CLAIM-VISIT-1");
+    let mut counsel = session_with_id("CLAIM-FEE-1");
+    counsel["site"] = json!("site-demo-ms");
+    counsel["student"]["district_id"] = json!("S2000001");
+    counsel["clinician"]["credential"] = json!("PPS-school-counselor");
+    let visit_id = submit(&app, &visit).await;
+    let fee_id = submit(&app, &counsel).await;
+    // Not billable yet: no payment consent. The worker settles both versions without a claim.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(claims_of(&app, &finance, &visit_id).await.is_empty());
+    // Consents arrive: the held sessions are looked at again and claimed.
+    consent(&app, "S1002345", "CONSENT-CLAIM-1", json!(["fqhc-demo"])).await;
+    let mut lea_payment = json!(["lea-demo"]);
+    consent(&app, "S2000001", "CONSENT-CLAIM-2", lea_payment.take()).await;
+    let c = wait_claims(&app, &finance, &visit_id, |c| c.len() == 1).await;
+    assert_eq!(c[0]["program"], json!("medi-cal-fqhc-pps"));
+    assert_eq!(c[0]["status"], json!("ready"));
+    assert_eq!(c[0]["frequency"], json!("1"));
+    assert_eq!(c[0]["charge_cents"], json!(24567));
+    let first_visit_claim = c[0]["id"].as_str().expect("id").to_owned();
+    let c = wait_claims(&app, &finance, &fee_id, |c| c.len() == 1).await;
+    assert_eq!(c[0]["program"], json!("cybhi-fee-schedule"));
+
+    // The FHIR Claim, for finance only.
+    let res = app.get(&format!("/fhir/Claim/{first_visit_claim}"), &finance).await;
+    assert_eq!(res.status().as_u16(), 200);
+    let fhir: Value = res.json().await.expect("claim");
+    assert_eq!(fhir["resourceType"], json!("Claim"));
+    assert_eq!(fhir["type"]["coding"][0]["code"], json!("institutional"));
+    assert_eq!(fhir["item"][0]["productOrService"]["coding"][0]["code"], json!("T1015"));
+    assert_eq!(fhir["item"][1]["productOrService"]["coding"][0]["code"], json!("90834"));
+    assert_eq!(fhir["total"]["value"], json!(245.67));
+    for token in [&app.submitter_token, &app.partner_token] {
+        assert_eq!(app.get(&format!("/fhir/Claim/{first_visit_claim}"), token).await.status().as_u16(), 403);
+        assert_eq!(app.get("/api/v1/claims", token).await.status().as_u16(), 403);
+    }
+    let bundle: Value = app.get(&format!("/fhir/Claim?encounter=Encounter/{visit_id}"), &finance).await.json().await.expect("bundle");
+    assert_eq!(bundle["total"], json!(1));
+
+    // The same session again: nothing new. Amended before it was sent: the ready claim is
+    // withdrawn and an original for the new version takes its place.
+    submit(&app, &visit).await;
+    let amended = with_minutes(visit.clone(), 60);
+    submit(&app, &amended).await;
+    let c = wait_claims(&app, &finance, &visit_id, |c| c.len() == 2).await;
+    let act = active(&c);
+    assert_eq!(act.len(), 1);
+    assert_eq!(act[0]["frequency"], json!("1"));
+    assert_eq!(act[0]["session_version"], json!(2));
+    let old: Value = app.get(&format!("/api/v1/claims/{first_visit_claim}"), &finance).await.json().await.expect("claim");
+    assert_eq!(old["status"], json!("cancelled"));
+    assert_eq!(old["events"].as_array().map(Vec::len), Some(2), "{old}");
+    assert_eq!(old["lines"][1]["code"], json!("90834"));
+
+    // Finance batches: one 837I (FQHC, Medi-Cal) and one 837P (LEA, fee schedule).
+    let batches = build_batches(&app, &finance).await;
+    assert_eq!(batches.len(), 2, "{batches:?}");
+    let mut by_impl: HashMap<String, Value> = HashMap::new();
+    for b in batches {
+        by_impl.insert(b["implementation"].as_str().expect("impl").to_owned(), b);
+    }
+    let inst = &by_impl["005010X223A2"];
+    let prof = &by_impl["005010X222A1"];
+    assert_eq!(inst["biller"], json!("fqhc-demo"));
+    assert_eq!(prof["biller"], json!("lea-demo"));
+    let text_i = x12_of(&app, &finance, inst).await;
+    let text_p = x12_of(&app, &finance, prof).await;
+    assert!(
+        text_i.starts_with("ISA*") && text_i.contains("SV2*0521*HC:T1015:SE*245.67*UN*1") && text_i.contains("SV2*0900*HC:90837*0*UN*1"),
+        "{text_i}"
+    );
+    assert!(text_p.contains("SV1*HC:H0004:HA*85.59*UN*3") && text_p.contains("CLM*"), "{text_p}");
+    keep_x12(&format!("claims-{tag}-837i-original"), &text_i);
+    keep_x12(&format!("claims-{tag}-837p-original"), &text_p);
+    // Nothing left to batch.
+    assert!(build_batches(&app, &finance).await.is_empty());
+    let sent = active(&claims_of(&app, &finance, &visit_id).await)[0].clone();
+    assert_eq!(sent["status"], json!("batched"));
+
+    // Amended after it went out: a frequency-7 replacement, held until the payer's claim number
+    // is known (the 835 brings it; set here as posting would).
+    let amended = with_minutes(visit.clone(), 30);
+    submit(&app, &amended).await;
+    let c = wait_claims(&app, &finance, &visit_id, |c| c.len() == 3).await;
+    let repl = active(&c)[0].clone();
+    assert_eq!(repl["frequency"], json!("7"));
+    assert_eq!(repl["replaces"], sent["id"]);
+    let sent_now: Value =
+        app.get(&format!("/api/v1/claims/{}", sent["id"].as_str().expect("id")), &finance).await.json().await.expect("claim");
+    assert_eq!(sent_now["status"], json!("replaced"));
+    assert!(build_batches(&app, &finance).await.is_empty(), "a replacement waits for the payer's claim number");
+    exec_sql(
+        &app.db.url,
+        &format!("UPDATE claims SET payer_claim_number = 'ICN2026000111' WHERE id = '{}'", repl["id"].as_str().expect("id")),
+    )
+    .await;
+    let batches = build_batches(&app, &finance).await;
+    assert_eq!(batches.len(), 1);
+    let text = x12_of(&app, &finance, &batches[0]).await;
+    assert!(text.contains(":A:7*") && text.contains("REF*F8*ICN2026000111") && text.contains("HC:90832"), "{text}");
+    keep_x12(&format!("claims-{tag}-837i-replacement"), &text);
+    let fhir: Value = app.get(&format!("/fhir/Claim/{}", repl["id"].as_str().expect("id")), &finance).await.json().await.expect("claim");
+    assert_eq!(fhir["related"][0]["claim"]["reference"], json!(format!("Claim/{}", sent["id"].as_str().expect("id"))));
+
+    // Amended to something not billable (tier 1) after it went out: voided (frequency 8).
+    let mut universal = amended.clone();
+    universal["service"]["tier"] = json!(1);
+    submit(&app, &universal).await;
+    let c = wait_claims(&app, &finance, &visit_id, |c| c.len() == 4).await;
+    let void = active(&c)[0].clone();
+    assert_eq!(void["frequency"], json!("8"));
+    assert_eq!(void["payer_claim_number"], json!("ICN2026000111"));
+    let batches = build_batches(&app, &finance).await;
+    let text = x12_of(&app, &finance, &batches[0]).await;
+    assert!(text.contains(":A:8*"), "{text}");
+    keep_x12(&format!("claims-{tag}-837i-void"), &text);
+    // At every step exactly one claim was active.
+    assert_eq!(active(&claims_of(&app, &finance, &visit_id).await).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_lifecycle_sqlite() {
+    claim_lifecycle(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_lifecycle_postgres() {
+    claim_lifecycle(Backend::Postgres).await;
+}
+
+/// Two gateway instances on one PostgreSQL database, both running the claim worker, while the
+/// same sessions are sent again and amended concurrently: each session ends with exactly one
+/// active claim, for its current version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_never_double_bill() {
+    let Some(a) = spawn_app_with(Backend::Postgres, |s| s.billing.poll_seconds = 1).await else {
+        eprintln!("skipped: set TEST_DATABASE_URL to run on PostgreSQL");
+        return;
+    };
+    let b = wellness_gateway::startup::Application::build(a.settings.clone()).await.expect("second instance");
+    let b_address = format!("http://127.0.0.1:{}", b.port());
+    let b_handle = b.handle();
+    tokio::spawn(b.run_until_stopped());
+    let finance = finance_token(&a).await;
+    consent(&a, "S1002345", "CONSENT-TWO", json!(["fqhc-demo"])).await;
+    // Twenty sessions of one student on twenty days, each sent to both instances at once,
+    // three times, with an amendment in between.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let mut s = session_with_id(&format!("TWO-{i}"));
+        let day = 2 + i;
+        s["service"]["start"] = json!(format!("2026-10-{day:02}T10:00:00-07:00"));
+        s["service"]["end"] = json!(format!("2026-10-{day:02}T10:45:00-07:00"));
+        let amended = with_minutes(s.clone(), 55);
+        let mut sends = Vec::new();
+        for (round, body) in [&s, &s, &amended].into_iter().enumerate() {
+            for address in [&a.address, &b_address] {
+                let req = a.client.post(format!("{address}/api/v1/sessions")).bearer_auth(&a.submitter_token).json(body).send();
+                sends.push((round, req));
+            }
+        }
+        for (_, req) in sends {
+            let res = req.await.expect("send");
+            assert!(res.status().is_success(), "{}", res.status());
+        }
+        ids.push(submit(&a, &amended).await);
+    }
+    // Both workers settle; wait until every session's claim covers its last version.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    for id in &ids {
+        loop {
+            let c = claims_of(&a, &finance, id).await;
+            let act = active(&c);
+            assert!(act.len() <= 1, "session {id} has {} active claims: {c:?}", act.len());
+            let version: Value = a.get(&format!("/api/v1/sessions/{id}"), &a.admin_token).await.json().await.expect("session");
+            if act.len() == 1 && act[0]["session_version"] == version["current_version"] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "session {id} never settled: {c:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let active_total: i64 = {
+        let rows = a.get("/api/v1/claims?status=ready&_count=1000", &finance).await.json::<Vec<Value>>().await.expect("claims");
+        rows.iter().filter(|c| c["active"] == json!(true)).count() as i64
+    };
+    assert_eq!(active_total, 20, "one active claim per session");
+    b_handle.stop(true).await;
+}
