@@ -58,6 +58,9 @@ pub enum ApiError {
     /// A per-client limit is reached; retry after this many seconds (429).
     #[error("too many requests: {0}")]
     TooManyRequests(String, u64),
+    /// The request conflicts with the resource's current state (409).
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 impl ApiError {
@@ -89,6 +92,7 @@ impl ApiError {
             )],
             ApiError::Gone(m) => vec![OutcomeIssue::error(IssueCode::Deleted, m.clone())],
             ApiError::TooManyRequests(m, _) => vec![OutcomeIssue::error(IssueCode::Throttled, m.clone())],
+            ApiError::Conflict(m) => vec![OutcomeIssue::error(IssueCode::Conflict, m.clone())],
             ApiError::Internal(_) => vec![OutcomeIssue::error(
                 IssueCode::Exception,
                 "an unexpected error occurred; nothing was stored. Quote the X-Request-Id header when reporting it",
@@ -127,6 +131,7 @@ impl ResponseError for ApiError {
             ApiError::Internal(_) | ApiError::MappingDefect(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 

@@ -57,6 +57,14 @@ impl Pipeline {
         let consent = Arc::new(crate::consent::ConsentRules::from_settings(&settings)?);
         let billing =
             Arc::new(crate::billing::BillingRules::load(&settings.rules.mappings_dir, validator.schemas().session_document(), &settings)?);
+        for (i, c) in settings.billing.clearinghouses.iter().enumerate() {
+            if !billing.payers.contains_key(&c.payer) {
+                anyhow::bail!(
+                    "configuration billing.clearinghouses[{i}].payer: {:?} is not a payer in mappings/billing/payers.toml",
+                    c.payer
+                );
+            }
+        }
         Ok(Self { settings, validator, mapper, search, consent, billing })
     }
 

@@ -407,6 +407,32 @@ pub struct BillingSettings {
     pub receiver_name: String,
     /// `T` test or `P` production interchanges (ISA15).
     pub usage: String,
+    /// Where each payer's 837 files are sent (a batch for a payer without one stays `built` for
+    /// finance to download).
+    pub clearinghouses: Vec<Clearinghouse>,
+    /// Allow `http://` clearinghouse URLs (local development and tests only).
+    pub allow_http_clearinghouse: bool,
+    /// How long a batch is retried before it is marked failed (admins re-drive it), in seconds.
+    pub submit_retry_seconds: u64,
+    /// First retry delay in milliseconds; doubles each retry...
+    pub backoff_initial_ms: u64,
+    /// ...up to this many seconds.
+    pub backoff_max_seconds: u64,
+    /// Timeout of one submission request, in seconds.
+    pub timeout_seconds: u64,
+}
+
+/// A payer's clearinghouse endpoint: batches are POSTed there as `application/edi-x12`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clearinghouse {
+    /// Payer id (`mappings/billing/payers.toml`).
+    pub payer: String,
+    /// HTTPS URL.
+    pub url: String,
+    /// Bearer token, if the clearinghouse wants one (set it through the environment).
+    #[serde(default, serialize_with = "serialize_opt_secret")]
+    pub token: Option<SecretString>,
 }
 
 impl Default for BillingSettings {
@@ -423,6 +449,12 @@ impl Default for BillingSettings {
             receiver_id: "CLEARINGHOUSE".into(),
             receiver_name: "CLEARINGHOUSE".into(),
             usage: "T".into(),
+            clearinghouses: Vec::new(),
+            allow_http_clearinghouse: false,
+            submit_retry_seconds: 24 * 3600,
+            backoff_initial_ms: 5_000,
+            backoff_max_seconds: 3_600,
+            timeout_seconds: 30,
         }
     }
 }
@@ -661,6 +693,20 @@ impl Settings {
         }
         if self.billing.poll_seconds == 0 {
             return Err(self.invalid("billing.poll_seconds", "must be at least 1"));
+        }
+        for (i, c) in self.billing.clearinghouses.iter().enumerate() {
+            let ok = c.url.starts_with("https://") || (self.billing.allow_http_clearinghouse && c.url.starts_with("http://"));
+            if !ok || reqwest::Url::parse(&c.url).is_err() {
+                return Err(self.invalid(
+                    format!("billing.clearinghouses[{i}].url"),
+                    "must be an https:// URL (http:// only with billing.allow_http_clearinghouse)",
+                ));
+            }
+            if self.billing.clearinghouses[..i].iter().any(|o| o.payer == c.payer) {
+                return Err(
+                    self.invalid(format!("billing.clearinghouses[{i}].payer"), format!("{:?} has another clearinghouse already", c.payer))
+                );
+            }
         }
         if intake.min_session_minutes < 1 || intake.max_session_minutes < intake.min_session_minutes {
             return Err(self.invalid("intake.max_session_minutes", "must be >= intake.min_session_minutes >= 1"));

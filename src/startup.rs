@@ -133,6 +133,8 @@ impl Application {
         )?;
         if settings.billing.worker {
             tokio::spawn(crate::claims::Claimer::new(store.clone(), pipeline.clone()).run());
+            let poll = std::time::Duration::from_millis(settings.billing.backoff_initial_ms.clamp(50, 1_000));
+            tokio::spawn(crate::claims::submit::Submitter::new(store.clone(), settings.clone())?.run(poll));
         }
         let state = web::Data::new(AppState {
             settings: settings.clone(),

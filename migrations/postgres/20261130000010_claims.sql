@@ -92,11 +92,21 @@ CREATE TABLE claim_batches (
     claim_count     BIGINT NOT NULL,
     total_cents     BIGINT NOT NULL,
     x12             TEXT NOT NULL,
-    -- built | submitted
+    -- built (no clearinghouse configured: downloaded by finance) | queued (the submission
+    -- outbox) | submitted | failed (retries exhausted: visible to admins, re-drivable)
     status          TEXT NOT NULL,
     created_by      TEXT NOT NULL,
-    created_us      BIGINT NOT NULL
+    created_us      BIGINT NOT NULL,
+    attempts        BIGINT NOT NULL DEFAULT 0,
+    next_attempt_us BIGINT,
+    -- when the current round of retries began (creation, or the last re-drive)
+    queued_us       BIGINT,
+    last_error      TEXT,
+    submitted_us    BIGINT,
+    lease_owner     TEXT,
+    lease_until_us  BIGINT
 );
+CREATE INDEX claim_batches_due ON claim_batches (status, next_attempt_us);
 
 -- Control-number counters (ISA13, GS06), persisted so numbers never repeat.
 CREATE TABLE x12_counters (

@@ -92,11 +92,21 @@ CREATE TABLE claim_batches (
     claim_count     INTEGER NOT NULL,
     total_cents     INTEGER NOT NULL,
     x12             TEXT NOT NULL,
-    -- built | submitted
+    -- built (no clearinghouse configured: downloaded by finance) | queued (the submission
+    -- outbox) | submitted | failed (retries exhausted: visible to admins, re-drivable)
     status          TEXT NOT NULL,
     created_by      TEXT NOT NULL,
-    created_us      INTEGER NOT NULL
+    created_us      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_us INTEGER,
+    -- when the current round of retries began (creation, or the last re-drive)
+    queued_us       INTEGER,
+    last_error      TEXT,
+    submitted_us    INTEGER,
+    lease_owner     TEXT,
+    lease_until_us  INTEGER
 );
+CREATE INDEX claim_batches_due ON claim_batches (status, next_attempt_us);
 
 -- Control-number counters (ISA13, GS06), persisted so numbers never repeat.
 CREATE TABLE x12_counters (

@@ -167,6 +167,51 @@ pub async fn build_batches(state: web::Data<AppState>, who: Principal) -> Result
     Ok(res.json(BatchesBuilt { batches }))
 }
 
+/// Query of a batch listing.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BatchQuery {
+    /// Only batches in this status: built, queued, submitted or failed (the dead letters).
+    pub status: Option<String>,
+    /// At most this many (default 100, at most 1,000).
+    #[serde(rename = "_count")]
+    #[param(rename = "_count")]
+    pub count: Option<i64>,
+}
+
+/// Batches, newest first (finance, admin); `status=failed` lists those whose submission gave up.
+#[utoipa::path(get, path = "/api/v1/claims/batches", tag = "claims", params(BatchQuery),
+    responses((status = 200, body = [BatchSummary])), security(("bearer" = [])))]
+#[get("/api/v1/claims/batches")]
+pub async fn list_batches(state: web::Data<AppState>, who: Principal, q: web::Query<BatchQuery>) -> Result<HttpResponse, ApiError> {
+    who.finance_scope()?;
+    let rows = state.store.batches(q.status.as_deref(), limit(q.count)?).await?;
+    Ok(HttpResponse::Ok().json(rows.iter().map(|b| BatchSummary::of(b, Vec::new())).collect::<Vec<_>>()))
+}
+
+/// Sends a failed batch (or one built before its payer had a clearinghouse) again: the same
+/// file, the same control numbers (finance, admin).
+#[utoipa::path(post, path = "/api/v1/claims/batches/{id}/$resubmit", tag = "claims", params(("id" = String, Path, description = "batch id")),
+    responses((status = 202, body = BatchSummary), (status = 404, body = OperationOutcome),
+        (status = 409, description = "the batch is queued or submitted already", body = OperationOutcome)),
+    security(("bearer" = [])))]
+#[post("/api/v1/claims/batches/{id}/$resubmit")]
+pub async fn resubmit(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    who.finance_scope()?;
+    let b = state.store.batch(&path).await?.ok_or_else(|| ApiError::NotFound(format!("no batch {path}")))?;
+    if !state.settings.billing.clearinghouses.iter().any(|c| c.payer == b.payer) {
+        return Err(ApiError::Unprocessable(vec![OutcomeIssue::error(
+            IssueCode::BusinessRule,
+            format!("no clearinghouse is configured for payer {} (billing.clearinghouses)", b.payer),
+        )]));
+    }
+    if !state.store.batch_requeue(&b.id, crate::store::now_us()).await? {
+        return Err(ApiError::Conflict(format!("batch {} is {}; only failed or built batches are sent again", b.id, b.status)));
+    }
+    let b = state.store.batch(&path).await?.ok_or_else(|| ApiError::NotFound(format!("no batch {path}")))?;
+    Ok(HttpResponse::Accepted().json(BatchSummary::of(&b, Vec::new())))
+}
+
 /// One batch (finance, admin).
 #[utoipa::path(get, path = "/api/v1/claims/batches/{id}", tag = "claims", params(("id" = String, Path, description = "batch id")),
     responses((status = 200, body = BatchSummary), (status = 404, body = OperationOutcome)), security(("bearer" = [])))]

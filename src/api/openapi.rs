@@ -28,6 +28,8 @@ use crate::startup::AppState;
         super::claims::list,
         super::claims::read,
         super::claims::build_batches,
+        super::claims::list_batches,
+        super::claims::resubmit,
         super::claims::read_batch,
         super::claims::batch_x12,
         super::consents::post_consent,

@@ -25,6 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(billing::evaluate) // submitter (own LEA), finance, admin
         .service(intake::get_session) // submitter (own LEA), admin
         .service(claims::build_batches) // finance, admin
+        .service(claims::list_batches) // finance, admin (before /api/v1/claims/{id})
+        .service(claims::resubmit) // finance, admin
         .service(claims::read_batch) // finance, admin
         .service(claims::batch_x12) // finance, admin
         .service(claims::list) // finance, admin

@@ -61,6 +61,16 @@ pub struct BatchSummary {
     pub claim_count: i64,
     /// Sum of the claims' charges, in cents.
     pub total_cents: i64,
+    /// built (download it) | queued (being sent) | submitted | failed (retries exhausted).
+    pub status: String,
+    /// Submission attempts so far.
+    pub attempts: i64,
+    /// Why the last attempt failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the clearinghouse took it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<String>,
     /// CLM01 of each claim.
     pub claims: Vec<String>,
     /// Where to download the X12 file.
@@ -79,6 +89,10 @@ impl BatchSummary {
             gs_control: b.gs_control,
             claim_count: b.claim_count,
             total_cents: b.total_cents,
+            status: b.status.clone(),
+            attempts: b.attempts,
+            last_error: b.last_error.clone(),
+            submitted_at: b.submitted_us.map(crate::fhir::instant),
             claims,
             x12: format!("/api/v1/claims/batches/{}/x12", b.id),
         }
@@ -298,6 +312,9 @@ pub async fn build(store: &Store, pipeline: &Pipeline, actor: &str, limit: i64) 
         };
         let written = c837::build_interchange(&interchange, &x12::Delimiters::readable())
             .map_err(|source| BatchError::X12 { claim: format!("batch for {payer_id}/{biller}"), source })?;
+        // With a clearinghouse for the payer the batch goes into the submission outbox.
+        let queued = settings.billing.clearinghouses.iter().any(|c| c.payer == payer_id);
+        let now_us = crate::store::now_us();
         let row = BatchRow {
             id: uuid::Uuid::now_v7().to_string(),
             payer: payer_id.clone(),
@@ -309,9 +326,14 @@ pub async fn build(store: &Store, pipeline: &Pipeline, actor: &str, limit: i64) 
             claim_count: claims.len() as i64,
             total_cents: claims.iter().map(|c| c.charge_cents).sum(),
             x12: written.text,
-            status: "built".into(),
+            status: if queued { "queued".into() } else { "built".into() },
             created_by: actor.to_string(),
-            created_us: crate::store::now_us(),
+            created_us: now_us,
+            attempts: 0,
+            next_attempt_us: queued.then_some(now_us),
+            queued_us: queued.then_some(now_us),
+            last_error: None,
+            submitted_us: None,
         };
         let ids: Vec<&str> = claims.iter().map(|c| c.id.as_str()).collect();
         if store.insert_batch(&row, &ids, actor).await? {

@@ -11,6 +11,7 @@
 //! (by a frequency-8 claim).
 
 pub mod batch;
+pub mod submit;
 
 use std::sync::Arc;
 use std::time::Duration;

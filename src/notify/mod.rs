@@ -428,9 +428,14 @@ async fn deliver_loop(inner: Arc<Inner>) {
 }
 
 fn backoff_us(settings: &Settings, attempts: i64) -> i64 {
-    let s = &settings.subscriptions;
-    let initial = i64::try_from(s.backoff_initial_ms).unwrap_or(5_000) * 1_000;
-    let cap = i64::try_from(s.backoff_max_seconds).unwrap_or(3_600).saturating_mul(1_000_000);
+    exponential_backoff_us(settings.subscriptions.backoff_initial_ms, settings.subscriptions.backoff_max_seconds, attempts)
+}
+
+/// The delay before retry number `attempts` (1 = the first retry), in microseconds:
+/// `initial_ms` doubling each retry, capped at `max_seconds`. Shared by every outbox.
+pub fn exponential_backoff_us(initial_ms: u64, max_seconds: u64, attempts: i64) -> i64 {
+    let initial = i64::try_from(initial_ms).unwrap_or(5_000) * 1_000;
+    let cap = i64::try_from(max_seconds).unwrap_or(3_600).saturating_mul(1_000_000);
     initial.saturating_mul(1i64 << attempts.clamp(1, 40).saturating_sub(1)).min(cap.max(initial))
 }
 

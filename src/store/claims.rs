@@ -414,7 +414,15 @@ pub struct BatchRow {
     pub status: String,
     pub created_by: String,
     pub created_us: i64,
+    pub attempts: i64,
+    pub next_attempt_us: Option<i64>,
+    pub queued_us: Option<i64>,
+    pub last_error: Option<String>,
+    pub submitted_us: Option<i64>,
 }
+
+const BATCH_COLUMNS: &str = "id, payer, biller, implementation, isa_control, gs_control, st_control, claim_count, total_cents, x12, status, created_by, \
+     created_us, attempts, next_attempt_us, queued_us, last_error, submitted_us";
 
 impl Store {
     /// Claims ready to batch: active, status `ready`, and (for replacements and voids) with the
@@ -477,8 +485,9 @@ impl Store {
         with_db!(self.db(), pool => {
             let mut tx = pool.begin_with(begin).await?;
             sqlx::query(
-                "INSERT INTO claim_batches (id, payer, biller, implementation, isa_control, gs_control, st_control, claim_count, total_cents, x12, status, created_by, created_us) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                "INSERT INTO claim_batches (id, payer, biller, implementation, isa_control, gs_control, st_control, claim_count, total_cents, x12, status, created_by, \
+                 created_us, attempts, next_attempt_us, queued_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, $14)",
             )
             .bind(&b.id)
             .bind(&b.payer)
@@ -493,6 +502,7 @@ impl Store {
             .bind(&b.status)
             .bind(&b.created_by)
             .bind(b.created_us)
+            .bind(b.next_attempt_us)
             .execute(&mut *tx)
             .await?;
             for id in claim_ids {
@@ -521,8 +531,116 @@ impl Store {
 
     /// One batch.
     pub async fn batch(&self, id: &str) -> Result<Option<BatchRow>, StoreError> {
-        let sql = "SELECT id, payer, biller, implementation, isa_control, gs_control, st_control, claim_count, total_cents, x12, status, created_by, created_us \
-                   FROM claim_batches WHERE id = $1";
-        Ok(with_db!(self.db(), pool => { sqlx::query_as(sql).bind(id).fetch_optional(pool).await? }))
+        let sql = format!("SELECT {BATCH_COLUMNS} FROM claim_batches WHERE id = $1");
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await? }))
+    }
+
+    /// Batches, newest first, optionally in one status.
+    pub async fn batches(&self, status: Option<&str>, limit: i64) -> Result<Vec<BatchRow>, StoreError> {
+        let sql =
+            format!("SELECT {BATCH_COLUMNS} FROM claim_batches WHERE ($1 IS NULL OR status = $1) ORDER BY created_us DESC, id LIMIT $2");
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(status).bind(limit).fetch_all(pool).await? }))
+    }
+
+    /// Takes the lease of a queued batch that is due and not leased by a live submitter.
+    pub async fn lease_due_batch(&self, owner: &str, now_us: i64, lease_us: i64) -> Result<Option<BatchRow>, StoreError> {
+        let pick = "SELECT id FROM claim_batches WHERE status = 'queued' AND next_attempt_us <= $1 \
+                    AND (lease_until_us IS NULL OR lease_until_us < $1) ORDER BY next_attempt_us, id LIMIT 1";
+        let id: Option<String> = with_db!(self.db(), pool => { sqlx::query_scalar(pick).bind(now_us).fetch_optional(pool).await? });
+        let Some(id) = id else { return Ok(None) };
+        let n = with_db!(self.db(), pool => {
+            sqlx::query(
+                "UPDATE claim_batches SET lease_owner = $1, lease_until_us = $2 WHERE id = $3 AND status = 'queued' \
+                 AND (lease_until_us IS NULL OR lease_until_us < $4)",
+            )
+            .bind(owner)
+            .bind(now_us + lease_us)
+            .bind(&id)
+            .bind(now_us)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if n == 1 { self.batch(&id).await } else { Ok(None) }
+    }
+
+    /// The clearinghouse took the batch: it and its claims become `submitted`.
+    pub async fn batch_submitted(&self, id: &str, owner: &str, actor: &str, now_us: i64) -> Result<bool, StoreError> {
+        let begin = self.begin_write();
+        Ok(with_db!(self.db(), pool => {
+            let mut tx = pool.begin_with(begin).await?;
+            let n = sqlx::query(
+                "UPDATE claim_batches SET status = 'submitted', submitted_us = $1, attempts = attempts + 1, last_error = NULL, \
+                 lease_owner = NULL, lease_until_us = NULL WHERE id = $2 AND lease_owner = $3 AND status = 'queued'",
+            )
+            .bind(now_us)
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n != 1 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) \
+                 SELECT id, $1, $2, 'batched', 'submitted', $3 FROM claims WHERE batch_id = $4 AND status = 'batched'",
+            )
+            .bind(now_us)
+            .bind(actor)
+            .bind(format!("batch {id} accepted by the clearinghouse"))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE claims SET status = 'submitted', updated_us = $1 WHERE batch_id = $2 AND status = 'batched'")
+                .bind(now_us)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            true
+        }))
+    }
+
+    /// A submission attempt failed: retry at `next_attempt_us`, or, when `failed`, stop
+    /// (status `failed`, visible to admins).
+    pub async fn batch_attempt_failed(
+        &self,
+        id: &str,
+        owner: &str,
+        error: &str,
+        next_attempt_us: i64,
+        failed: bool,
+    ) -> Result<(), StoreError> {
+        with_db!(self.db(), pool => {
+            sqlx::query(
+                "UPDATE claim_batches SET attempts = attempts + 1, last_error = $1, next_attempt_us = $2, status = $3, \
+                 lease_owner = NULL, lease_until_us = NULL WHERE id = $4 AND lease_owner = $5 AND status = 'queued'",
+            )
+            .bind(error)
+            .bind(next_attempt_us)
+            .bind(if failed { "failed" } else { "queued" })
+            .bind(id)
+            .bind(owner)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Queues a failed (or never sent) batch again; `false` when it is not failed or built.
+    pub async fn batch_requeue(&self, id: &str, now_us: i64) -> Result<bool, StoreError> {
+        let n = with_db!(self.db(), pool => {
+            sqlx::query(
+                "UPDATE claim_batches SET status = 'queued', attempts = 0, next_attempt_us = $1, queued_us = $1, lease_owner = NULL, lease_until_us = NULL \
+                 WHERE id = $2 AND status IN ('failed', 'built')",
+            )
+            .bind(now_us)
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
     }
 }

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, exec_sql, repo_path, session_with_id, spawn_app_with};
+use crate::helpers::{Backend, TestApp, endpoint, exec_sql, repo_path, session_with_id, spawn_app_with};
 use wellness_gateway::auth::{Role, register_client};
+use wellness_gateway::settings::Clearinghouse;
 
 async fn finance_token(app: &TestApp) -> String {
     register_client(&app.store, &app.settings, "finance", Role::Finance, None).await.expect("finance client").secret
@@ -283,4 +284,102 @@ async fn two_instances_never_double_bill() {
     };
     assert_eq!(active_total, 20, "one active claim per session");
     b_handle.stop(true).await;
+}
+
+async fn batch_status(app: &TestApp, token: &str, id: &str) -> Value {
+    app.get(&format!("/api/v1/claims/batches/{id}"), token).await.json().await.expect("batch")
+}
+
+async fn wait_batch(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = batch_status(app, token, id).await;
+        if b["status"] == json!(status) {
+            return b;
+        }
+        assert!(Instant::now() < deadline, "batch {id} never became {status}: {b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Batches go to the payer's clearinghouse (a local HTTP server here) through the outbox:
+/// failures are retried with backoff and the same bytes; when the retries run out the batch is
+/// a dead letter that finance can send again.
+async fn submission_outbox(backend: Backend) {
+    let house = endpoint(2).await;
+    let url = house.url.clone();
+    let Some(app) = spawn_app_with(backend, move |s| {
+        s.billing.poll_seconds = 1;
+        s.billing.allow_http_clearinghouse = true;
+        s.billing.backoff_initial_ms = 50;
+        s.billing.backoff_max_seconds = 1;
+        s.billing.submit_retry_seconds = 2;
+        s.billing.clearinghouses =
+            vec![Clearinghouse { payer: "medi-cal-ffs".into(), url, token: Some("house-secret".to_string().into()) }];
+    })
+    .await
+    else {
+        eprintln!("skipped: set TEST_DATABASE_URL to run on PostgreSQL");
+        return;
+    };
+    let finance = finance_token(&app).await;
+    consent(&app, "S1002345", "CONSENT-SUBMIT", json!(["fqhc-demo"])).await;
+    let id = submit(&app, &session_with_id("SUBMIT-1")).await;
+    wait_claims(&app, &finance, &id, |c| c.len() == 1).await;
+    let batches = build_batches(&app, &finance).await;
+    assert_eq!(batches[0]["status"], json!("queued"));
+    let batch_id = batches[0]["id"].as_str().expect("id").to_owned();
+    let b = wait_batch(&app, &finance, &batch_id, "submitted").await;
+    assert_eq!(b["attempts"], json!(3), "two failures, then accepted: {b}");
+    let got = house.received.lock().expect("lock").clone();
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter().all(|r| r.body == got[0].body && r.authorization.as_deref() == Some("Bearer house-secret")),
+        "every attempt sends the same file"
+    );
+    assert!(String::from_utf8_lossy(&got[0].body).starts_with("ISA*"));
+    let c = claims_of(&app, &finance, &id).await;
+    assert_eq!(c[0]["status"], json!("submitted"));
+    let detail: Value =
+        app.get(&format!("/api/v1/claims/{}", c[0]["id"].as_str().expect("id")), &finance).await.json().await.expect("claim");
+    let path: Vec<&str> = detail["events"].as_array().expect("events").iter().filter_map(|e| e["to"].as_str()).collect();
+    assert_eq!(path, vec!["ready", "batched", "submitted"]);
+
+    // The clearinghouse stays down past the retry window: a dead letter, re-driven by finance.
+    *house.fail.lock().expect("lock") = 1_000_000;
+    let amended = with_minutes(session_with_id("SUBMIT-1"), 60);
+    submit(&app, &amended).await;
+    wait_claims(&app, &finance, &id, |c| c.len() == 2).await;
+    exec_sql(&app.db.url, "UPDATE claims SET payer_claim_number = 'ICN-SUBMIT-1' WHERE frequency = '7'").await;
+    let batch_id = build_batches(&app, &finance).await[0]["id"].as_str().expect("id").to_owned();
+    let b = wait_batch(&app, &finance, &batch_id, "failed").await;
+    assert!(b["last_error"].as_str().is_some_and(|e| e.contains("500")), "{b}");
+    let dead: Vec<Value> = app.get("/api/v1/claims/batches?status=failed", &finance).await.json().await.expect("list");
+    assert_eq!(dead.len(), 1);
+    let res = app
+        .client
+        .post(app.url(&format!("/api/v1/claims/batches/{batch_id}/$resubmit")))
+        .bearer_auth(&app.submitter_token)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(res.status().as_u16(), 403);
+    *house.fail.lock().expect("lock") = 0;
+    let res =
+        app.client.post(app.url(&format!("/api/v1/claims/batches/{batch_id}/$resubmit"))).bearer_auth(&finance).send().await.expect("req");
+    assert_eq!(res.status().as_u16(), 202);
+    wait_batch(&app, &finance, &batch_id, "submitted").await;
+    let res =
+        app.client.post(app.url(&format!("/api/v1/claims/batches/{batch_id}/$resubmit"))).bearer_auth(&finance).send().await.expect("req");
+    assert_eq!(res.status().as_u16(), 409, "a submitted batch is not sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_outbox_sqlite() {
+    submission_outbox(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_outbox_postgres() {
+    submission_outbox(Backend::Postgres).await;
 }

@@ -379,3 +379,69 @@ pub fn copy_mappings() -> tempfile::TempDir {
     copy(&repo_path("mappings"), dir.path());
     dir
 }
+
+/// One request an [`Endpoint`] received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The status it answered.
+    pub status: u16,
+    /// The `Authorization` header.
+    pub authorization: Option<String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A party outside the product (a partner's webhook, a payer's clearinghouse) as a real local
+/// HTTP server: records every POST to `/hook`; answers 500 while `fail` > 0.
+pub struct Endpoint {
+    pub url: String,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    pub fail: std::sync::Arc<std::sync::Mutex<u32>>,
+    _server: actix_web::dev::ServerHandle,
+}
+
+/// Starts an [`Endpoint`] that fails the first `fail_first` requests.
+pub async fn endpoint(fail_first: u32) -> Endpoint {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let fail = Arc::new(Mutex::new(fail_first));
+    let (r, f) = (received.clone(), fail.clone());
+    let server = actix_web::HttpServer::new(move || {
+        let (r, f) = (r.clone(), f.clone());
+        actix_web::App::new().route(
+            "/hook",
+            actix_web::web::post().to(move |req: actix_web::HttpRequest, body: actix_web::web::Bytes| {
+                let (r, f) = (r.clone(), f.clone());
+                async move {
+                    let status = {
+                        let mut left = f.lock().unwrap();
+                        if *left > 0 {
+                            *left -= 1;
+                            500
+                        } else {
+                            200
+                        }
+                    };
+                    let authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    r.lock().unwrap().push(Received { status, authorization, body: body.to_vec() });
+                    actix_web::HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish()
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let port = server.addrs()[0].port();
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Endpoint { url: format!("http://127.0.0.1:{port}/hook"), received, fail, _server: handle }
+}

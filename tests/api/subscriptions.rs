@@ -2,56 +2,12 @@
 //! first deliveries), notifications in order with gap-free event numbers, consent checked when
 //! the change is dispatched and again when it is delivered, dead letters and re-drive.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, repo_path, session_with_id, spawn_app_with};
+use crate::helpers::{Backend, Endpoint, TestApp, endpoint, repo_path, session_with_id, spawn_app_with};
 use wellness_gateway::settings::Settings;
-
-/// The partner's endpoint: records every request body; answers 500 while `fail` > 0.
-struct Endpoint {
-    url: String,
-    received: Arc<Mutex<Vec<(u16, Value)>>>,
-    fail: Arc<Mutex<u32>>,
-    _server: actix_web::dev::ServerHandle,
-}
-
-async fn endpoint(fail_first: u32) -> Endpoint {
-    let received: Arc<Mutex<Vec<(u16, Value)>>> = Arc::default();
-    let fail = Arc::new(Mutex::new(fail_first));
-    let (r, f) = (received.clone(), fail.clone());
-    let server = actix_web::HttpServer::new(move || {
-        let (r, f) = (r.clone(), f.clone());
-        actix_web::App::new().route(
-            "/hook",
-            actix_web::web::post().to(move |req: actix_web::HttpRequest, body: actix_web::web::Bytes| {
-                let (r, f) = (r.clone(), f.clone());
-                async move {
-                    assert_eq!(req.headers().get("authorization").and_then(|v| v.to_str().ok()), Some("Bearer partner-secret"));
-                    let mut left = f.lock().unwrap();
-                    let status = if *left > 0 {
-                        *left -= 1;
-                        500
-                    } else {
-                        200
-                    };
-                    r.lock().unwrap().push((status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
-                    actix_web::HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish()
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let port = server.addrs()[0].port();
-    let server = server.run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    Endpoint { url: format!("http://127.0.0.1:{port}/hook"), received, fail, _server: handle }
-}
 
 fn fast(s: &mut Settings) {
     s.subscriptions.allow_http_endpoints = true;
@@ -123,7 +79,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn delivered(e: &Endpoint) -> Vec<(i64, Option<String>)> {
-    e.received.lock().unwrap().iter().filter(|(s, _)| *s == 200).map(|(_, b)| event_of(b)).collect()
+    e.received.lock().unwrap().iter().filter(|r| r.status == 200).map(|r| event_of(&r.json())).collect()
 }
 
 async fn notifications(backend: Backend) {
@@ -147,8 +103,9 @@ async fn notifications(backend: Backend) {
     let got = delivered(&hook);
     assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(got.iter().map(|(_, f)| f.clone().unwrap()).collect::<Vec<_>>(), encounters);
-    assert_eq!(hook.received.lock().unwrap().iter().filter(|(s, _)| *s == 500).count(), 2, "two failed attempts");
-    let bundle = hook.received.lock().unwrap()[2].1.clone();
+    assert_eq!(hook.received.lock().unwrap().iter().filter(|r| r.status == 500).count(), 2, "two failed attempts");
+    assert!(hook.received.lock().unwrap().iter().all(|r| r.authorization.as_deref() == Some("Bearer partner-secret")));
+    let bundle = hook.received.lock().unwrap()[2].json();
     assert_eq!(bundle["type"], "history");
     assert!(bundle["entry"][1].get("resource").is_none(), "id-only: no resource content");
 
