@@ -284,6 +284,25 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
         guard.visits = Some((p, &date, visits_seen));
     }
     let sent = active.as_ref().is_some_and(|a| SENT.contains(&a.status.as_str()));
+    // An unsent replacement or void stands for a claim the payer has: what follows it refers
+    // to that claim, never starts over with an original.
+    let predecessor = match active.as_ref() {
+        Some(a) if !sent && a.frequency != "1" => match a.replaces.as_deref() {
+            Some(p) => store.claim(p).await?,
+            None => None,
+        },
+        _ => None,
+    };
+    let read_plan = |c: &ClaimRow| -> Result<PlannedClaim, ClaimError> {
+        serde_json::from_str(&c.plan).map_err(|e| StoreError::Corrupt(format!("claim {} has an unreadable plan: {e}", c.id)).into())
+    };
+    let void_of = |prior: &ClaimRow, retire: (String, &'static str), why: String| -> Result<Settlement, ClaimError> {
+        let plan = read_plan(prior)?;
+        let version = NaiveDate::parse_from_str(&prior.program_version, "%Y-%m-%d").unwrap_or(today);
+        let new = new_claim(pipeline, &subject, s.current_version, &prior.program, version, &plan, "8", Some(prior), now_us)?;
+        Ok(Settlement::Change { retire: Some(retire), new: Some(Box::new(new)), reason: why })
+    };
+    let not_billable = || decision.reasons.iter().map(|r| format!("{:?}", r.code)).collect::<Vec<_>>().join(", ");
     let settlement = match (decision.claim.as_ref(), active.as_ref()) {
         (Some(plan), None) => {
             let program = decision.program.as_deref().unwrap_or_default();
@@ -295,13 +314,17 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
                 reason: format!("session version {} is billable under {program}", s.current_version),
             }
         }
-        (Some(plan), Some(a)) if serde_json::to_string(plan).unwrap_or_default() == a.plan => {
+        (Some(plan), Some(a)) if a.frequency != "8" && serde_json::to_string(plan).unwrap_or_default() == a.plan => {
             Settlement::Nothing { reason: format!("version {} bills the same as claim {}", s.current_version, a.pcn) }
         }
         (Some(plan), Some(a)) => {
             let program = decision.program.as_deref().unwrap_or_default();
             let version = decision.program_version.unwrap_or(today);
-            let (freq, prior, to) = if sent { ("7", Some(a), "replaced") } else { ("1", None, "cancelled") };
+            let (freq, prior, to) = match (sent, &predecessor) {
+                (true, _) => ("7", Some(a), "replaced"),
+                (false, Some(p)) => ("7", Some(p), "cancelled"),
+                (false, None) => ("1", None, "cancelled"),
+            };
             let new = new_claim(pipeline, &subject, s.current_version, program, version, plan, freq, prior, now_us)?;
             Settlement::Change {
                 retire: Some((a.id.clone(), to)),
@@ -309,25 +332,30 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
                 reason: format!("session amended (version {}): claim {} {to}", s.current_version, a.pcn),
             }
         }
-        (None, Some(a)) if sent => {
-            // No longer billable after the payer has it: void it (frequency 8, the same lines).
-            let plan: PlannedClaim = match serde_json::from_str(&a.plan) {
-                Ok(p) => p,
-                Err(e) => return Err(StoreError::Corrupt(format!("claim {} has an unreadable plan: {e}", a.id)).into()),
-            };
-            let version = NaiveDate::parse_from_str(&a.program_version, "%Y-%m-%d").unwrap_or(today);
-            let new = new_claim(pipeline, &subject, s.current_version, &a.program, version, &plan, "8", Some(a), now_us)?;
-            let why = decision.reasons.iter().map(|r| format!("{:?}", r.code)).collect::<Vec<_>>().join(", ");
-            Settlement::Change {
-                retire: Some((a.id.clone(), "voided")),
-                new: Some(Box::new(new)),
-                reason: format!("session version {} is not billable ({why}): claim {} voided", s.current_version, a.pcn),
-            }
-        }
-        (None, Some(a)) => Settlement::Change {
-            retire: Some((a.id.clone(), "cancelled")),
-            new: None,
-            reason: format!("session version {} is not billable; claim {} withdrawn before it was sent", s.current_version, a.pcn),
+        (None, Some(a)) if a.frequency == "8" => Settlement::Nothing { reason: format!("claim {} voids it already", a.pcn) },
+        (None, Some(a)) if sent => void_of(
+            a,
+            (a.id.clone(), "voided"),
+            format!("session version {} is not billable ({}): claim {} voided", s.current_version, not_billable(), a.pcn),
+        )?,
+        (None, Some(a)) => match &predecessor {
+            // An unsent replacement: withdraw it and void the claim the payer has.
+            Some(p) => void_of(
+                p,
+                (a.id.clone(), "cancelled"),
+                format!(
+                    "session version {} is not billable ({}): replacement {} withdrawn, claim {} voided",
+                    s.current_version,
+                    not_billable(),
+                    a.pcn,
+                    p.pcn
+                ),
+            )?,
+            None => Settlement::Change {
+                retire: Some((a.id.clone(), "cancelled")),
+                new: None,
+                reason: format!("session version {} is not billable; claim {} withdrawn before it was sent", s.current_version, a.pcn),
+            },
         },
         (None, None) => Settlement::Nothing { reason: "not billable".into() },
     };

@@ -295,6 +295,19 @@ impl Store {
                 }
             }
             if let Settlement::Change { retire, new, reason } = s {
+                if let (Some(_), Some((patient, date, _))) = (&retire, g.visits) {
+                    // A visit may have been freed: the student's other sessions that day without
+                    // a claim are looked at again.
+                    sqlx::query(
+                        "UPDATE sessions SET billed_version = 0 WHERE patient_id = $1 AND service_date = $2 AND id <> $3 AND billed_version > 0 \
+                         AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1)",
+                    )
+                    .bind(patient)
+                    .bind(date)
+                    .bind(g.session_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 if let Some((old, to)) = retire {
                     let from: Option<String> = sqlx::query_scalar("SELECT status FROM claims WHERE id = $1 AND active = 1")
                         .bind(&old)

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod batch;
 mod billing;
+mod billing_property;
 mod claims;
 mod cli;
 mod consent;
