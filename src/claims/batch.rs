@@ -2,7 +2,7 @@
 //! interchange each (ISA/GS/ST with persisted control numbers), written by the typed X12 layer
 //! (`crate::x12`) as 837P (fee-schedule programs) or 837I (FQHC PPS visits).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -242,84 +242,108 @@ fn x12_claim(pipeline: &Pipeline, c: &ClaimRow, plan: &PlannedClaim, raw: &RawSe
     })
 }
 
+/// Ready claims grouped by (payer, billing provider, claim form), with the session records
+/// they bill: what one batch each is built from.
+pub struct Ready {
+    /// Groups in a stable order.
+    pub groups: BTreeMap<(String, String, String), Vec<ClaimRow>>,
+    /// Session records by (session id, version).
+    pub records: HashMap<(String, i64), String>,
+}
+
+/// Reads up to `limit` ready claims and the session versions they bill.
+pub async fn ready(store: &Store, limit: i64) -> Result<Ready, BatchError> {
+    let claims = store.ready_claims(limit).await?;
+    let keys: Vec<(&str, i64)> = claims.iter().map(|c| (c.session_id.as_str(), c.session_version)).collect();
+    let records = store.session_records(&keys).await?;
+    let mut groups: BTreeMap<(String, String, String), Vec<ClaimRow>> = BTreeMap::new();
+    for c in claims {
+        groups.entry((c.payer.clone(), c.biller.clone(), c.form.clone())).or_default().push(c);
+    }
+    Ok(Ready { groups, records })
+}
+
+/// The typed 837 interchange of one group (pure: no I/O).
+pub fn interchange(
+    pipeline: &Pipeline,
+    (payer_id, biller, form): (&str, &str, &str),
+    claims: &[ClaimRow],
+    records: &HashMap<(String, i64), String>,
+    isa: i64,
+    gs: i64,
+    now: chrono::NaiveDateTime,
+) -> Result<c837::Interchange, BatchError> {
+    let settings = &pipeline.settings;
+    let b = &settings.billing;
+    let payer = pipeline
+        .billing
+        .payers
+        .get(payer_id)
+        .ok_or_else(|| config("mappings/billing/payers.toml", format!("payer {payer_id} is not configured")))?;
+    let provider = billing_provider(settings, biller)?;
+    let mut x_claims = Vec::with_capacity(claims.len());
+    for c in claims {
+        let plan: PlannedClaim =
+            serde_json::from_str(&c.plan).map_err(|e| BatchError::Corrupt(format!("claim {} has an unreadable plan: {e}", c.pcn)))?;
+        let record = records
+            .get(&(c.session_id.clone(), c.session_version))
+            .ok_or_else(|| BatchError::Corrupt(format!("claim {}: session version not found", c.pcn)))?;
+        let raw: RawSession =
+            serde_json::from_str(record).map_err(|e| BatchError::Corrupt(format!("claim {}: unreadable session record: {e}", c.pcn)))?;
+        x_claims.push(x12_claim(pipeline, c, &plan, &raw)?);
+    }
+    let implementation = if form == "institutional" { c837::Implementation::Institutional } else { c837::Implementation::Professional };
+    Ok(c837::Interchange {
+        sender_qualifier: b.sender_qualifier.clone(),
+        sender_id: b.sender_id.clone(),
+        receiver_qualifier: b.receiver_qualifier.clone(),
+        receiver_id: b.receiver_id.clone(),
+        gs_sender: b.sender_id.clone(),
+        gs_receiver: b.receiver_id.clone(),
+        usage: if b.usage == "P" { x12::Usage::Production } else { x12::Usage::Test },
+        ack_requested: true,
+        isa_control: u32::try_from(isa).unwrap_or(1),
+        gs_control: u32::try_from(gs).unwrap_or(1),
+        created: now,
+        implementation,
+        transactions: vec![c837::Transaction837 {
+            control_number: "0001".into(),
+            reference: format!("{isa:09}"),
+            created: now,
+            submitter: c837::Submitter {
+                name: b.submitter_name.clone(),
+                id: b.sender_id.clone(),
+                contact_name: b.contact_name.clone(),
+                phone: b.contact_phone.clone(),
+            },
+            receiver: c837::Receiver { name: b.receiver_name.clone(), id: b.receiver_id.clone() },
+            billing_provider: provider,
+            payer: c837::Payer { name: upper(&payer.name), id: payer.payer_id.clone(), filing_indicator: payer.filing_indicator.clone() },
+            claims: x_claims,
+        }],
+    })
+}
+
 /// Builds one batch per (payer, billing provider, claim form) of the ready claims (at most
 /// `limit`), stores each with its control numbers and moves its claims to `batched`.
 pub async fn build(store: &Store, pipeline: &Pipeline, actor: &str, limit: i64) -> Result<Vec<BatchSummary>, BatchError> {
-    let ready = store.ready_claims(limit).await?;
-    let keys: Vec<(&str, i64)> = ready.iter().map(|c| (c.session_id.as_str(), c.session_version)).collect();
-    let records = store.session_records(&keys).await?;
-    let mut groups: BTreeMap<(String, String, String), Vec<&ClaimRow>> = BTreeMap::new();
-    for c in &ready {
-        groups.entry((c.payer.clone(), c.biller.clone(), c.form.clone())).or_default().push(c);
-    }
-    let settings = &pipeline.settings;
-    let b = &settings.billing;
+    let ready = ready(store, limit).await?;
     let mut out = Vec::new();
-    for ((payer_id, biller, form), claims) in groups {
-        let payer = pipeline
-            .billing
-            .payers
-            .get(&payer_id)
-            .ok_or_else(|| config("mappings/billing/payers.toml", format!("payer {payer_id} is not configured")))?;
-        let provider = billing_provider(settings, &biller)?;
-        let mut x_claims = Vec::with_capacity(claims.len());
-        for c in &claims {
-            let plan: PlannedClaim =
-                serde_json::from_str(&c.plan).map_err(|e| BatchError::Corrupt(format!("claim {} has an unreadable plan: {e}", c.pcn)))?;
-            let record = records
-                .get(&(c.session_id.clone(), c.session_version))
-                .ok_or_else(|| BatchError::Corrupt(format!("claim {}: session version not found", c.pcn)))?;
-            let raw: RawSession = serde_json::from_str(record)
-                .map_err(|e| BatchError::Corrupt(format!("claim {}: unreadable session record: {e}", c.pcn)))?;
-            x_claims.push(x12_claim(pipeline, c, &plan, &raw)?);
-        }
+    for ((payer_id, biller, form), claims) in &ready.groups {
         let isa = store.next_control_number("isa").await?;
         let gs = store.next_control_number("gs").await?;
-        let now = chrono::Utc::now();
-        let implementation = if form == "institutional" { c837::Implementation::Institutional } else { c837::Implementation::Professional };
-        let interchange = c837::Interchange {
-            sender_qualifier: b.sender_qualifier.clone(),
-            sender_id: b.sender_id.clone(),
-            receiver_qualifier: b.receiver_qualifier.clone(),
-            receiver_id: b.receiver_id.clone(),
-            gs_sender: b.sender_id.clone(),
-            gs_receiver: b.receiver_id.clone(),
-            usage: if b.usage == "P" { x12::Usage::Production } else { x12::Usage::Test },
-            ack_requested: true,
-            isa_control: u32::try_from(isa).unwrap_or(1),
-            gs_control: u32::try_from(gs).unwrap_or(1),
-            created: now.naive_utc(),
-            implementation,
-            transactions: vec![c837::Transaction837 {
-                control_number: "0001".into(),
-                reference: format!("{isa:09}"),
-                created: now.naive_utc(),
-                submitter: c837::Submitter {
-                    name: b.submitter_name.clone(),
-                    id: b.sender_id.clone(),
-                    contact_name: b.contact_name.clone(),
-                    phone: b.contact_phone.clone(),
-                },
-                receiver: c837::Receiver { name: b.receiver_name.clone(), id: b.receiver_id.clone() },
-                billing_provider: provider.clone(),
-                payer: c837::Payer {
-                    name: upper(&payer.name),
-                    id: payer.payer_id.clone(),
-                    filing_indicator: payer.filing_indicator.clone(),
-                },
-                claims: x_claims,
-            }],
-        };
+        let now = chrono::Utc::now().naive_utc();
+        let interchange = interchange(pipeline, (payer_id, biller, form), claims, &ready.records, isa, gs, now)?;
         let written = c837::build_interchange(&interchange, &x12::Delimiters::readable())
             .map_err(|source| BatchError::X12 { claim: format!("batch for {payer_id}/{biller}"), source })?;
         // With a clearinghouse for the payer the batch goes into the submission outbox.
-        let queued = settings.billing.clearinghouses.iter().any(|c| c.payer == payer_id);
+        let queued = pipeline.settings.billing.clearinghouses.iter().any(|c| &c.payer == payer_id);
         let now_us = crate::store::now_us();
         let row = BatchRow {
             id: uuid::Uuid::now_v7().to_string(),
             payer: payer_id.clone(),
             biller: biller.clone(),
-            implementation: implementation.version().to_string(),
+            implementation: interchange.implementation.version().to_string(),
             isa_control: isa,
             gs_control: gs,
             st_control: "0001".into(),

@@ -460,32 +460,34 @@ pub fn write_transaction(
             }
         }
     }
-    let mut seen_pcn: Vec<&str> = Vec::new();
-    for (n, (sub, claims)) in groups.iter().enumerate() {
+    let mut seen_pcn: std::collections::HashSet<&str> = std::collections::HashSet::with_capacity(t.claims.len());
+    // Loop 2300 repeats at most 100 times under one 2000B: a subscriber with more claims gets
+    // another subscriber level for each further hundred.
+    let mut hl = 1usize;
+    for (sub, claims) in &groups {
         let sctx = format!("{ctx} subscriber {}", sub.member_id);
-        if claims.len() > 100 {
-            return Err(invalid(&sctx, "more than 100 claims for one subscriber"));
-        }
-        w.seg("HL").el((n + 2).to_string()).el("1").el("22").el("0").end()?;
-        w.seg("SBR").el("P").el("18").empties(6).el(&payer.filing_indicator).end()?;
-        w.seg("NM1")
-            .el("IL")
-            .el("1")
-            .el_len(&sub.last, 1, 60)
-            .el_len(&sub.first, 1, 35)
-            .empties(3)
-            .el("MI")
-            .el_len(&sub.member_id, 2, 80)
-            .end()?;
-        address(w, &sctx, &sub.address, false)?;
-        w.seg("DMG").el("D8").el(d8(sub.birth_date)?).el(sub.sex.code()).end()?;
-        w.seg("NM1").el("PR").el("2").el_len(&payer.name, 1, 60).empties(4).el("PI").el_len(&payer.id, 2, 80).end()?;
-        for c in claims {
-            if seen_pcn.contains(&c.patient_control_number.as_str()) {
-                return Err(invalid(&format!("{ctx} claim {}", c.patient_control_number), "CLM01 is repeated within the transaction"));
+        for chunk in claims.chunks(100) {
+            hl += 1;
+            w.seg("HL").el(hl.to_string()).el("1").el("22").el("0").end()?;
+            w.seg("SBR").el("P").el("18").empties(6).el(&payer.filing_indicator).end()?;
+            w.seg("NM1")
+                .el("IL")
+                .el("1")
+                .el_len(&sub.last, 1, 60)
+                .el_len(&sub.first, 1, 35)
+                .empties(3)
+                .el("MI")
+                .el_len(&sub.member_id, 2, 80)
+                .end()?;
+            address(w, &sctx, &sub.address, false)?;
+            w.seg("DMG").el("D8").el(d8(sub.birth_date)?).el(sub.sex.code()).end()?;
+            w.seg("NM1").el("PR").el("2").el_len(&payer.name, 1, 60).empties(4).el("PI").el_len(&payer.id, 2, 80).end()?;
+            for c in chunk {
+                if !seen_pcn.insert(c.patient_control_number.as_str()) {
+                    return Err(invalid(&format!("{ctx} claim {}", c.patient_control_number), "CLM01 is repeated within the transaction"));
+                }
+                claim(w, &ctx, c, implementation)?;
             }
-            seen_pcn.push(&c.patient_control_number);
-            claim(w, &ctx, c, implementation)?;
         }
     }
     w.end_transaction()

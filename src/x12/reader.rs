@@ -798,7 +798,6 @@ pub struct X12Reader<R> {
     lossy: String,
     use_lossy: bool,
     number: usize,
-    position_in_set: Option<usize>,
     last_id: String,
     envelope: Envelope,
     findings: Findings,
@@ -819,7 +818,6 @@ impl<R: Read> X12Reader<R> {
             lossy: String::new(),
             use_lossy: false,
             number: 0,
-            position_in_set: None,
             last_id: String::new(),
             envelope: Envelope::default(),
             findings: Findings::default(),
@@ -834,14 +832,69 @@ impl<R: Read> X12Reader<R> {
             return None;
         }
         match self.advance() {
-            Ok(true) => {
-                let text = if self.use_lossy { self.lossy.as_str() } else { current_text(&self.input, self.seg_len) };
-                Some(Ok(self.view(text)))
-            }
+            Ok(true) => {}
             Ok(false) => {
                 self.done = true;
                 self.envelope.finish(self.number, &mut self.findings);
-                None
+                return None;
+            }
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+        // Split the segment, check its id and envelope. Only distinct fields are borrowed, so
+        // the segment can borrow the buffer while findings and envelope are updated.
+        let seps = self.seps.unwrap_or(Seps { element: b'*', component: b':', repetition: None, isa11: b' ', segment: b'~', suffix: "" });
+        self.number += 1;
+        let bytes = self.input.avail().get(..self.seg_len).unwrap_or_default();
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(_) => {
+                self.lossy.clear();
+                self.lossy.push_str(&String::from_utf8_lossy(bytes));
+                self.use_lossy = true;
+                self.lossy.as_str()
+            }
+        };
+        self.starts.clear();
+        self.starts.push(0);
+        for (i, &b) in text.as_bytes().iter().enumerate() {
+            if b == seps.element {
+                self.starts.push(i + 1);
+            }
+        }
+        let mut seg = Segment {
+            text,
+            starts: &self.starts,
+            component: seps.component,
+            repetition: seps.repetition,
+            number: self.number,
+            position_in_set: None,
+        };
+        let id = seg.id();
+        if self.use_lossy {
+            let msg = "the segment is not valid UTF-8 (or ASCII); the bad bytes read as U+FFFD";
+            self.findings.push(ReadError::new(Severity::Warning, self.number, id, None, msg));
+        }
+        if !valid_id(id) {
+            let msg = if id.is_empty() {
+                format!("the segment has no id: it starts with {:?}", text.chars().take(24).collect::<String>())
+            } else {
+                format!("segment id {:?} is not 2-3 upper-case letters or digits", id.chars().take(12).collect::<String>())
+            };
+            self.findings.push(ReadError::new(Severity::Error, self.number, id, None, msg));
+        }
+        if self.unterminated {
+            let msg = format!("the input ends inside this segment (no segment terminator {:?})", char::from(seps.segment));
+            self.findings.push(ReadError::new(Severity::Warning, self.number, id, None, msg));
+        }
+        self.last_id.clear();
+        self.last_id.push_str(id);
+        match self.envelope.on_segment(&seg, &mut self.findings) {
+            Ok(position) => {
+                seg.position_in_set = position;
+                Some(Ok(seg))
             }
             Err(e) => {
                 self.done = true;
@@ -889,18 +942,6 @@ impl<R: Read> X12Reader<R> {
         OwnedSegments { reader: self }
     }
 
-    fn view<'s>(&'s self, text: &'s str) -> Segment<'s> {
-        let seps = self.seps.unwrap_or(Seps { element: b'*', component: b':', repetition: None, isa11: b' ', segment: b'~', suffix: "" });
-        Segment {
-            text,
-            starts: &self.starts,
-            component: seps.component,
-            repetition: seps.repetition,
-            number: self.number,
-            position_in_set: self.position_in_set,
-        }
-    }
-
     /// Moves to the next segment; `false` at the end of the input.
     fn advance(&mut self) -> Result<bool, ReadError> {
         self.input.consume(self.pending);
@@ -932,7 +973,6 @@ impl<R: Read> X12Reader<R> {
             } else {
                 return Err(no_isa(head));
             }
-            self.finish_segment()?;
             return Ok(true);
         }
     }
@@ -1093,64 +1133,6 @@ impl<R: Read> X12Reader<R> {
         self.pending = last + 3;
         Ok(())
     }
-
-    /// Splits the current segment, checks its id and envelope.
-    fn finish_segment(&mut self) -> Result<(), ReadError> {
-        let element = self.seps.map_or(b'*', |s| s.element);
-        self.number += 1;
-        let bytes = self.input.avail().get(..self.seg_len).unwrap_or_default();
-        let text = match std::str::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(_) => {
-                self.lossy.clear();
-                self.lossy.push_str(&String::from_utf8_lossy(bytes));
-                self.use_lossy = true;
-                self.lossy.as_str()
-            }
-        };
-        self.starts.clear();
-        self.starts.push(0);
-        for (i, &b) in text.as_bytes().iter().enumerate() {
-            if b == element {
-                self.starts.push(i + 1);
-            }
-        }
-        let seps = self.seps.unwrap_or(Seps { element, component: b':', repetition: None, isa11: b' ', segment: b'~', suffix: "" });
-        let seg = Segment {
-            text,
-            starts: &self.starts,
-            component: seps.component,
-            repetition: seps.repetition,
-            number: self.number,
-            position_in_set: None,
-        };
-        let id = seg.id();
-        if self.use_lossy {
-            let msg = "the segment is not valid UTF-8 (or ASCII); the bad bytes read as U+FFFD";
-            self.findings.push(ReadError::new(Severity::Warning, self.number, id, None, msg));
-        }
-        if !valid_id(id) {
-            let msg = if id.is_empty() {
-                format!("the segment has no id: it starts with {:?}", text.chars().take(24).collect::<String>())
-            } else {
-                format!("segment id {:?} is not 2-3 upper-case letters or digits", id.chars().take(12).collect::<String>())
-            };
-            self.findings.push(ReadError::new(Severity::Error, self.number, id, None, msg));
-        }
-        if self.unterminated {
-            let msg = format!("the input ends inside this segment (no segment terminator {:?})", char::from(seps.segment));
-            self.findings.push(ReadError::new(Severity::Warning, self.number, id, None, msg));
-        }
-        self.last_id.clear();
-        self.last_id.push_str(id);
-        self.position_in_set = self.envelope.on_segment(&seg, &mut self.findings)?;
-        Ok(())
-    }
-}
-
-fn current_text<R>(input: &Input<R>, len: usize) -> &str {
-    let bytes = input.buf.get(input.start..input.end).and_then(|b| b.get(..len)).unwrap_or_default();
-    std::str::from_utf8(bytes).unwrap_or("")
 }
 
 /// The segment id at the start of `bytes`, for messages.
