@@ -291,3 +291,27 @@ pub async fn fhir_search(state: web::Data<AppState>, who: Principal, req: HttpRe
         "link": [{ "relation": "self", "url": format!("{base}/Claim?{}", req.query_string()) }], "entry": entries });
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bundle.to_string()))
 }
+
+/// Ingests an X12 999 or 277CA acknowledgement (the raw file as the body; finance, admin):
+/// claims move to `accepted` or `rejected` with the reasons, and a 277CA's payer claim number
+/// is kept for later replacements. The same file again changes nothing.
+#[utoipa::path(post, path = "/api/v1/acks", tag = "claims",
+    request_body(content = String, content_type = "application/edi-x12", description = "An X12 999 or 277CA interchange"),
+    responses((status = 200, body = crate::claims::acks::AckReport),
+        (status = 422, description = "not a readable 999 / 277 interchange; names the segment and element", body = OperationOutcome)),
+    security(("bearer" = [])))]
+#[post("/api/v1/acks")]
+pub async fn post_acks(
+    state: web::Data<AppState>,
+    who: Principal,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    who.finance_scope()?;
+    let body = super::extractors::read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    match crate::claims::acks::ingest(&state.store, &body, &format!("client:{}", who.client_id)).await {
+        Ok(report) => Ok(HttpResponse::Ok().json(report)),
+        Err(crate::claims::acks::AckError::Store(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::Unprocessable(vec![OutcomeIssue::error(IssueCode::Structure, e.to_string())])),
+    }
+}

@@ -30,6 +30,7 @@ use crate::startup::AppState;
         super::claims::build_batches,
         super::claims::list_batches,
         super::claims::resubmit,
+        super::claims::post_acks,
         super::claims::read_batch,
         super::claims::batch_x12,
         super::consents::post_consent,

@@ -10,6 +10,7 @@
 //! `cancelled` (withdrawn before it was sent), `replaced` (by a frequency-7 claim), `voided`
 //! (by a frequency-8 claim).
 
+pub mod acks;
 pub mod batch;
 pub mod submit;
 

@@ -657,3 +657,64 @@ impl Store {
         Ok(n == 1)
     }
 }
+
+impl Store {
+    /// The batch whose functional group had this GS06 (999 AK102 names it).
+    pub async fn batch_by_group(&self, gs_control: i64) -> Result<Option<BatchRow>, StoreError> {
+        let sql = format!("SELECT {BATCH_COLUMNS} FROM claim_batches WHERE gs_control = $1");
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(gs_control).fetch_optional(pool).await? }))
+    }
+
+    /// A claim by CLM01.
+    pub async fn claim_by_pcn(&self, pcn: &str) -> Result<Option<ClaimRow>, StoreError> {
+        let sql = format!("SELECT {CLAIM_COLUMNS} FROM claims WHERE pcn = $1");
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(pcn).fetch_optional(pool).await? }))
+    }
+
+    /// Moves a claim to `to` if its status is one of `from`, recording the transition (and the
+    /// payer's claim number, when given); `false` when it was in none of them.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_transition(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        reason: &str,
+        actor: &str,
+        payer_claim_number: Option<&str>,
+        now_us: i64,
+    ) -> Result<bool, StoreError> {
+        let begin = self.begin_write();
+        Ok(with_db!(self.db(), pool => {
+            let mut tx = pool.begin_with(begin).await?;
+            let status: Option<String> = sqlx::query_scalar("SELECT status FROM claims WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
+            let Some(status) = status.filter(|s| from.contains(&s.as_str())) else { return Ok(false) };
+            sqlx::query("UPDATE claims SET status = $1, updated_us = $2, payer_claim_number = COALESCE($3, payer_claim_number) WHERE id = $4")
+                .bind(to)
+                .bind(now_us)
+                .bind(payer_claim_number)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            // A replacement or void waiting for the payer's number of the claim it refers to.
+            if let Some(n) = payer_claim_number {
+                sqlx::query("UPDATE claims SET payer_claim_number = $1 WHERE replaces = $2 AND payer_claim_number IS NULL")
+                    .bind(n)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(id)
+                .bind(now_us)
+                .bind(actor)
+                .bind(&status)
+                .bind(to)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            true
+        }))
+    }
+}

@@ -383,3 +383,150 @@ async fn submission_outbox_sqlite() {
 async fn submission_outbox_postgres() {
     submission_outbox(Backend::Postgres).await;
 }
+
+fn isa(control: u32) -> String {
+    format!("ISA*00*          *00*          *ZZ*CLEARINGHOUSE  *ZZ*WELLNESSGW     *261130*1200*^*00501*{control:09}*0*T*:~\n")
+}
+
+/// A 999 answering the batch with GS06 `group`: `IK5*A`, or `IK5*R` with a segment error.
+fn ack_999(group: i64, accept: bool) -> String {
+    let body = if accept {
+        "AK2*837*0001*005010X223A2~\nIK5*A~\nAK9*A*1*1*1~\n".to_string()
+    } else {
+        "AK2*837*0001*005010X223A2~\nIK3*NM1*17**8~\nIK4*9*67*7*BADNPI~\nIK5*R*5~\nAK9*R*1*1*0~\n".to_string()
+    };
+    let segments = 3 + body.matches('~').count();
+    format!(
+        "{}GS*FA*CLEARINGHOUSE*WELLNESSGW*20261130*1200*77*X*005010X231A1~\nST*999*0001*005010X231A1~\nAK1*HC*{group}*005010X223A2~\n{body}SE*{segments}*0001~\nGE*1*77~\nIEA*1*000000077~\n",
+        isa(77)
+    )
+}
+
+/// A 277CA with one patient level per (CLM01, category:status, payer claim number).
+fn ack_277(claims: &[(&str, &str, Option<&str>)]) -> String {
+    let mut b = String::from(
+        "BHT*0085*08*ACK1*20261130*1200*TH~\nHL*1**20*1~\nNM1*PR*2*MEDI-CAL*****PI*610442~\nTRN*1*ACK1~\nDTP*050*D8*20261130~\nDTP*009*D8*20261130~\nHL*2*1*21*1~\nNM1*41*2*WELLNESS GATEWAY*****46*WELLNESSGW~\nTRN*2*1~\nSTC*A1:20*20261130*WQ*1~\nHL*3*2*19*1~\nNM1*85*2*DEMO COMMUNITY HEALTH CENTER*****XX*1600000016~\n",
+    );
+    for (i, (pcn, stc, icn)) in claims.iter().enumerate() {
+        b.push_str(&format!("HL*{}*3*PT~\nNM1*QC*1*LOPEZ*ANA****MI*91234567A~\nTRN*2*{pcn}~\nSTC*{stc}*20261130*WQ*245.67~\n", 4 + i));
+        if let Some(n) = icn {
+            b.push_str(&format!("REF*1K*{n}~\n"));
+        }
+        b.push_str("DTP*472*D8*20261102~\n");
+    }
+    let segments = 2 + b.matches('~').count();
+    format!(
+        "{}GS*HN*CLEARINGHOUSE*WELLNESSGW*20261130*1200*78*X*005010X214~\nST*277*0001*005010X214~\n{b}SE*{segments}*0001~\nGE*1*78~\nIEA*1*000000078~\n",
+        isa(78)
+    )
+}
+
+async fn post_ack(app: &TestApp, token: &str, text: &str) -> (u16, Value) {
+    let res = app.post_raw("/api/v1/acks", token, "application/edi-x12", text.as_bytes().to_vec()).await;
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn acknowledgements(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.billing.poll_seconds = 1).await else {
+        eprintln!("skipped: set TEST_DATABASE_URL to run on PostgreSQL");
+        return;
+    };
+    let finance = finance_token(&app).await;
+    consent(&app, "S1002345", "CONSENT-ACK-1", json!(["fqhc-demo"])).await;
+    consent(&app, "S3000001", "CONSENT-ACK-2", json!(["fqhc-demo"])).await;
+    let one = session_with_id("ACK-1");
+    let mut two = session_with_id("ACK-2");
+    two["student"]["district_id"] = json!("S3000001");
+    let id1 = submit(&app, &one).await;
+    let id2 = submit(&app, &two).await;
+    let c1 = wait_claims(&app, &finance, &id1, |c| c.len() == 1).await[0].clone();
+    let c2 = wait_claims(&app, &finance, &id2, |c| c.len() == 1).await[0].clone();
+    let batches = build_batches(&app, &finance).await;
+    assert_eq!(batches.len(), 1);
+    let group = batches[0]["gs_control"].as_i64().expect("gs");
+
+    // Our own file, read back with the gateway's reader, holds exactly these claims and lines.
+    let text = x12_of(&app, &finance, &batches[0]).await;
+    let doc = wellness_gateway::x12::read_all(text.as_bytes()).expect("our 837 reads");
+    assert!(doc.findings.is_empty(), "{:?}", doc.findings);
+    let clm: Vec<(String, String)> =
+        doc.segments.iter().filter(|s| s.id() == "CLM").map(|s| (s.element(1).to_string(), s.element(2).to_string())).collect();
+    let mut want = vec![
+        (c1["claim_number"].as_str().expect("pcn").to_string(), "245.67".to_string()),
+        (c2["claim_number"].as_str().expect("pcn").to_string(), "245.67".to_string()),
+    ];
+    let mut got = clm.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    let line_ids: Vec<String> =
+        doc.segments.iter().filter(|s| s.id() == "REF" && s.element(1) == "6R").map(|s| s.element(2).to_string()).collect();
+    let detail: Value = app.get(&format!("/api/v1/claims/{}", c1["id"].as_str().expect("id")), &finance).await.json().await.expect("claim");
+    for l in detail["lines"].as_array().expect("lines") {
+        assert!(line_ids.contains(&l["line_id"].as_str().expect("line id").to_string()));
+    }
+
+    // 999: the transaction is accepted.
+    let (status, report) = post_ack(&app, &finance, &ack_999(group, true)).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["transactions"][0]["accepted"].as_array().map(Vec::len), Some(2), "{report}");
+    // 277CA: the first claim accepted with the payer's claim number, the second rejected.
+    let pcn1 = c1["claim_number"].as_str().expect("pcn");
+    let pcn2 = c2["claim_number"].as_str().expect("pcn");
+    let ack = ack_277(&[(pcn1, "A2:20", Some("ICN-ACK-1")), (pcn2, "A7:562:85", None), ("NOT-OURS", "A2:20", None)]);
+    let (status, report) = post_ack(&app, &finance, &ack).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["transactions"][0]["accepted"], json!([pcn1]));
+    assert_eq!(report["transactions"][0]["rejected"], json!([pcn2]));
+    assert_eq!(report["transactions"][0]["unmatched"], json!(["NOT-OURS"]));
+    // The same file again changes nothing.
+    let (_, again) = post_ack(&app, &finance, &ack).await;
+    assert_eq!(again["transactions"][0]["unchanged"].as_array().map(Vec::len), Some(2), "{again}");
+    let r1 = claims_of(&app, &finance, &id1).await;
+    assert_eq!(r1[0]["status"], json!("accepted"));
+    assert_eq!(r1[0]["payer_claim_number"], json!("ICN-ACK-1"));
+    let d2: Value = app.get(&format!("/api/v1/claims/{}", c2["id"].as_str().expect("id")), &finance).await.json().await.expect("claim");
+    assert_eq!(d2["status"], json!("rejected"));
+    assert!(d2["events"].as_array().expect("events").iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("A7:562"))), "{d2}");
+
+    // Corrections: the accepted claim gets a replacement carrying the payer's number at once;
+    // the rejected one (the payer never took it) a new original.
+    submit(&app, &with_minutes(one.clone(), 60)).await;
+    submit(&app, &with_minutes(two.clone(), 60)).await;
+    let r1 = wait_claims(&app, &finance, &id1, |c| c.len() == 2).await;
+    let r2 = wait_claims(&app, &finance, &id2, |c| c.len() == 2).await;
+    assert_eq!(active(&r1)[0]["frequency"], json!("7"));
+    assert_eq!(active(&r1)[0]["payer_claim_number"], json!("ICN-ACK-1"));
+    assert_eq!(active(&r2)[0]["frequency"], json!("1"));
+    let batches = build_batches(&app, &finance).await;
+    assert_eq!(batches[0]["claim_count"], json!(2));
+    let group = batches[0]["gs_control"].as_i64().expect("gs");
+    keep_x12(
+        &format!("acks-{}-837i", if matches!(backend, Backend::Sqlite) { "sqlite" } else { "postgres" }),
+        &x12_of(&app, &finance, &batches[0]).await,
+    );
+
+    // 999 rejecting the whole transaction: both claims rejected with the segment error.
+    let (_, report) = post_ack(&app, &finance, &ack_999(group, false)).await;
+    assert_eq!(report["transactions"][0]["rejected"].as_array().map(Vec::len), Some(2), "{report}");
+    let r1 = claims_of(&app, &finance, &id1).await;
+    assert_eq!(active(&r1)[0]["status"], json!("rejected"));
+
+    // Not an acknowledgement, or not X12: 422 naming the segment.
+    let issues = crate::helpers::outcome(app.post_raw("/api/v1/acks", &finance, "application/edi-x12", text.into_bytes()).await, 422).await;
+    assert!(issues[0]["diagnostics"].as_str().is_some_and(|d| d.contains("segment 3 (ST)") && d.contains("837")), "{issues:?}");
+    let issues = crate::helpers::outcome(app.post_raw("/api/v1/acks", &finance, "application/edi-x12", b"hello".to_vec()).await, 422).await;
+    assert!(!issues.is_empty());
+    assert_eq!(app.post_raw("/api/v1/acks", &app.submitter_token, "application/edi-x12", b"x".to_vec()).await.status().as_u16(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_sqlite() {
+    acknowledgements(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_postgres() {
+    acknowledgements(Backend::Postgres).await;
+}
