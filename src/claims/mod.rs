@@ -322,6 +322,8 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
             let program = decision.program.as_deref().unwrap_or_default();
             let version = decision.program_version.unwrap_or(today);
             let (freq, prior, to) = match (sent, &predecessor) {
+                // The payer voided the claim: billing again starts with a new original.
+                (true, _) if a.frequency == "8" => ("1", None, "closed"),
                 (true, _) => ("7", Some(a), "replaced"),
                 (false, Some(p)) => ("7", Some(p), "cancelled"),
                 (false, None) => ("1", None, "cancelled"),

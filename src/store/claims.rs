@@ -190,15 +190,16 @@ impl Store {
         Ok(with_db!(self.db(), pool => { sqlx::query_as(sql).bind(limit).fetch_all(pool).await? }))
     }
 
-    /// Marks the sessions of these students unsettled again when they have no active claim (a
-    /// consent changed: a session held for want of a payment consent may now be billable).
+    /// Marks the sessions of these students unsettled again when they have no active claim
+    /// (other than a void): a consent changed, and a session held for want of a payment
+    /// consent may now be billable.
     pub async fn unsettle_unclaimed(&self, patient_ids: &[&str]) -> Result<u64, StoreError> {
         let mut n = 0;
         for p in patient_ids {
             n += with_db!(self.db(), pool => {
                 sqlx::query(
                     "UPDATE sessions SET billed_version = 0 WHERE patient_id = $1 AND billed_version > 0 \
-                     AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1)",
+                     AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1 AND c.frequency <> '8')",
                 )
                 .bind(*p)
                 .execute(pool)
@@ -297,10 +298,10 @@ impl Store {
             if let Settlement::Change { retire, new, reason } = s {
                 if let (Some(_), Some((patient, date, _))) = (&retire, g.visits) {
                     // A visit may have been freed: the student's other sessions that day without
-                    // a claim are looked at again.
+                    // a claim (or with only a void) are looked at again.
                     sqlx::query(
                         "UPDATE sessions SET billed_version = 0 WHERE patient_id = $1 AND service_date = $2 AND id <> $3 AND billed_version > 0 \
-                         AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1)",
+                         AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1 AND c.frequency <> '8')",
                     )
                     .bind(patient)
                     .bind(date)

@@ -94,11 +94,8 @@ fn corpus_837_files_survive_the_typed_x12_layer() {
             let bytes = std::fs::read(&path).unwrap();
             let mut reader = X12Reader::new(&bytes[..]);
             let mut in_file = 0;
-            loop {
-                let seg = match reader.next_segment() {
-                    Some(Ok(s)) => s.to_owned_segment(),
-                    _ => break,
-                };
+            while let Some(Ok(seg)) = reader.next_segment() {
+                let seg = seg.to_owned_segment();
                 let Some(mut d) = reader.delimiters() else { break };
                 d.segment_suffix = "";
                 let seg = seg.as_segment();
