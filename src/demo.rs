@@ -19,6 +19,15 @@ pub const DEMO_CLIENTS: &[(&str, &str, Option<&str>, &str)] = &[
 /// Synthetic sessions (no real person) seeded for `lea-demo`.
 const DEMO_SESSIONS: &str = include_str!("../schemas/examples/valid/demo-sessions.json");
 
+/// A synthetic consent form for the third demo student.
+const DEMO_CONSENT: &str = r#"{
+  "source_id": "DEMO-CONSENT-0003", "lea": "lea-demo", "student": { "district_id": "D900003" },
+  "granted_by": "guardian", "recipients": ["fqhc-demo"], "purposes": ["TREAT", "HPAYMT"],
+  "categories": ["general-counselling", "mental-health-diagnosis"],
+  "period": { "start": "2026-08-01", "end": "2027-07-31" }, "signed_on": "2026-08-20",
+  "document_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+}"#;
+
 /// Seeds demo clients and sessions (idempotent) and returns the lines to print.
 pub async fn seed(settings: &Settings, store: &Store, pipeline: &Pipeline) -> anyhow::Result<Vec<String>> {
     let host_ok = settings.server.host == "localhost" || settings.server.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
@@ -46,6 +55,15 @@ pub async fn seed(settings: &Settings, store: &Store, pipeline: &Pipeline) -> an
             receipt.duplicate,
             receipt.rejected
         ));
+        // The guardian of the third demo student consents to treatment and payment disclosures
+        // to the demo FQHC, so that session becomes a claim (the others show why they do not).
+        if settings.organization("fqhc-demo").is_some() {
+            let form: serde_json::Value = serde_json::from_str(DEMO_CONSENT)?;
+            crate::consent::records::record_form(pipeline, store, None, &form, chrono::Utc::now())
+                .await
+                .map_err(|e| anyhow::anyhow!("demo consent: {e}"))?;
+            lines.push("Demo consent: student D900003 (guardian) -> fqhc-demo for TREAT, HPAYMT".into());
+        }
     }
     Ok(lines)
 }

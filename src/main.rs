@@ -193,12 +193,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check => {
             let settings = Arc::new(settings);
-            Pipeline::from_settings(settings.clone())?;
+            let pipeline = Pipeline::from_settings(settings.clone())?;
             println!(
-                "configuration OK: {} organisations, {} sites, {} partnerships; schemas and mappings compiled",
+                "configuration OK: {} organisations, {} sites, {} partnerships; schemas and mappings compiled; billing: {} programs ({}), {} payers",
                 settings.organizations.len(),
                 settings.sites.len(),
-                settings.partnerships.len()
+                settings.partnerships.len(),
+                pipeline.billing.programs.len(),
+                pipeline.billing.programs.iter().map(|p| format!("{} v{}", p.id, p.versions.len())).collect::<Vec<_>>().join(", "),
+                pipeline.billing.payers.len()
             );
         }
         Command::Clients { command: ClientsCommand::Add { name, role, org, jwks, scope } } => {

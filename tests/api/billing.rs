@@ -5,7 +5,7 @@
 use chrono::NaiveDate;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, outcome, repo_path, session_with_id, test_settings};
+use crate::helpers::{TestApp, copy_mappings, outcome, repo_path, session_with_id, test_settings};
 use crate::on_both_backends;
 use wellness_gateway::billing::{BillingDecision, BillingRules, Context, ReasonCode, decide::decide};
 use wellness_gateway::validate::{ValidSession, Validator};
@@ -330,3 +330,40 @@ async fn billing_endpoints(app: TestApp) {
 }
 
 on_both_backends!(billing_endpoints);
+
+/// A county edits the billing files: every mistake stops start-up naming the file, the line and
+/// the key; a new rate needs no code change.
+#[test]
+fn billing_files_are_checked_with_their_location() {
+    let dir = copy_mappings();
+    let settings = std::sync::Arc::new(test_settings("sqlite::memory:"));
+    let validator = Validator::new(&repo_path("schemas"), settings.clone()).expect("schemas");
+    let schema = validator.schemas().session_document();
+    let pps = dir.path().join("billing/programs/fqhc-pps.toml");
+    let fee = dir.path().join("billing/programs/cybhi-fee-schedule.toml");
+    let original_pps = std::fs::read_to_string(&pps).expect("pps");
+    let original_fee = std::fs::read_to_string(&fee).expect("fee");
+
+    // A changed rate is just data.
+    std::fs::write(&pps, original_pps.replace("fqhc-demo = \"245.67\"", "fqhc-demo = \"250.00\"")).expect("write");
+    let rules = BillingRules::load(dir.path(), schema, &settings).expect("a new rate loads");
+    let v = &rules.program("medi-cal-fqhc-pps").expect("pps").versions[0];
+    assert_eq!(v.rates["fqhc-demo"].0, 25000);
+
+    let broken = original_pps
+        .replace("LCSW = \"licensed\"", "LCSWX = \"licensed\"")
+        .replace("effective_from = \"2025-07-01\"", "effective_from = \"2025-13-01\"")
+        .replace("payer = \"medi-cal-ffs\"", "payer = \"nobody\"");
+    std::fs::write(&pps, broken).expect("write");
+    std::fs::write(&fee, original_fee.replacen("  { code = \"90834\", per_unit = \"121.52\" },\n", "", 1)).expect("write");
+    let err = BillingRules::load(dir.path(), schema, &settings).expect_err("broken files are refused").to_string();
+    for want in [
+        "fqhc-pps.toml:17: payer: unknown payer `nobody`",
+        "fqhc-pps.toml:20: versions[0].effective_from: `2025-13-01` is not a date",
+        "versions[0].renderers.LCSWX: unknown credential `LCSWX`",
+        "cybhi-fee-schedule.toml",
+        "can select 90834, which has no rate",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
