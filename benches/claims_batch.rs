@@ -100,7 +100,7 @@ async fn run(n: usize) -> anyhow::Result<()> {
     );
 
     let t = Instant::now();
-    let batches = claims::batch::build(&store, &p, "bench", n as i64).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let batches = claims::batch::build(&store, &p, "bench", n as i64).await.map_err(|e| anyhow::anyhow!("{e}"))?.batches;
     let secs = t.elapsed().as_secs_f64();
     let claims_in: i64 = batches.iter().map(|b| b.claim_count).sum();
     eprintln!("batch: {claims_in} claims in {} batch(es) read, built and stored in {:.3} s (target < 1 s)", batches.len(), secs);

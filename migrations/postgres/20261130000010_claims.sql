@@ -44,6 +44,8 @@ CREATE UNIQUE INDEX claims_one_active ON claims (session_id) WHERE active = 1;
 CREATE INDEX claims_session ON claims (session_id, created_us);
 CREATE INDEX claims_visit_day ON claims (patient_id, service_date) WHERE active = 1;
 CREATE INDEX claims_status ON claims (status, payer, biller);
+CREATE INDEX claims_replaces ON claims (replaces);
+CREATE INDEX claims_batch ON claims (batch_id);
 
 -- Claim lines with their line item control numbers (837 REF*6R, returned in 835 REF*6R).
 CREATE TABLE claim_lines (
@@ -77,6 +79,8 @@ CREATE INDEX claim_events_claim ON claim_events (claim_id, seq);
 -- The session version billing last settled (claims created, replaced, voided or none): the
 -- claim worker picks up sessions whose current version is newer.
 ALTER TABLE sessions ADD COLUMN billed_version BIGINT NOT NULL DEFAULT 0;
+-- After a failed settlement the worker leaves the session alone until then (others go first).
+ALTER TABLE sessions ADD COLUMN billing_retry_us BIGINT;
 CREATE INDEX sessions_unbilled ON sessions (updated_at) WHERE billed_version < current_version;
 
 -- X12 batches: one interchange (ISA/GS/ST) per payer and billing provider.

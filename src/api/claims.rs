@@ -134,13 +134,6 @@ pub async fn read(state: web::Data<AppState>, who: Principal, path: web::Path<St
     Ok(HttpResponse::Ok().json(body))
 }
 
-/// What `POST /api/v1/claims/batches` answers.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct BatchesBuilt {
-    /// One batch per payer, billing provider and claim form.
-    pub batches: Vec<BatchSummary>,
-}
-
 fn batch_error(e: BatchError) -> ApiError {
     match e {
         BatchError::Store(e) => e.into(),
@@ -154,17 +147,19 @@ fn batch_error(e: BatchError) -> ApiError {
 
 /// Groups the ready claims by payer and billing provider into X12 837 interchanges (837P for
 /// fee-schedule programs, 837I for FQHC PPS visits) with persisted control numbers (finance,
-/// admin). 201 with the batches built; 200 with none when no claim is ready.
+/// admin). 201 with the batches built; 200 when none was. A claim that cannot be written is put
+/// on hold (`held`, with the reason); a group with incomplete configuration is reported in
+/// `errors` and the other groups are built.
 #[utoipa::path(post, path = "/api/v1/claims/batches", tag = "claims",
-    responses((status = 201, body = BatchesBuilt), (status = 200, description = "no claim was ready", body = BatchesBuilt),
+    responses((status = 201, body = crate::claims::batch::Built), (status = 200, description = "no batch was built", body = crate::claims::batch::Built),
         (status = 422, description = "configuration the 837 needs is missing, or a value X12 cannot carry", body = OperationOutcome)),
     security(("bearer" = [])))]
 #[post("/api/v1/claims/batches")]
 pub async fn build_batches(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse, ApiError> {
     who.finance_scope()?;
-    let batches = batch::build(&state.store, &state.pipeline, &format!("client:{}", who.client_id), 5000).await.map_err(batch_error)?;
-    let mut res = if batches.is_empty() { HttpResponse::Ok() } else { HttpResponse::Created() };
-    Ok(res.json(BatchesBuilt { batches }))
+    let built = batch::build(&state.store, &state.pipeline, &format!("client:{}", who.client_id), 5000).await.map_err(batch_error)?;
+    let mut res = if built.batches.is_empty() { HttpResponse::Ok() } else { HttpResponse::Created() };
+    Ok(res.json(built))
 }
 
 /// Query of a batch listing.

@@ -61,7 +61,7 @@ use crate::startup::AppState;
         super::subscriptions::redrive,
         openapi_json,
     ),
-    components(schemas(crate::fhir::OperationOutcome, crate::intake::receipt::BatchReceipt, crate::intake::receipt::SessionReceipt, super::consents::ConsentReceipt, super::claims::ClaimView, super::claims::BatchesBuilt, crate::claims::batch::BatchSummary)),
+    components(schemas(crate::fhir::OperationOutcome, crate::intake::receipt::BatchReceipt, crate::intake::receipt::SessionReceipt, super::consents::ConsentReceipt, super::claims::ClaimView, crate::claims::batch::Built, crate::claims::batch::BatchSummary)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -137,6 +137,13 @@ pub struct PlannedClaim {
     /// The consent that permits the payment disclosure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consent: Option<String>,
+    /// The record carries 42 CFR Part 2 (SUD) data (CLM09 `I`).
+    #[serde(default)]
+    pub part2: bool,
+    /// SHA-256 of what the claim says about the service beyond its lines (date, student,
+    /// clinician, site): an amendment that changes any of it changes the claim.
+    #[serde(default)]
+    pub subject_sha256: String,
 }
 
 /// What happened to one program.
@@ -404,7 +411,7 @@ fn plan(
             why.push(reason(
                 p,
                 ReasonCode::VisitLimit,
-                format!("{max} visit(s) per student per day with {biller}: already held by session(s) {}", others.join(", ")),
+                format!("{max} visit(s) per student per day with {biller}: {} other session(s) of the student hold it", others.len()),
             ));
         }
     }
@@ -504,6 +511,27 @@ fn plan(
         expected_cents: lines.iter().map(|l| l.expected_cents).sum(),
         lines,
         consent,
+        part2: false,
+        subject_sha256: subject_digest(s),
     };
     Ok((claim, deadline))
+}
+
+/// SHA-256 (hex) of the claim-relevant facts of a session other than its codes: the date of
+/// service, the student, the clinician and supervisor, and the site.
+fn subject_digest(s: &ValidSession) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(s.service_date().to_string());
+    h.update([0]);
+    h.update(s.raw.site.as_bytes());
+    h.update([0]);
+    if let Ok(v) = serde_json::to_vec(&s.raw.student) {
+        h.update(v);
+    }
+    h.update([0]);
+    if let Ok(v) = serde_json::to_vec(&s.raw.clinician) {
+        h.update(v);
+    }
+    hex::encode(h.finalize())
 }

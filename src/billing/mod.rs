@@ -49,9 +49,7 @@ impl Context for Gathered<'_> {
     fn payment_consent(&self, biller: &str, by_name_only: bool) -> Result<String, String> {
         match crate::consent::decide_payment(biller, by_name_only, &self.facts, &self.consents, self.today) {
             Decision::Permit { consent, .. } => Ok(format!("{}/_history/{}", consent.id, consent.version)),
-            Decision::Deny { rule, consent } => {
-                Err(consent.map_or_else(|| format!("rule {}", rule.id()), |c| format!("rule {} (consent {})", rule.id(), c.id)))
-            }
+            Decision::Deny { rule, .. } => Err(format!("rule {}", rule.id())),
         }
     }
 
@@ -76,15 +74,15 @@ pub async fn decide_subject(
     Ok(decide_subject_counted(store, consent_rules, rules, subject, today).await?.0)
 }
 
-/// As [`decide_subject`], with the number of other sessions' active claims that day it saw
-/// (the claim worker checks it again when it writes).
+/// As [`decide_subject`], with the other sessions whose active claims that day it saw, sorted
+/// (the claim worker checks them again when it writes).
 pub async fn decide_subject_counted(
     store: &Store,
     consent_rules: &ConsentRules,
     rules: &BillingRules,
     subject: &Subject,
     today: NaiveDate,
-) -> Result<(BillingDecision, usize), StoreError> {
+) -> Result<(BillingDecision, Vec<String>), StoreError> {
     let (consents, visits) = match subject.facts.patient_id.as_deref() {
         Some(p) => {
             let directives = store.patient_directives(&[p]).await?;
@@ -96,10 +94,16 @@ pub async fn decide_subject_counted(
         }
         None => (Vec::new(), Vec::new()),
     };
-    let seen = visits.len();
+    let mut seen: Vec<String> = visits.iter().map(|v| v.session_id.clone()).collect();
+    seen.sort();
     let claimed = store.claimed_program(&subject.session_id).await?;
     let labels = crate::serve::session_label_facts(&subject.facts, consent_rules);
     let ctx =
         Gathered { consent_rules, facts: crate::serve::session_facts_for(&subject.facts, labels, today), consents, visits, claimed, today };
-    Ok((decide::decide(rules, &subject.valid, &ctx, today), seen))
+    let mut d = decide::decide(rules, &subject.valid, &ctx, today);
+    if let Some(c) = d.claim.as_mut() {
+        // Part 2 (SUD) data goes out only under the patient's signed consent: CLM09 "I".
+        c.part2 = labels.0.contains(crate::consent::Category::SubstanceUse);
+    }
+    Ok((d, seen))
 }

@@ -661,6 +661,17 @@ impl Loader<'_> {
                     Units::Per { per: per.max(1), counts_from: counts_from.clamp(1, per.max(1)) }
                 }
             };
+            if let Units::Per { counts_from, .. } = units
+                && m.from < i64::from(counts_from)
+            {
+                self.err(
+                    file,
+                    &text,
+                    r.minutes.span().start,
+                    &format!("{key}.minutes"),
+                    "minutes start below units.counts_from: the rule could bill 0 units",
+                );
+            }
             let add_on = r.add_on.map(|a| {
                 let span = a.span().start;
                 let a = a.into_inner();

@@ -222,6 +222,17 @@ async fn apply(
     icn: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
+    // A claim already replaced or voided here: keep the payer's number; a rejection means the
+    // payer never had it, so what was to follow it is withdrawn and the session billed again.
+    if matches!(c.status.as_str(), "replaced" | "voided") {
+        let rejected = to == "rejected";
+        if store.ack_retired(&c.id, rejected, icn, why, actor, now).await? {
+            if rejected { s.rejected.push(c.pcn.clone()) } else { s.accepted.push(c.pcn.clone()) }
+        } else {
+            s.unchanged.push(c.pcn.clone());
+        }
+        return Ok(());
+    }
     // A 999 acceptance does not undo a 277CA rejection; a 277CA acceptance after the 999's
     // records what it adds (the payer's claim number).
     let news = icn.is_some_and(|n| c.payer_claim_number.as_deref() != Some(n));

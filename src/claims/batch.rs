@@ -104,7 +104,13 @@ fn config(key: impl Into<String>, message: impl Into<String>) -> BatchError {
 }
 
 fn address(a: &Address) -> c837::Address {
-    c837::Address { line1: a.line1.clone(), line2: a.line2.clone(), city: a.city.clone(), state: a.state.clone(), zip: a.zip.clone() }
+    c837::Address {
+        line1: x12_text(&a.line1, 55),
+        line2: a.line2.as_deref().map(|l| x12_text(l, 55)).filter(|l| !l.is_empty()),
+        city: x12_text(&a.city, 30),
+        state: a.state.clone(),
+        zip: a.zip.clone(),
+    }
 }
 
 fn billing_provider(settings: &Settings, biller: &str) -> Result<c837::BillingProvider, BatchError> {
@@ -145,8 +151,18 @@ fn sex(s: &str) -> c837::Sex {
     }
 }
 
+/// Text as an 837 carries it: ASCII (accents transliterated: Peña -> PENA), upper case, no X12
+/// delimiter characters, at most `max` characters. Names and addresses never make a batch fail.
+fn x12_text(s: &str, max: usize) -> String {
+    let ascii = deunicode::deunicode(s).to_ascii_uppercase();
+    let cleaned: String = ascii.chars().map(|c| if c.is_ascii_graphic() && !"*:~^|>{}".contains(c) { c } else { ' ' }).collect();
+    let mut out = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    out.truncate(max);
+    out.trim_end().to_string()
+}
+
 fn upper(s: &str) -> String {
-    s.to_ascii_uppercase()
+    x12_text(s, 60)
 }
 
 /// The 837 claim of a stored claim and the session version it covers.
@@ -155,7 +171,8 @@ fn x12_claim(pipeline: &Pipeline, c: &ClaimRow, plan: &PlannedClaim, raw: &RawSe
     let dos = NaiveDate::parse_from_str(&c.service_date, "%Y-%m-%d").map_err(|_| corrupt("unreadable date of service"))?;
     let birth = NaiveDate::parse_from_str(&raw.student.birth_date, "%Y-%m-%d").map_err(|_| corrupt("unreadable birth date"))?;
     let home = raw.student.address.as_ref().ok_or_else(|| corrupt("the session has no student address"))?;
-    let member_id = raw.student.medi_cal_cin.clone().ok_or_else(|| corrupt("the session has no Medi-Cal CIN"))?;
+    let member_id =
+        raw.student.medi_cal_cin.as_deref().map(str::to_ascii_uppercase).ok_or_else(|| corrupt("the session has no Medi-Cal CIN"))?;
     let site = pipeline.settings.site(&c.site_id).ok_or_else(|| config("sites", format!("site {} is not configured", c.site_id)))?;
     let site_index = pipeline.settings.sites.iter().position(|s| s.id == c.site_id).unwrap_or_default();
     let facility = c837::Facility {
@@ -170,13 +187,13 @@ fn x12_claim(pipeline: &Pipeline, c: &ClaimRow, plan: &PlannedClaim, raw: &RawSe
     let clinician = &raw.clinician;
     let rendering = c837::Person {
         last: upper(&clinician.family_name),
-        first: upper(&clinician.given_name),
+        first: x12_text(&clinician.given_name, 35),
         npi: clinician.npi.clone(),
         taxonomy: taxonomy(pipeline, &c.site_id, &clinician.credential),
     };
     let supervising = match (&plan.supervising_npi, &clinician.supervisor) {
         (Some(_), Some(s)) => {
-            Some(c837::Person { last: upper(&s.family_name), first: upper(&s.given_name), npi: s.npi.clone(), taxonomy: None })
+            Some(c837::Person { last: upper(&s.family_name), first: x12_text(&s.given_name, 35), npi: s.npi.clone(), taxonomy: None })
         }
         _ => None,
     };
@@ -219,9 +236,9 @@ fn x12_claim(pipeline: &Pipeline, c: &ClaimRow, plan: &PlannedClaim, raw: &RawSe
             _ => c837::Frequency::Original,
         },
         payer_claim_number: c.payer_claim_number.clone(),
-        // Part 2 data goes only with the patient's signed consent on file ("I"); the payment
-        // consent billing checked covers every category of the session.
-        release_of_information: c837::ReleaseOfInformation::Yes,
+        // CLM09: "I" (informed consent for federally restricted data) when the claim carries
+        // Part 2 (SUD) data, disclosed under the signed consent billing checked; "Y" otherwise.
+        release_of_information: if plan.part2 { c837::ReleaseOfInformation::Informed } else { c837::ReleaseOfInformation::Yes },
         total_charge_cents: c.charge_cents,
         diagnoses: plan.diagnoses.iter().map(|d| d.replace('.', "")).collect(),
         rendering: Some(rendering.clone()),
@@ -234,7 +251,7 @@ fn x12_claim(pipeline: &Pipeline, c: &ClaimRow, plan: &PlannedClaim, raw: &RawSe
         subscriber: c837::Subscriber {
             member_id,
             last: upper(&raw.student.family_name),
-            first: upper(&raw.student.given_name),
+            first: x12_text(&raw.student.given_name, 35),
             birth_date: birth,
             sex: sex(&raw.student.sex),
             address: address(home),
@@ -263,6 +280,18 @@ pub async fn ready(store: &Store, limit: i64) -> Result<Ready, BatchError> {
     Ok(Ready { groups, records })
 }
 
+/// The typed 837 claim of one stored claim.
+fn claim_of(pipeline: &Pipeline, c: &ClaimRow, records: &HashMap<(String, i64), String>) -> Result<c837::Claim, BatchError> {
+    let plan: PlannedClaim =
+        serde_json::from_str(&c.plan).map_err(|e| BatchError::Corrupt(format!("claim {} has an unreadable plan: {e}", c.pcn)))?;
+    let record = records
+        .get(&(c.session_id.clone(), c.session_version))
+        .ok_or_else(|| BatchError::Corrupt(format!("claim {}: session version not found", c.pcn)))?;
+    let raw: RawSession =
+        serde_json::from_str(record).map_err(|e| BatchError::Corrupt(format!("claim {}: unreadable session record: {e}", c.pcn)))?;
+    x12_claim(pipeline, c, &plan, &raw)
+}
+
 /// The typed 837 interchange of one group (pure: no I/O).
 pub fn interchange(
     pipeline: &Pipeline,
@@ -283,14 +312,7 @@ pub fn interchange(
     let provider = billing_provider(settings, biller)?;
     let mut x_claims = Vec::with_capacity(claims.len());
     for c in claims {
-        let plan: PlannedClaim =
-            serde_json::from_str(&c.plan).map_err(|e| BatchError::Corrupt(format!("claim {} has an unreadable plan: {e}", c.pcn)))?;
-        let record = records
-            .get(&(c.session_id.clone(), c.session_version))
-            .ok_or_else(|| BatchError::Corrupt(format!("claim {}: session version not found", c.pcn)))?;
-        let raw: RawSession =
-            serde_json::from_str(record).map_err(|e| BatchError::Corrupt(format!("claim {}: unreadable session record: {e}", c.pcn)))?;
-        x_claims.push(x12_claim(pipeline, c, &plan, &raw)?);
+        x_claims.push(claim_of(pipeline, c, records)?);
     }
     let implementation = if form == "institutional" { c837::Implementation::Institutional } else { c837::Implementation::Professional };
     Ok(c837::Interchange {
@@ -324,18 +346,78 @@ pub fn interchange(
     })
 }
 
+/// What building batches did.
+#[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
+pub struct Built {
+    /// The batches built.
+    pub batches: Vec<BatchSummary>,
+    /// Claims put on hold because they cannot be written as X12 (CLM01 and why; the session's
+    /// amendment replaces them).
+    pub held: Vec<HeldClaim>,
+    /// Groups not built (a configuration problem, named by its key); their claims stay ready.
+    pub errors: Vec<String>,
+}
+
+/// A claim put on hold.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HeldClaim {
+    /// CLM01.
+    pub claim_number: String,
+    /// Why (no personal data).
+    pub reason: String,
+}
+
 /// Builds one batch per (payer, billing provider, claim form) of the ready claims (at most
-/// `limit`), stores each with its control numbers and moves its claims to `batched`.
-pub async fn build(store: &Store, pipeline: &Pipeline, actor: &str, limit: i64) -> Result<Vec<BatchSummary>, BatchError> {
+/// `limit`), stores each with its control numbers and moves its claims to `batched`. A claim
+/// that cannot be written is put on hold and the rest go; a group whose configuration is
+/// incomplete is reported and the other groups go.
+pub async fn build(store: &Store, pipeline: &Pipeline, actor: &str, limit: i64) -> Result<Built, BatchError> {
     let ready = ready(store, limit).await?;
-    let mut out = Vec::new();
+    let mut out = Built::default();
     for ((payer_id, biller, form), claims) in &ready.groups {
+        let mut good = Vec::with_capacity(claims.len());
+        let mut config_error = None;
+        for c in claims {
+            match claim_of(pipeline, c, &ready.records) {
+                Ok(_) => good.push(c.clone()),
+                Err(BatchError::Config { key, message }) => {
+                    config_error = Some(format!("{payer_id}/{biller}: configuration {key}: {message}"));
+                    break;
+                }
+                Err(BatchError::Store(e)) => return Err(BatchError::Store(e)),
+                Err(e) => {
+                    let reason = e.to_string();
+                    if store.hold_claim(&c.id, &reason, actor, crate::store::now_us()).await? {
+                        out.held.push(HeldClaim { claim_number: c.pcn.clone(), reason });
+                    }
+                }
+            }
+        }
+        if let Some(e) = config_error {
+            out.errors.push(e);
+            continue;
+        }
+        if good.is_empty() {
+            continue;
+        }
         let isa = store.next_control_number("isa").await?;
         let gs = store.next_control_number("gs").await?;
         let now = chrono::Utc::now().naive_utc();
-        let interchange = interchange(pipeline, (payer_id, biller, form), claims, &ready.records, isa, gs, now)?;
-        let written = c837::build_interchange(&interchange, &x12::Delimiters::readable())
-            .map_err(|source| BatchError::X12 { claim: format!("batch for {payer_id}/{biller}"), source })?;
+        let interchange = match interchange(pipeline, (payer_id, biller, form), &good, &ready.records, isa, gs, now) {
+            Ok(i) => i,
+            Err(BatchError::Store(e)) => return Err(BatchError::Store(e)),
+            Err(e) => {
+                out.errors.push(format!("{payer_id}/{biller}: {e}"));
+                continue;
+            }
+        };
+        let written = match c837::build_interchange(&interchange, &x12::Delimiters::readable()) {
+            Ok(w) => w,
+            Err(e) => {
+                out.errors.push(format!("{payer_id}/{biller}: {e}"));
+                continue;
+            }
+        };
         // With a clearinghouse for the payer the batch goes into the submission outbox.
         let queued = pipeline.settings.billing.clearinghouses.iter().any(|c| &c.payer == payer_id);
         let now_us = crate::store::now_us();
@@ -347,8 +429,8 @@ pub async fn build(store: &Store, pipeline: &Pipeline, actor: &str, limit: i64) 
             isa_control: isa,
             gs_control: gs,
             st_control: "0001".into(),
-            claim_count: claims.len() as i64,
-            total_cents: claims.iter().map(|c| c.charge_cents).sum(),
+            claim_count: good.len() as i64,
+            total_cents: good.iter().map(|c| c.charge_cents).sum(),
             x12: written.text,
             status: if queued { "queued".into() } else { "built".into() },
             created_by: actor.to_string(),
@@ -359,10 +441,10 @@ pub async fn build(store: &Store, pipeline: &Pipeline, actor: &str, limit: i64) 
             last_error: None,
             submitted_us: None,
         };
-        let ids: Vec<&str> = claims.iter().map(|c| c.id.as_str()).collect();
+        let ids: Vec<&str> = good.iter().map(|c| c.id.as_str()).collect();
         if store.insert_batch(&row, &ids, actor).await? {
             tracing::info!(batch = %row.id, payer = %payer_id, biller = %biller, claims = row.claim_count, isa = isa, "claim batch built");
-            out.push(BatchSummary::of(&row, claims.iter().map(|c| c.pcn.clone()).collect()));
+            out.batches.push(BatchSummary::of(&row, good.iter().map(|c| c.pcn.clone()).collect()));
         } else {
             tracing::info!(payer = %payer_id, biller = %biller, "claims changed while batching; left for the next batch");
         }

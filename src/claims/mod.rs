@@ -116,10 +116,14 @@ pub fn fhir_claim(
                 "productOrService": { "coding": [{ "system": code_system(&l.code), "code": l.code }] },
                 "servicedDate": date,
                 "quantity": { "value": l.units },
-                "unitPrice": { "value": money(l.charge_cents.0 / i64::from(l.units.max(1))), "currency": "USD" },
                 "net": { "value": money(l.charge_cents.0), "currency": "USD" },
                 "encounter": [{ "reference": format!("Encounter/{}", subject.session_id) }]
             });
+            // The unit price when the charge divides evenly into the units (always, for the
+            // shipped tables); never a rounded amount.
+            if l.units > 0 && l.charge_cents.0 % i64::from(l.units) == 0 {
+                item["unitPrice"] = json!({ "value": money(l.charge_cents.0 / i64::from(l.units)), "currency": "USD" });
+            }
             if !l.modifiers.is_empty() {
                 item["modifier"] =
                     l.modifiers.iter().map(|m| json!({ "coding": [{ "system": code_system(&l.code), "code": m }] })).collect();
@@ -254,12 +258,58 @@ fn new_claim(
     Ok(NewClaim { row, lines })
 }
 
+/// A frequency-8 void of `prior`: the same claim (its date, member, lines and session
+/// version) with a new claim number, pointing at the payer's number of `prior`.
+fn void_claim(prior: &ClaimRow, lines: &[ClaimLineRow], now_us: i64) -> Result<NewClaim, ClaimError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let pcn = new_pcn();
+    let mut resource: Value = serde_json::from_str(&prior.resource)
+        .map_err(|e| StoreError::Corrupt(format!("claim {} has an unreadable resource: {e}", prior.id)))?;
+    resource["id"] = json!(id);
+    resource["identifier"] = json!([{ "system": PCN_SYSTEM, "value": pcn }]);
+    resource["status"] = json!("cancelled");
+    resource["created"] = json!(crate::fhir::instant(now_us));
+    resource["extension"] = json!([{ "url": "urn:wellness-gateway:fhir:extension:claim-frequency", "valueCode": "8" }]);
+    resource["related"] = json!([{
+        "claim": { "reference": format!("Claim/{}", prior.id) },
+        "relationship": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/ex-relatedclaimrelationship", "code": "prior" }] },
+        "reference": prior.payer_claim_number.as_ref().map(|n| json!({ "value": n })).unwrap_or_else(|| json!({ "system": PCN_SYSTEM, "value": prior.pcn }))
+    }]);
+    let lines = lines.iter().map(|l| ClaimLineRow { claim_id: id.clone(), line_id: format!("{pcn}-{}", l.line_no), ..l.clone() }).collect();
+    let row = ClaimRow {
+        id,
+        pcn,
+        frequency: "8".into(),
+        replaces: Some(prior.id.clone()),
+        payer_claim_number: prior.payer_claim_number.clone(),
+        status: "ready".into(),
+        active: 1,
+        resource: resource.to_string(),
+        batch_id: None,
+        created_us: now_us,
+        updated_us: now_us,
+        ..prior.clone()
+    };
+    Ok(NewClaim { row, lines })
+}
+
+/// Reasons that stop a new claim but do not undo one the payer already has: a revoked consent
+/// does not reach back to a disclosure made, and a closed filing window does not withdraw a
+/// claim filed in time.
+fn only_blocks_new_filings(reasons: &[crate::billing::Reason]) -> bool {
+    !reasons.is_empty()
+        && reasons
+            .iter()
+            .all(|r| matches!(r.code, crate::billing::ReasonCode::TimelyFilingExpired | crate::billing::ReasonCode::NoPaymentConsent))
+}
+
 /// Settles one session version: decides billing and writes the claim change. `Ok(Stale)` when
 /// something moved underneath (the caller tries again on its next pass).
 pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, actor: &str, today: NaiveDate) -> Result<Settled, ClaimError> {
     let now_us = crate::store::now_us();
-    fn guard_base<'a>(s: &'a UnbilledSession, active: Option<&'a str>) -> SettleGuard<'a> {
-        SettleGuard { session_id: &s.id, version: s.current_version, billed_version: s.billed_version, active_claim: active, visits: None }
+    fn guard_base<'a>(s: &'a UnbilledSession, active: Option<&'a ClaimRow>) -> SettleGuard<'a> {
+        SettleGuard { session_id: &s.id, version: s.current_version, billed_version: s.billed_version, active_claim: None, visits: None }
+            .with_active(active)
     }
     let subject = match pipeline.billing_stored(store, &s.id).await {
         Ok(Some(subject)) => subject,
@@ -270,7 +320,7 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
             // is amended (which makes a new version and brings it back here).
             tracing::warn!(session = %s.id, version = s.current_version, "stored session no longer validates; not billed");
             let active = store.active_claim(&s.id).await?;
-            let guard = guard_base(s, active.as_ref().map(|a| a.id.as_str()));
+            let guard = guard_base(s, active.as_ref());
             return Ok(store
                 .settle_session(&guard, Settlement::Nothing { reason: "record no longer validates".into() }, actor, now_us)
                 .await?);
@@ -280,7 +330,7 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
     let (decision, visits_seen) =
         crate::billing::decide_subject_counted(store, &pipeline.consent, &pipeline.billing, &subject, today).await?;
     let date = subject.facts.date_of_service().to_string();
-    let mut guard = guard_base(s, active.as_ref().map(|a| a.id.as_str()));
+    let mut guard = guard_base(s, active.as_ref());
     if let Some(p) = subject.facts.patient_id.as_deref() {
         guard.visits = Some((p, &date, visits_seen));
     }
@@ -294,16 +344,12 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
         },
         _ => None,
     };
-    let read_plan = |c: &ClaimRow| -> Result<PlannedClaim, ClaimError> {
-        serde_json::from_str(&c.plan).map_err(|e| StoreError::Corrupt(format!("claim {} has an unreadable plan: {e}", c.id)).into())
-    };
-    let void_of = |prior: &ClaimRow, retire: (String, &'static str), why: String| -> Result<Settlement, ClaimError> {
-        let plan = read_plan(prior)?;
-        let version = NaiveDate::parse_from_str(&prior.program_version, "%Y-%m-%d").unwrap_or(today);
-        let new = new_claim(pipeline, &subject, s.current_version, &prior.program, version, &plan, "8", Some(prior), now_us)?;
-        Ok(Settlement::Change { retire: Some(retire), new: Some(Box::new(new)), reason: why })
-    };
+    let void_of =
+        |prior: &ClaimRow, lines: &[ClaimLineRow], retire: (String, &'static str), why: String| -> Result<Settlement, ClaimError> {
+            Ok(Settlement::Change { retire: Some(retire), new: Some(Box::new(void_claim(prior, lines, now_us)?)), reason: why })
+        };
     let not_billable = || decision.reasons.iter().map(|r| format!("{:?}", r.code)).collect::<Vec<_>>().join(", ");
+    let same_bill = |plan: &PlannedClaim, a: &ClaimRow| serde_json::to_string(plan).unwrap_or_default() == a.plan;
     let settlement = match (decision.claim.as_ref(), active.as_ref()) {
         (Some(plan), None) => {
             let program = decision.program.as_deref().unwrap_or_default();
@@ -315,14 +361,30 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
                 reason: format!("session version {} is billable under {program}", s.current_version),
             }
         }
-        (Some(plan), Some(a)) if a.frequency != "8" && serde_json::to_string(plan).unwrap_or_default() == a.plan => {
+        (Some(plan), Some(a)) if a.frequency != "8" && same_bill(plan, a) => {
             Settlement::Nothing { reason: format!("version {} bills the same as claim {}", s.current_version, a.pcn) }
+        }
+        // A void on its way to the payer: billing again waits for its acknowledgement (an
+        // accepted void brings the session back here).
+        (Some(_), Some(a)) if a.frequency == "8" && matches!(a.status.as_str(), "batched" | "submitted") => {
+            Settlement::Nothing { reason: format!("void {} is not acknowledged yet", a.pcn) }
+        }
+        // The member changed after the payer got the claim: void it; the new member's original
+        // follows once the void is accepted.
+        (Some(_), Some(a)) if sent && a.frequency != "8" && a.patient_id != subject.facts.patient_id => {
+            let lines = store.claim_lines(&a.id).await?;
+            void_of(
+                a,
+                &lines,
+                (a.id.clone(), "voided"),
+                format!("session version {} names another student: claim {} voided", s.current_version, a.pcn),
+            )?
         }
         (Some(plan), Some(a)) => {
             let program = decision.program.as_deref().unwrap_or_default();
             let version = decision.program_version.unwrap_or(today);
             let (freq, prior, to) = match (sent, &predecessor) {
-                // The payer voided the claim: billing again starts with a new original.
+                // The payer accepted the void: billing again starts with a new original.
                 (true, _) if a.frequency == "8" => ("1", None, "closed"),
                 (true, _) => ("7", Some(a), "replaced"),
                 (false, Some(p)) => ("7", Some(p), "cancelled"),
@@ -336,24 +398,35 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
             }
         }
         (None, Some(a)) if a.frequency == "8" => Settlement::Nothing { reason: format!("claim {} voids it already", a.pcn) },
-        (None, Some(a)) if sent => void_of(
-            a,
-            (a.id.clone(), "voided"),
-            format!("session version {} is not billable ({}): claim {} voided", s.current_version, not_billable(), a.pcn),
-        )?,
+        (None, Some(a)) if sent && only_blocks_new_filings(&decision.reasons) => {
+            Settlement::Nothing { reason: format!("claim {} stands: {} stop only new claims", a.pcn, not_billable()) }
+        }
+        (None, Some(a)) if sent => {
+            let lines = store.claim_lines(&a.id).await?;
+            void_of(
+                a,
+                &lines,
+                (a.id.clone(), "voided"),
+                format!("session version {} is not billable ({}): claim {} voided", s.current_version, not_billable(), a.pcn),
+            )?
+        }
         (None, Some(a)) => match &predecessor {
             // An unsent replacement: withdraw it and void the claim the payer has.
-            Some(p) => void_of(
-                p,
-                (a.id.clone(), "cancelled"),
-                format!(
-                    "session version {} is not billable ({}): replacement {} withdrawn, claim {} voided",
-                    s.current_version,
-                    not_billable(),
-                    a.pcn,
-                    p.pcn
-                ),
-            )?,
+            Some(p) => {
+                let lines = store.claim_lines(&p.id).await?;
+                void_of(
+                    p,
+                    &lines,
+                    (a.id.clone(), "cancelled"),
+                    format!(
+                        "session version {} is not billable ({}): replacement {} withdrawn, claim {} voided",
+                        s.current_version,
+                        not_billable(),
+                        a.pcn,
+                        p.pcn
+                    ),
+                )?
+            }
             None => Settlement::Change {
                 retire: Some((a.id.clone(), "cancelled")),
                 new: None,
@@ -385,7 +458,8 @@ pub async fn run_pass(store: &Store, pipeline: &Pipeline, actor: &str, today: Na
             Ok(Settled::Stale) => f.stale += 1,
             Err(e) => {
                 f.failed += 1;
-                tracing::error!(session = %s.id, version = s.current_version, error = %e, "claim settlement failed");
+                tracing::error!(session = %s.id, version = s.current_version, error = %e, "claim settlement failed; retried in 10 minutes");
+                store.billing_retry_later(&s.id, crate::store::now_us() + 600_000_000).await?;
             }
         }
     }

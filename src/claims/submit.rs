@@ -10,8 +10,12 @@ use std::time::Duration;
 use crate::settings::Settings;
 use crate::store::{BatchRow, Store};
 
-/// How long a submitter holds a batch without finishing.
-const LEASE_US: i64 = 120_000_000;
+/// How long a submitter holds a batch without finishing: long enough for a request that runs
+/// to its timeout, so another instance never sends the same batch while one is still sending.
+fn lease_us(settings: &Settings) -> i64 {
+    let timeout = i64::try_from(settings.billing.timeout_seconds).unwrap_or(30);
+    (2 * timeout + 30).max(120) * 1_000_000
+}
 
 /// Sends queued batches.
 #[derive(Clone)]
@@ -39,7 +43,7 @@ impl Submitter {
         let mut sent = 0;
         loop {
             let now = crate::store::now_us();
-            let batch = match self.store.lease_due_batch(&self.owner, now, LEASE_US).await {
+            let batch = match self.store.lease_due_batch(&self.owner, now, lease_us(&self.settings)).await {
                 Ok(Some(b)) => b,
                 Ok(None) => return sent,
                 Err(e) => {

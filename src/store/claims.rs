@@ -129,6 +129,14 @@ pub enum Settlement {
     },
 }
 
+impl<'a> SettleGuard<'a> {
+    /// With the active claim as read.
+    pub fn with_active(mut self, active: Option<&'a ClaimRow>) -> Self {
+        self.active_claim = active.map(|a| (a.id.as_str(), a.status.as_str()));
+        self
+    }
+}
+
 /// The outcome of [`Store::settle_session`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
@@ -148,10 +156,11 @@ pub struct SettleGuard<'a> {
     pub version: i64,
     /// `billed_version` as read.
     pub billed_version: i64,
-    /// The active claim's id as read.
-    pub active_claim: Option<&'a str>,
-    /// Patient and date of service, with the number of other sessions' active claims seen.
-    pub visits: Option<(&'a str, &'a str, usize)>,
+    /// The active claim's id and status as read.
+    pub active_claim: Option<(&'a str, &'a str)>,
+    /// Patient and date of service, with the other sessions whose active claims that day were
+    /// seen (sorted).
+    pub visits: Option<(&'a str, &'a str, Vec<String>)>,
 }
 
 const CLAIM_COLUMNS: &str = "id, pcn, session_id, session_version, patient_id, service_date, site_id, lea_id, program, program_version, form, \
@@ -185,21 +194,29 @@ impl Store {
 
     /// Up to `limit` sessions whose current version billing has not settled, oldest change first.
     pub async fn unbilled_sessions(&self, limit: i64) -> Result<Vec<UnbilledSession>, StoreError> {
-        let sql =
-            "SELECT id, current_version, billed_version FROM sessions WHERE billed_version < current_version ORDER BY updated_at LIMIT $1";
-        Ok(with_db!(self.db(), pool => { sqlx::query_as(sql).bind(limit).fetch_all(pool).await? }))
+        let sql = "SELECT id, current_version, billed_version FROM sessions WHERE billed_version < current_version \
+                   AND (billing_retry_us IS NULL OR billing_retry_us < $2) ORDER BY updated_at LIMIT $1";
+        Ok(with_db!(self.db(), pool => { sqlx::query_as(sql).bind(limit).bind(super::now_us()).fetch_all(pool).await? }))
     }
 
-    /// Marks the sessions of these students unsettled again when they have no active claim
-    /// (other than a void): a consent changed, and a session held for want of a payment
-    /// consent may now be billable.
+    /// A settlement failed: the worker leaves the session until `retry_us` (the error is logged).
+    pub async fn billing_retry_later(&self, session_id: &str, retry_us: i64) -> Result<(), StoreError> {
+        with_db!(self.db(), pool => {
+            sqlx::query("UPDATE sessions SET billing_retry_us = $1 WHERE id = $2").bind(retry_us).bind(session_id).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Marks the sessions of these students unsettled again unless their active claim went to
+    /// the payer: a consent changed, so a session held for want of a payment consent may now be
+    /// billable, and a claim not yet sent may no longer be.
     pub async fn unsettle_unclaimed(&self, patient_ids: &[&str]) -> Result<u64, StoreError> {
         let mut n = 0;
         for p in patient_ids {
             n += with_db!(self.db(), pool => {
                 sqlx::query(
                     "UPDATE sessions SET billed_version = 0 WHERE patient_id = $1 AND billed_version > 0 \
-                     AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1 AND c.frequency <> '8')",
+                     AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1 AND c.frequency <> '8' AND c.status NOT IN ('ready', 'held'))",
                 )
                 .bind(*p)
                 .execute(pool)
@@ -261,7 +278,7 @@ impl Store {
         let pg = matches!(self.db(), Db::Postgres(_));
         with_db!(self.db(), pool => {
             let mut tx = pool.begin_with(begin).await?;
-            if let (true, Some((patient, _, _))) = (pg, g.visits) {
+            if let (true, Some((patient, _, _))) = (pg, &g.visits) {
                 // Sessions of one student on one day settle one at a time (the visit limit).
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 6))").bind(patient).execute(&mut *tx).await?;
             }
@@ -275,33 +292,34 @@ impl Store {
             if moved != 1 {
                 return Ok(Settled::Stale);
             }
-            let active: Option<String> = sqlx::query_scalar("SELECT id FROM claims WHERE session_id = $1 AND active = 1")
+            let active: Option<(String, String)> = sqlx::query_as("SELECT id, status FROM claims WHERE session_id = $1 AND active = 1")
                 .bind(g.session_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-            if active.as_deref() != g.active_claim {
+            if active.as_ref().map(|(i, st)| (i.as_str(), st.as_str())) != g.active_claim {
                 return Ok(Settled::Stale);
             }
-            if let Some((patient, date, seen)) = g.visits {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM claims WHERE active = 1 AND patient_id = $1 AND service_date = $2 AND session_id <> $3 AND frequency <> '8'",
+            if let Some((patient, date, seen)) = &g.visits {
+                let mut now: Vec<String> = sqlx::query_scalar(
+                    "SELECT session_id FROM claims WHERE active = 1 AND patient_id = $1 AND service_date = $2 AND session_id <> $3 AND frequency <> '8'",
                 )
-                .bind(patient)
-                .bind(date)
+                .bind(*patient)
+                .bind(*date)
                 .bind(g.session_id)
-                .fetch_one(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
-                if usize::try_from(n).unwrap_or(usize::MAX) != seen {
+                now.sort();
+                if &now != seen {
                     return Ok(Settled::Stale);
                 }
             }
             if let Settlement::Change { retire, new, reason } = s {
-                if let (Some(_), Some((patient, date, _))) = (&retire, g.visits) {
+                if let (Some(_), Some((patient, date, _))) = (&retire, &g.visits) {
                     // A visit may have been freed: the student's other sessions that day without
                     // a claim (or with only a void) are looked at again.
                     sqlx::query(
                         "UPDATE sessions SET billed_version = 0 WHERE patient_id = $1 AND service_date = $2 AND id <> $3 AND billed_version > 0 \
-                         AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1 AND c.frequency <> '8')",
+                         AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1 AND c.frequency <> '8' AND c.status NOT IN ('ready', 'held'))",
                     )
                     .bind(patient)
                     .bind(date)
@@ -315,12 +333,21 @@ impl Store {
                         .fetch_optional(&mut *tx)
                         .await?;
                     let Some(from) = from else { return Ok(Settled::Stale) };
-                    sqlx::query("UPDATE claims SET status = $1, active = 0, updated_us = $2 WHERE id = $3")
-                        .bind(to)
-                        .bind(now_us)
-                        .bind(&old)
-                        .execute(&mut *tx)
-                        .await?;
+                    // The status read before deciding must still hold (a batch may have taken
+                    // the claim meanwhile: then it went to the payer and needs another answer).
+                    let moved = sqlx::query(
+                        "UPDATE claims SET status = $1, active = 0, updated_us = $2 WHERE id = $3 AND active = 1 AND status = $4",
+                    )
+                    .bind(to)
+                    .bind(now_us)
+                    .bind(&old)
+                    .bind(&from)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if moved != 1 || g.active_claim.is_none_or(|(_, st)| st != from) {
+                        return Ok(Settled::Stale);
+                    }
                     sqlx::query("INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) VALUES ($1, $2, $3, $4, $5, $6)")
                         .bind(&old)
                         .bind(now_us)
@@ -690,13 +717,29 @@ impl Store {
             let mut tx = pool.begin_with(begin).await?;
             let status: Option<String> = sqlx::query_scalar("SELECT status FROM claims WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
             let Some(status) = status.filter(|s| from.contains(&s.as_str())) else { return Ok(false) };
-            sqlx::query("UPDATE claims SET status = $1, updated_us = $2, payer_claim_number = COALESCE($3, payer_claim_number) WHERE id = $4")
-                .bind(to)
-                .bind(now_us)
-                .bind(payer_claim_number)
+            let moved = sqlx::query(
+                "UPDATE claims SET status = $1, updated_us = $2, payer_claim_number = COALESCE($3, payer_claim_number) WHERE id = $4 AND status = $5",
+            )
+            .bind(to)
+            .bind(now_us)
+            .bind(payer_claim_number)
+            .bind(id)
+            .bind(&status)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved != 1 {
+                return Ok(false);
+            }
+            // A void the payer accepted: the session may bill again (a new original).
+            if to == "accepted" {
+                sqlx::query(
+                    "UPDATE sessions SET billed_version = 0 WHERE id = (SELECT session_id FROM claims WHERE id = $1 AND frequency = '8' AND active = 1)",
+                )
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            }
             // A replacement or void waiting for the payer's number of the claim it refers to.
             if let Some(n) = payer_claim_number {
                 sqlx::query("UPDATE claims SET payer_claim_number = $1 WHERE replaces = $2 AND payer_claim_number IS NULL")
@@ -717,5 +760,99 @@ impl Store {
             tx.commit().await?;
             true
         }))
+    }
+}
+
+impl Store {
+    /// The payer answered about a claim this gateway already retired (replaced or voided): its
+    /// claim number is kept (and handed to the successor waiting for it); a rejection means the
+    /// payer never had it, so a successor not yet sent is withdrawn and the session is settled
+    /// again (a new original). Whether anything changed.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn ack_retired(
+        &self,
+        id: &str,
+        rejected: bool,
+        payer_claim_number: Option<&str>,
+        reason: &str,
+        actor: &str,
+        now_us: i64,
+    ) -> Result<bool, StoreError> {
+        let begin = self.begin_write();
+        Ok(with_db!(self.db(), pool => {
+            let mut tx = pool.begin_with(begin).await?;
+            let row: Option<(String, String, Option<String>)> =
+                sqlx::query_as("SELECT status, session_id, payer_claim_number FROM claims WHERE id = $1 AND active = 0")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((status, session, known)) = row.filter(|(st, _, _)| matches!(st.as_str(), "replaced" | "voided")) else {
+                return Ok(false);
+            };
+            let mut changed = false;
+            if let Some(n) = payer_claim_number.filter(|n| known.as_deref() != Some(*n)) {
+                sqlx::query("UPDATE claims SET payer_claim_number = $1, updated_us = $2 WHERE id = $3")
+                    .bind(n)
+                    .bind(now_us)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE claims SET payer_claim_number = $1 WHERE replaces = $2 AND payer_claim_number IS NULL")
+                    .bind(n)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) VALUES ($1, $2, $3, $4, $4, $5)")
+                    .bind(id)
+                    .bind(now_us)
+                    .bind(actor)
+                    .bind(&status)
+                    .bind(format!("{reason}; payer claim number {n}"))
+                    .execute(&mut *tx)
+                    .await?;
+                changed = true;
+            }
+            if rejected {
+                sqlx::query("UPDATE claims SET status = 'rejected', updated_us = $1 WHERE id = $2").bind(now_us).bind(id).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) VALUES ($1, $2, $3, $4, 'rejected', $5)")
+                    .bind(id)
+                    .bind(now_us)
+                    .bind(actor)
+                    .bind(&status)
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+                let successors: Vec<(String, String)> =
+                    sqlx::query_as("SELECT id, status FROM claims WHERE replaces = $1 AND active = 1 AND status IN ('ready', 'held')")
+                        .bind(id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                for (s, st) in successors {
+                    sqlx::query("UPDATE claims SET status = 'cancelled', active = 0, updated_us = $1 WHERE id = $2")
+                        .bind(now_us)
+                        .bind(&s)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) VALUES ($1, $2, $3, $4, 'cancelled', $5)")
+                        .bind(&s)
+                        .bind(now_us)
+                        .bind(actor)
+                        .bind(&st)
+                        .bind("the claim it refers to was rejected by the payer; the session is billed again")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("UPDATE sessions SET billed_version = 0 WHERE id = $1").bind(&session).execute(&mut *tx).await?;
+                changed = true;
+            }
+            tx.commit().await?;
+            changed
+        }))
+    }
+
+    /// Puts a ready claim on hold: it cannot be written to X12 as it is (the reason says why);
+    /// an amendment of its session replaces it.
+    pub async fn hold_claim(&self, id: &str, reason: &str, actor: &str, now_us: i64) -> Result<bool, StoreError> {
+        self.claim_transition(id, &["ready"], "held", reason, actor, None, now_us).await
     }
 }

@@ -157,7 +157,8 @@ impl Delimiters {
             } else {
                 continue;
             };
-            return Some(format!("value {value:?} contains the {name} {c:?}"));
+            // The value itself is never quoted: it may be a name or an identifier.
+            return Some(format!("the value contains the {name} {c:?}"));
         }
         None
     }
@@ -281,7 +282,7 @@ impl Segment {
                             return Err(value_err(pos, None, "required value is empty".to_owned()));
                         }
                         if n < min || n > max {
-                            return Err(value_err(pos, None, format!("value {v:?} has {n} characters, allowed {min}-{max}")));
+                            return Err(value_err(pos, None, format!("the value has {n} characters, allowed {min}-{max}")));
                         }
                     }
                     v.clone()
@@ -826,7 +827,7 @@ mod tests {
                 segment: "NM1".into(),
                 element: 3,
                 component: None,
-                problem: "value \"SMITH*JONES\" contains the element separator '*'".into()
+                problem: "the value contains the element separator '*'".into()
             }
         );
         assert!(err.to_string().starts_with("NM1-03: "), "{err}");

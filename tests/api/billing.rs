@@ -223,7 +223,7 @@ fn reasons_not_to_bill_are_named() {
 
     let d = b.decide_with(&s, &Fake { consent: true, visits: vec!["other-session".into()], claimed: None }, "2026-11-30");
     assert_eq!(reasons(&d), vec![ReasonCode::VisitLimit]);
-    assert!(d.reasons[0].message.contains("other-session"));
+    assert!(d.reasons[0].message.contains("1 other session"), "no other session's id is named: {}", d.reasons[0].message);
 
     // An associate bills under a licensed supervisor; a school counsellor does not qualify.
     let mut assoc = lasting("individual-counseling", 45);

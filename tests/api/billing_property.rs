@@ -22,8 +22,9 @@ enum Op {
     Settle,
     /// Finance builds batches.
     Batch,
-    /// The payer acknowledges every batched claim with its claim number (as the 835 would).
-    Adjudicate,
+    /// The payer answers every claim it was sent with a 277CA: accepted with its claim number,
+    /// or rejected.
+    Acknowledge { accept: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -31,7 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0usize..3, 0usize..5).prop_map(|(session, variant)| Op::Send { session, variant }),
         3 => Just(Op::Settle),
         1 => Just(Op::Batch),
-        1 => Just(Op::Adjudicate),
+        1 => any::<bool>().prop_map(|accept| Op::Acknowledge { accept }),
     ]
 }
 
@@ -81,11 +82,12 @@ async fn check(store: &Store, p: &Pipeline, settled_now: bool) -> Result<(), Tes
         // The payer is sent at most one original per session; every replacement or void refers
         // to a claim the payer had.
         // (After a void went out, billing again takes a new original.)
-        let sent = |c: &&&wellness_gateway::store::ClaimRow| !matches!(c.status.as_str(), "ready" | "cancelled");
+        // (A claim the payer rejected was never taken: a new original follows it.)
+        let sent = |c: &&&wellness_gateway::store::ClaimRow| !matches!(c.status.as_str(), "ready" | "cancelled" | "held" | "rejected");
         let originals_sent = mine.iter().filter(|c| c.frequency == "1").filter(sent).count();
         let voids_sent = mine.iter().filter(|c| c.frequency == "8").filter(sent).count();
         prop_assert!(originals_sent <= 1 + voids_sent, "session {k}: {originals_sent} originals went to the payer ({voids_sent} voids)");
-        for c in mine.iter().filter(|c| c.frequency != "1") {
+        for c in mine.iter().filter(|c| c.frequency != "1" && c.status != "cancelled") {
             let prior = all.iter().find(|x| Some(&x.id) == c.replaces.as_ref());
             prop_assert!(
                 prior.is_some_and(|p| matches!(p.status.as_str(), "replaced" | "voided")),
@@ -106,6 +108,8 @@ async fn check(store: &Store, p: &Pipeline, settled_now: bool) -> Result<(), Tes
             .await
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         match (d.claim, active.first()) {
+            // A void on its way to the payer: billing again waits for its acknowledgement.
+            (Some(_), Some(c)) if c.frequency == "8" && matches!(c.status.as_str(), "batched" | "submitted") => {}
             (Some(plan), Some(c)) => {
                 prop_assert_eq!(serde_json::to_string(&plan).unwrap_or_default(), c.plan.clone(), "session {} bills something else", k);
                 prop_assert!(c.frequency != "8");
@@ -153,25 +157,21 @@ async fn run(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Batch => {
                 wellness_gateway::claims::batch::build(&store, &p, "prop", 100).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
             }
-            Op::Adjudicate => {
-                for c in store
-                    .claims(&ClaimFilter { status: Some("batched"), ..Default::default() }, 100)
-                    .await
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?
-                {
-                    crate::helpers::exec_sql(
-                        &db.url,
-                        &format!("UPDATE claims SET payer_claim_number = 'ICN-{}' WHERE id = '{}'", c.pcn, c.id),
-                    )
-                    .await;
-                    crate::helpers::exec_sql(
-                        &db.url,
-                        &format!(
-                            "UPDATE claims SET payer_claim_number = 'ICN-{}' WHERE replaces = '{}' AND payer_claim_number IS NULL",
-                            c.pcn, c.id
-                        ),
-                    )
-                    .await;
+            Op::Acknowledge { accept } => {
+                let mut answers = Vec::new();
+                for c in store.claims(&ClaimFilter::default(), 1000).await.map_err(|e| TestCaseError::fail(e.to_string()))? {
+                    if matches!(c.status.as_str(), "batched" | "submitted" | "replaced" | "voided") && c.payer_claim_number.is_none()
+                        || c.status == "batched"
+                    {
+                        answers.push((c.pcn.clone(), if accept { "A2:20" } else { "A7:562" }, accept.then(|| format!("ICN-{}", c.pcn))));
+                    }
+                }
+                if !answers.is_empty() {
+                    let list: Vec<(&str, &str, Option<&str>)> = answers.iter().map(|(a, b, c)| (a.as_str(), *b, c.as_deref())).collect();
+                    let text = crate::helpers::ack_277(&list);
+                    wellness_gateway::claims::acks::ingest(&store, text.as_bytes(), "prop")
+                        .await
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 }
             }
         }

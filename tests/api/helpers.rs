@@ -445,3 +445,27 @@ pub async fn endpoint(fail_first: u32) -> Endpoint {
     tokio::spawn(server);
     Endpoint { url: format!("http://127.0.0.1:{port}/hook"), received, fail, _server: handle }
 }
+
+/// An ISA header from the clearinghouse to the gateway.
+pub fn isa(control: u32) -> String {
+    format!("ISA*00*          *00*          *ZZ*CLEARINGHOUSE  *ZZ*WELLNESSGW     *261130*1200*^*00501*{control:09}*0*T*:~\n")
+}
+
+/// A 277CA with one patient level per (CLM01, category:status, payer claim number).
+pub fn ack_277(claims: &[(&str, &str, Option<&str>)]) -> String {
+    let mut b = String::from(
+        "BHT*0085*08*ACK1*20261130*1200*TH~\nHL*1**20*1~\nNM1*PR*2*MEDI-CAL*****PI*610442~\nTRN*1*ACK1~\nDTP*050*D8*20261130~\nDTP*009*D8*20261130~\nHL*2*1*21*1~\nNM1*41*2*WELLNESS GATEWAY*****46*WELLNESSGW~\nTRN*2*1~\nSTC*A1:20*20261130*WQ*1~\nHL*3*2*19*1~\nNM1*85*2*DEMO COMMUNITY HEALTH CENTER*****XX*1600000016~\n",
+    );
+    for (i, (pcn, stc, icn)) in claims.iter().enumerate() {
+        b.push_str(&format!("HL*{}*3*PT~\nNM1*QC*1*LOPEZ*ANA****MI*91234567A~\nTRN*2*{pcn}~\nSTC*{stc}*20261130*WQ*245.67~\n", 4 + i));
+        if let Some(n) = icn {
+            b.push_str(&format!("REF*1K*{n}~\n"));
+        }
+        b.push_str("DTP*472*D8*20261102~\n");
+    }
+    let segments = 2 + b.matches('~').count();
+    format!(
+        "{}GS*HN*CLEARINGHOUSE*WELLNESSGW*20261130*1200*78*X*005010X214~\nST*277*0001*005010X214~\n{b}SE*{segments}*0001~\nGE*1*78~\nIEA*1*000000078~\n",
+        isa(78)
+    )
+}
