@@ -101,6 +101,9 @@ async fn claim_lifecycle(backend: Backend) {
     counsel["site"] = json!("site-demo-ms");
     counsel["student"]["district_id"] = json!("S2000001");
     counsel["clinician"]["credential"] = json!("PPS-school-counselor");
+    // Names X12 cannot carry as typed: transliterated, delimiters dropped (never a failed batch).
+    counsel["student"]["family_name"] = json!("Peña*Ruíz");
+    counsel["student"]["given_name"] = json!("José~María");
     let visit_id = submit(&app, &visit).await;
     let fee_id = submit(&app, &counsel).await;
     // Not billable yet: no payment consent. The worker settles both versions without a claim.
@@ -168,6 +171,7 @@ async fn claim_lifecycle(backend: Backend) {
         "{text_i}"
     );
     assert!(text_p.contains("SV1*HC:H0004:HA*85.59*UN*3") && text_p.contains("CLM*"), "{text_p}");
+    assert!(text_p.contains("NM1*IL*1*PENA RUIZ*JOSE MARIA****MI*"), "{text_p}");
     keep_x12(&format!("claims-{tag}-837i-original"), &text_i);
     keep_x12(&format!("claims-{tag}-837p-original"), &text_p);
     // Nothing left to batch.
