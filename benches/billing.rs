@@ -25,7 +25,7 @@ impl Context for Fixed {
     fn payment_consent(&self, _biller: &str, _by_name_only: bool) -> Result<String, String> {
         Ok("consent/_history/1".into())
     }
-    fn visits_same_day(&self, _biller: &str) -> Vec<String> {
+    fn visits_same_day(&self, _biller: &str, _category: &str) -> Vec<String> {
         Vec::new()
     }
     fn claimed_program(&self) -> Option<String> {

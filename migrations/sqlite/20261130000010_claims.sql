@@ -15,6 +15,8 @@ CREATE TABLE claims (
     lea_id              TEXT NOT NULL,
     program             TEXT NOT NULL,
     program_version     TEXT NOT NULL,
+    -- the visit category it counts against (visits_per_day; the documented same-day exceptions)
+    visit_category      TEXT NOT NULL,
     -- professional | institutional
     form                TEXT NOT NULL,
     biller              TEXT NOT NULL,

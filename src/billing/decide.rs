@@ -24,9 +24,9 @@ pub trait Context {
     /// Whether an active consent lets the session's data go to `biller` for payment: the
     /// consent id, or why not. `by_name_only`: the consent must name the biller (LEA billers).
     fn payment_consent(&self, biller: &str, by_name_only: bool) -> Result<String, String>;
-    /// Ids of other sessions of the same student that already hold a visit with `biller` on
-    /// the date of service.
-    fn visits_same_day(&self, biller: &str) -> Vec<String>;
+    /// Ids of other sessions of the same student that already hold a visit of `category` with
+    /// `biller` on the date of service.
+    fn visits_same_day(&self, biller: &str, category: &str) -> Vec<String>;
     /// The program an earlier version of this session was claimed under.
     fn claimed_program(&self) -> Option<String>;
 }
@@ -140,6 +140,9 @@ pub struct PlannedClaim {
     /// The record carries 42 CFR Part 2 (SUD) data (CLM09 `I`).
     #[serde(default)]
     pub part2: bool,
+    /// The visit category the claim counts against (`visits_per_day`).
+    #[serde(default)]
+    pub visit_category: String,
     /// SHA-256 of what the claim says about the service beyond its lines (date, student,
     /// clinician, site): an amendment that changes any of it changes the claim.
     #[serde(default)]
@@ -405,13 +408,17 @@ fn plan(
     if today > deadline {
         why.push(reason(p, ReasonCode::TimelyFilingExpired, format!("the filing window closed on {deadline}")));
     }
+    let category = v.visit_category(&s.raw.service.kind);
     if let Some(max) = v.visits_per_day {
-        let others = ctx.visits_same_day(biller);
+        let others = ctx.visits_same_day(biller, category);
         if others.len() >= max as usize {
             why.push(reason(
                 p,
                 ReasonCode::VisitLimit,
-                format!("{max} visit(s) per student per day with {biller}: {} other session(s) of the student hold it", others.len()),
+                format!(
+                    "{max} {category} visit(s) per student per day with {biller}: {} other session(s) of the student hold it",
+                    others.len()
+                ),
             ));
         }
     }
@@ -512,6 +519,7 @@ fn plan(
         lines,
         consent,
         part2: false,
+        visit_category: category.to_string(),
         subject_sha256: subject_digest(s),
     };
     Ok((claim, deadline))

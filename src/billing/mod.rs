@@ -53,8 +53,8 @@ impl Context for Gathered<'_> {
         }
     }
 
-    fn visits_same_day(&self, biller: &str) -> Vec<String> {
-        self.visits.iter().filter(|v| v.biller == biller).map(|v| v.session_id.clone()).collect()
+    fn visits_same_day(&self, biller: &str, category: &str) -> Vec<String> {
+        self.visits.iter().filter(|v| v.biller == biller && v.visit_category == category).map(|v| v.session_id.clone()).collect()
     }
 
     fn claimed_program(&self) -> Option<String> {

@@ -118,6 +118,8 @@ struct VersionSpec {
     timely_filing: Spanned<TimelySpec>,
     #[serde(default)]
     visits_per_day: Option<u32>,
+    #[serde(default)]
+    visit_categories: BTreeMap<String, Spanned<String>>,
     codes: Spanned<String>,
     #[serde(default)]
     facility_type: Option<Spanned<String>>,
@@ -400,8 +402,11 @@ pub struct ProgramVersion {
     pub payment_consent: bool,
     /// Filing limit.
     pub timely_filing: TimelyFiling,
-    /// Visits per patient per day per biller.
+    /// Visits per patient per day per biller, counted per visit category.
     pub visits_per_day: Option<u32>,
+    /// Service type -> visit category (the documented same-day exceptions: a service in its own
+    /// category is a visit of its own); services not listed are category `visit`.
+    pub visit_categories: HashMap<String, String>,
     /// Code table.
     pub codes: Arc<CodeTable>,
     /// Institutional facility type code (CLM05-1).
@@ -421,6 +426,11 @@ pub struct ProgramVersion {
 }
 
 impl ProgramVersion {
+    /// The visit category of a service type.
+    pub fn visit_category(&self, service: &str) -> &str {
+        self.visit_categories.get(service).map_or("visit", String::as_str)
+    }
+
     /// Whether the version is in force on `d`.
     pub fn covers(&self, d: NaiveDate) -> bool {
         self.effective_from <= d && self.effective_to.is_none_or(|t| d <= t)
@@ -814,6 +824,11 @@ impl Loader<'_> {
                 self.err(file, t, s.span().start, &format!("{key}.services"), format!("unknown service type `{}`", s.get_ref()));
             }
         }
+        for (svc, cat) in &v.visit_categories {
+            if !self.vocab.services.contains(svc) {
+                self.err(file, t, cat.span().start, &format!("{key}.visit_categories.{svc}"), format!("unknown service type `{svc}`"));
+            }
+        }
         for cred in v.renderers.keys() {
             if !self.vocab.credentials.contains(cred) {
                 let at = v.renderers.get(cred).map_or(0, |c| c.span().start);
@@ -1002,6 +1017,7 @@ impl Loader<'_> {
             payment_consent: v.payment_consent,
             timely_filing,
             visits_per_day: v.visits_per_day,
+            visit_categories: v.visit_categories.iter().map(|(k, c)| (k.clone(), c.get_ref().clone())).collect(),
             codes,
             facility_type: v.facility_type.as_ref().map(|x| x.get_ref().clone()),
             place_of_service,

@@ -238,6 +238,7 @@ fn new_claim(
         lea_id: subject.facts.lea_id.clone(),
         program: program.to_string(),
         program_version: program_version.to_string(),
+        visit_category: plan.visit_category.clone(),
         form: plan.form.code().to_string(),
         biller: plan.biller.clone(),
         payer: plan.payer.clone(),

@@ -18,6 +18,8 @@ pub struct ClaimedVisit {
     pub biller: String,
     /// Program.
     pub program: String,
+    /// Visit category.
+    pub visit_category: String,
 }
 
 /// A claim as stored.
@@ -35,6 +37,8 @@ pub struct ClaimRow {
     pub lea_id: String,
     pub program: String,
     pub program_version: String,
+    /// The visit category it counts against.
+    pub visit_category: String,
     /// professional | institutional.
     pub form: String,
     pub biller: String,
@@ -163,7 +167,7 @@ pub struct SettleGuard<'a> {
     pub visits: Option<(&'a str, &'a str, Vec<String>)>,
 }
 
-const CLAIM_COLUMNS: &str = "id, pcn, session_id, session_version, patient_id, service_date, site_id, lea_id, program, program_version, form, \
+const CLAIM_COLUMNS: &str = "id, pcn, session_id, session_version, patient_id, service_date, site_id, lea_id, program, program_version, visit_category, form, \
      biller, payer, rendering_npi, frequency, replaces, payer_claim_number, status, active, charge_cents, expected_cents, plan, resource, \
      batch_id, created_us, updated_us";
 
@@ -175,7 +179,7 @@ impl Store {
         service_date: &str,
         except_session: &str,
     ) -> Result<Vec<ClaimedVisit>, StoreError> {
-        let sql = "SELECT session_id, biller, program FROM claims \
+        let sql = "SELECT session_id, biller, program, visit_category FROM claims \
                    WHERE active = 1 AND patient_id = $1 AND service_date = $2 AND session_id <> $3 AND frequency <> '8' \
                    ORDER BY created_us";
         Ok(with_db!(self.db(), pool => {
@@ -363,8 +367,8 @@ impl Store {
                     sqlx::query(
                         "INSERT INTO claims (id, pcn, session_id, session_version, patient_id, service_date, site_id, lea_id, program, program_version, form, \
                          biller, payer, rendering_npi, frequency, replaces, payer_claim_number, status, active, charge_cents, expected_cents, plan, resource, \
-                         batch_id, created_us, updated_us) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 'ready', 1, $18, $19, $20, $21, NULL, $22, $22)",
+                         batch_id, created_us, updated_us, visit_category) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 'ready', 1, $18, $19, $20, $21, NULL, $22, $22, $23)",
                     )
                     .bind(&r.id)
                     .bind(&r.pcn)
@@ -388,6 +392,7 @@ impl Store {
                     .bind(&r.plan)
                     .bind(&r.resource)
                     .bind(now_us)
+                    .bind(&r.visit_category)
                     .execute(&mut *tx)
                     .await?;
                     for l in &c.lines {

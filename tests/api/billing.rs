@@ -25,7 +25,7 @@ impl Context for Fake {
     fn payment_consent(&self, _biller: &str, _by_name_only: bool) -> Result<String, String> {
         if self.consent { Ok("consent-1/_history/1".into()) } else { Err("rule no-consent".into()) }
     }
-    fn visits_same_day(&self, _biller: &str) -> Vec<String> {
+    fn visits_same_day(&self, _biller: &str, _category: &str) -> Vec<String> {
         self.visits.clone()
     }
     fn claimed_program(&self) -> Option<String> {
@@ -221,6 +221,8 @@ fn reasons_not_to_bill_are_named() {
     let d = b.decide_with(&s, &Fake { consent: true, visits: vec![], claimed: None }, "2027-06-01");
     assert_eq!(reasons(&d), vec![ReasonCode::TimelyFilingExpired]);
 
+    // (The fake reports every other visit in every category; crisis, its own category, in
+    // the store-backed tests.)
     let d = b.decide_with(&s, &Fake { consent: true, visits: vec!["other-session".into()], claimed: None }, "2026-11-30");
     assert_eq!(reasons(&d), vec![ReasonCode::VisitLimit]);
     assert!(d.reasons[0].message.contains("1 other session"), "no other session's id is named: {}", d.reasons[0].message);

@@ -511,3 +511,49 @@ async fn acknowledgements_sqlite() {
 async fn acknowledgements_postgres() {
     acknowledgements(Backend::Postgres).await;
 }
+
+/// One FQHC visit per student per day, with crisis as a visit of its own (the same-day rule as
+/// data): the day's second counselling session is held with the reason, the crisis is claimed;
+/// when the first is withdrawn (made unbillable before it was sent) the second takes the visit.
+async fn same_day_visits(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.billing.poll_seconds = 1).await else {
+        eprintln!("skipped: set TEST_DATABASE_URL to run on PostgreSQL");
+        return;
+    };
+    let finance = finance_token(&app).await;
+    consent(&app, "S1002345", "CONSENT-DAY", json!(["fqhc-demo"])).await;
+    let at = |source: &str, start: &str, end: &str, kind: &str| {
+        let mut s = session_with_id(source);
+        s["service"]["start"] = json!(start);
+        s["service"]["end"] = json!(end);
+        s["service"]["type"] = json!(kind);
+        s
+    };
+    let morning = at("DAY-1", "2026-11-03T09:00:00-08:00", "2026-11-03T09:45:00-08:00", "individual-counseling");
+    let first = submit(&app, &morning).await;
+    wait_claims(&app, &finance, &first, |c| c.len() == 1).await;
+    let second = submit(&app, &at("DAY-2", "2026-11-03T13:00:00-08:00", "2026-11-03T13:45:00-08:00", "individual-counseling")).await;
+    let crisis = submit(&app, &at("DAY-3", "2026-11-03T15:00:00-08:00", "2026-11-03T16:00:00-08:00", "crisis-intervention")).await;
+    wait_claims(&app, &finance, &crisis, |c| c.len() == 1).await;
+    let d: Value = app.get(&format!("/api/v1/sessions/{second}/billing"), &finance).await.json().await.expect("decision");
+    assert_eq!(d["reasons"][0]["code"], json!("visit-limit"), "{d}");
+    assert!(claims_of(&app, &finance, &second).await.is_empty());
+    // The morning session turns out to be a tier-1 activity: its unsent claim is withdrawn and
+    // the afternoon session takes the visit.
+    let mut universal = morning.clone();
+    universal["service"]["tier"] = json!(1);
+    submit(&app, &universal).await;
+    let c = wait_claims(&app, &finance, &second, |c| c.len() == 1).await;
+    assert_eq!(c[0]["status"], json!("ready"));
+    assert!(active(&claims_of(&app, &finance, &first).await).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_day_visits_sqlite() {
+    same_day_visits(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_day_visits_postgres() {
+    same_day_visits(Backend::Postgres).await;
+}
