@@ -398,7 +398,9 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
                 reason: format!("session amended (version {}): claim {} {to}", s.current_version, a.pcn),
             }
         }
-        (None, Some(a)) if a.frequency == "8" => Settlement::Nothing { reason: format!("claim {} voids it already", a.pcn) },
+        (None, Some(a)) if a.frequency == "8" && a.status != "rejected" => {
+            Settlement::Nothing { reason: format!("claim {} voids it already", a.pcn) }
+        }
         (None, Some(a)) if sent && only_blocks_new_filings(&decision.reasons) => {
             Settlement::Nothing { reason: format!("claim {} stands: {} stop only new claims", a.pcn, not_billable()) }
         }

@@ -167,6 +167,11 @@ pub struct SettleGuard<'a> {
     pub visits: Option<(&'a str, &'a str, Vec<String>)>,
 }
 
+/// Marks a student's other sessions of one day ($1 patient, $2 date, not $3) unsettled when
+/// none of their claims went to the payer: a visit may have been freed.
+const REOPEN_DAY: &str = "UPDATE sessions SET billed_version = 0 WHERE patient_id = $1 AND service_date = $2 AND id <> $3 AND billed_version > 0 \
+     AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1 AND c.frequency <> '8' AND c.status NOT IN ('ready', 'held'))";
+
 const CLAIM_COLUMNS: &str = "id, pcn, session_id, session_version, patient_id, service_date, site_id, lea_id, program, program_version, visit_category, form, \
      biller, payer, rendering_npi, frequency, replaces, payer_claim_number, status, active, charge_cents, expected_cents, plan, resource, \
      batch_id, created_us, updated_us";
@@ -321,15 +326,7 @@ impl Store {
                 if let (Some(_), Some((patient, date, _))) = (&retire, &g.visits) {
                     // A visit may have been freed: the student's other sessions that day without
                     // a claim (or with only a void) are looked at again.
-                    sqlx::query(
-                        "UPDATE sessions SET billed_version = 0 WHERE patient_id = $1 AND service_date = $2 AND id <> $3 AND billed_version > 0 \
-                         AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1 AND c.frequency <> '8' AND c.status NOT IN ('ready', 'held'))",
-                    )
-                    .bind(patient)
-                    .bind(date)
-                    .bind(g.session_id)
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query(REOPEN_DAY).bind(*patient).bind(*date).bind(g.session_id).execute(&mut *tx).await?;
                 }
                 if let Some((old, to)) = retire {
                     let from: Option<String> = sqlx::query_scalar("SELECT status FROM claims WHERE id = $1 AND active = 1")
@@ -736,6 +733,16 @@ impl Store {
             if moved != 1 {
                 return Ok(false);
             }
+            // A replacement or void the payer rejected: the claim it refers to still stands, so
+            // the session is settled again (another replacement or void of that claim).
+            if to == "rejected" {
+                sqlx::query(
+                    "UPDATE sessions SET billed_version = 0 WHERE id = (SELECT session_id FROM claims WHERE id = $1 AND frequency <> '1' AND active = 1)",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
             // A void the payer accepted: the session may bill again (a new original).
             if to == "accepted" {
                 sqlx::query(
@@ -848,6 +855,12 @@ impl Store {
                         .await?;
                 }
                 sqlx::query("UPDATE sessions SET billed_version = 0 WHERE id = $1").bind(&session).execute(&mut *tx).await?;
+                // Withdrawing the successor may free the day's visit for another session.
+                let day: Option<(Option<String>, Option<String>)> =
+                    sqlx::query_as("SELECT patient_id, service_date FROM sessions WHERE id = $1").bind(&session).fetch_optional(&mut *tx).await?;
+                if let Some((Some(patient), Some(date))) = day {
+                    sqlx::query(REOPEN_DAY).bind(&patient).bind(&date).bind(&session).execute(&mut *tx).await?;
+                }
                 changed = true;
             }
             tx.commit().await?;

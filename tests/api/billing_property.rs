@@ -186,12 +186,17 @@ async fn run(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// `PROPTEST_CASES` (for a longer search), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, TestCaseError> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| TestCaseError::fail(e.to_string()))
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(96), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn no_double_billing_sqlite(ops in proptest::collection::vec(op(), 1..40)) {
@@ -200,7 +205,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(16), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn no_double_billing_postgres(ops in proptest::collection::vec(op(), 1..40)) {
