@@ -45,6 +45,7 @@ CREATE TABLE claims (
 CREATE UNIQUE INDEX claims_one_active ON claims (session_id) WHERE active = 1;
 CREATE INDEX claims_session ON claims (session_id, created_us);
 CREATE INDEX claims_visit_day ON claims (patient_id, service_date) WHERE active = 1;
+CREATE INDEX claims_provider_day ON claims (rendering_npi, service_date) WHERE active = 1;
 CREATE INDEX claims_status ON claims (status, payer, biller);
 CREATE INDEX claims_replaces ON claims (replaces);
 CREATE INDEX claims_batch ON claims (batch_id);

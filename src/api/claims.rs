@@ -207,6 +207,44 @@ pub async fn resubmit(state: web::Data<AppState>, who: Principal, path: web::Pat
     Ok(HttpResponse::Accepted().json(BatchSummary::of(&b, Vec::new())))
 }
 
+/// Puts a rejected claim back in the queue as it is (finance, admin): for a rejection that was
+/// not the claim's fault (a configuration or clearinghouse problem since fixed). The payer never
+/// took it, so it goes again under its own claim number. A claim whose session changed is
+/// replaced by the worker instead.
+#[utoipa::path(post, path = "/api/v1/claims/{id}/$requeue", tag = "claims", params(("id" = String, Path, description = "claim id")),
+    responses((status = 200, body = ClaimView), (status = 404, body = OperationOutcome),
+        (status = 409, description = "the claim is not an active rejected claim", body = OperationOutcome)),
+    security(("bearer" = [])))]
+#[post("/api/v1/claims/{id}/$requeue")]
+pub async fn requeue(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    who.finance_scope()?;
+    let c = state.store.claim(&path).await?.ok_or_else(|| ApiError::NotFound(format!("no claim {path}")))?;
+    let actor = format!("client:{}", who.client_id);
+    let ok = c.active == 1
+        && state
+            .store
+            .claim_transition(
+                &c.id,
+                &["rejected", "held"],
+                "ready",
+                "put back in the queue by finance",
+                &actor,
+                None,
+                crate::store::now_us(),
+            )
+            .await?;
+    if !ok {
+        return Err(ApiError::Conflict(format!(
+            "claim {} is {}{}; only an active rejected or held claim is queued again",
+            c.pcn,
+            c.status,
+            if c.active == 1 { "" } else { " and retired" }
+        )));
+    }
+    let c = state.store.claim(&path).await?.ok_or_else(|| ApiError::NotFound(format!("no claim {path}")))?;
+    Ok(HttpResponse::Ok().json(ClaimView::from(&c)))
+}
+
 /// One batch (finance, admin).
 #[utoipa::path(get, path = "/api/v1/claims/batches/{id}", tag = "claims", params(("id" = String, Path, description = "batch id")),
     responses((status = 200, body = BatchSummary), (status = 404, body = OperationOutcome)), security(("bearer" = [])))]

@@ -31,6 +31,7 @@ use crate::startup::AppState;
         super::claims::list_batches,
         super::claims::resubmit,
         super::claims::post_acks,
+        super::claims::requeue,
         super::claims::read_batch,
         super::claims::batch_x12,
         super::consents::post_consent,

@@ -31,6 +31,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(claims::batch_x12) // finance, admin
         .service(claims::list) // finance, admin
         .service(claims::read) // finance, admin
+        .service(claims::requeue) // finance, admin
         .service(claims::post_acks) // finance, admin
         .service(claims::fhir_read) // finance, admin (before the generic /fhir/{type}/{id})
         .service(claims::fhir_search) // finance, admin (before the generic /fhir/{type})

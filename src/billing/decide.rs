@@ -29,6 +29,13 @@ pub trait Context {
     fn visits_same_day(&self, biller: &str, category: &str) -> Vec<String>;
     /// The program an earlier version of this session was claimed under.
     fn claimed_program(&self) -> Option<String>;
+    /// Units of `code` on other sessions' active claims: by `provider` on the date of service
+    /// (all students), or, with `student_year`, by `provider` for this student in the service's
+    /// calendar year; with no provider, any provider's for this student on the date of service.
+    fn claimed_units(&self, code: &str, provider: Option<&str>, student_year: bool) -> u32 {
+        let _ = (code, provider, student_year);
+        0
+    }
 }
 
 /// Why a session is not billable (stable codes; the API shows them).
@@ -51,6 +58,9 @@ pub enum ReasonCode {
     SupervisorNotEligible,
     /// Fewer minutes than the shortest billable code needs.
     TooShort,
+    /// The code's frequency limits (per provider per day or year, or a code already billed
+    /// that day) leave nothing to bill.
+    FrequencyLimit,
     /// No code in the program's table fits the session.
     NoCode,
     /// No Medi-Cal CIN.
@@ -427,7 +437,25 @@ fn plan(
     let mut lines = Vec::new();
     if let Some(rule) = rule {
         let minutes = s.minutes_face_to_face;
-        let units = rule.max_units.map_or(rule.units.count(minutes), |m| rule.units.count(minutes).min(m));
+        let mut units = rule.max_units.map_or(rule.units.count(minutes), |m| rule.units.count(minutes).min(m));
+        let npi = s.clinician_npi.as_str();
+        let l = &rule.limits;
+        if let Some(max) = l.per_day_per_provider {
+            units = units.min(max.saturating_sub(ctx.claimed_units(&rule.code, Some(npi), false)));
+        }
+        if let Some(max) = l.per_year_per_student_provider {
+            units = units.min(max.saturating_sub(ctx.claimed_units(&rule.code, Some(npi), true)));
+        }
+        if let Some(other) = l.not_same_day_as.iter().find(|c| ctx.claimed_units(c, None, false) > 0) {
+            units = 0;
+            why.push(reason(
+                p,
+                ReasonCode::FrequencyLimit,
+                format!("{} is not billed the same day as {other}, already claimed for the student", rule.code),
+            ));
+        } else if units == 0 {
+            why.push(reason(p, ReasonCode::FrequencyLimit, format!("the frequency limits of {} are used up", rule.code)));
+        }
         let add_on = rule.add_on.as_ref().map(|a| (a.code.as_str(), a.units(minutes))).filter(|(_, n)| *n > 0);
         match p.claim_form {
             ClaimForm::Institutional => {

@@ -38,6 +38,9 @@ struct Gathered<'a> {
     consents: Vec<Compiled>,
     visits: Vec<ClaimedVisit>,
     claimed: Option<String>,
+    lines: Vec<crate::store::ClaimedLine>,
+    patient: Option<&'a str>,
+    date: String,
     today: NaiveDate,
 }
 
@@ -59,6 +62,22 @@ impl Context for Gathered<'_> {
 
     fn claimed_program(&self) -> Option<String> {
         self.claimed.clone()
+    }
+
+    fn claimed_units(&self, code: &str, provider: Option<&str>, student_year: bool) -> u32 {
+        let same_student = |l: &crate::store::ClaimedLine| self.patient.is_some() && l.patient_id.as_deref() == self.patient;
+        let n: i64 = self
+            .lines
+            .iter()
+            .filter(|l| l.code == code)
+            .filter(|l| match (provider, student_year) {
+                (Some(p), false) => l.rendering_npi == p && l.service_date == self.date,
+                (Some(p), true) => l.rendering_npi == p && same_student(l),
+                (None, _) => same_student(l) && l.service_date == self.date,
+            })
+            .map(|l| l.units)
+            .sum();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 }
 
@@ -83,23 +102,37 @@ pub async fn decide_subject_counted(
     subject: &Subject,
     today: NaiveDate,
 ) -> Result<(BillingDecision, Vec<String>), StoreError> {
-    let (consents, visits) = match subject.facts.patient_id.as_deref() {
+    let dos = subject.facts.date_of_service();
+    let date = dos.to_string();
+    let npi = subject.valid.clinician_npi.as_str();
+    let (consents, visits, lines) = match subject.facts.patient_id.as_deref() {
         Some(p) => {
             let directives = store.patient_directives(&[p]).await?;
-            let date = subject.facts.date_of_service().to_string();
+            let year = chrono::Datelike::year(&dos);
+            let (from, to) = (format!("{year:04}-01-01"), format!("{year:04}-12-31"));
             (
                 directives.iter().map(crate::consent::Directive::compile).collect(),
                 store.claimed_visits(p, &date, &subject.session_id).await?,
+                store.claimed_lines(&subject.session_id, npi, &date, p, &from, &to).await?,
             )
         }
-        None => (Vec::new(), Vec::new()),
+        None => (Vec::new(), Vec::new(), Vec::new()),
     };
     let mut seen: Vec<String> = visits.iter().map(|v| v.session_id.clone()).collect();
     seen.sort();
     let claimed = store.claimed_program(&subject.session_id).await?;
     let labels = crate::serve::session_label_facts(&subject.facts, consent_rules);
-    let ctx =
-        Gathered { consent_rules, facts: crate::serve::session_facts_for(&subject.facts, labels, today), consents, visits, claimed, today };
+    let ctx = Gathered {
+        consent_rules,
+        facts: crate::serve::session_facts_for(&subject.facts, labels, today),
+        consents,
+        visits,
+        claimed,
+        lines,
+        patient: subject.facts.patient_id.as_deref(),
+        date,
+        today,
+    };
     let mut d = decide::decide(rules, &subject.valid, &ctx, today);
     if let Some(c) = d.claim.as_mut() {
         // Part 2 (SUD) data goes out only under the patient's signed consent: CLM09 "I".

@@ -59,6 +59,19 @@ struct CodeRuleSpec {
     max_units: Option<u32>,
     #[serde(default)]
     add_on: Option<Spanned<AddOnSpec>>,
+    #[serde(default)]
+    limits: Option<LimitsSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSpec {
+    #[serde(default)]
+    per_day_per_provider: Option<u32>,
+    #[serde(default)]
+    per_year_per_student_provider: Option<u32>,
+    #[serde(default)]
+    not_same_day_as: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,12 +315,25 @@ pub struct CodeRule {
     pub code: String,
     /// Unit rule.
     pub units: Units,
-    /// Most units billed.
+    /// Most units billed on one claim.
     pub max_units: Option<u32>,
+    /// Frequency limits across claims (payer edits).
+    pub limits: Limits,
     /// Add-on line.
     pub add_on: Option<AddOn>,
     /// File and line, for explanations.
     pub source: String,
+}
+
+/// Frequency limits of a code across claims (the payer's edits, as data).
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Units of the code one rendering provider bills per day, all students together.
+    pub per_day_per_provider: Option<u32>,
+    /// Units of the code one provider bills for one student per calendar year.
+    pub per_year_per_student_provider: Option<u32>,
+    /// Codes that, billed for the student the same day, rule this one out.
+    pub not_same_day_as: Vec<String>,
 }
 
 /// A code-selection table (`mappings/billing/codes/<name>.toml`).
@@ -699,6 +725,14 @@ impl Loader<'_> {
                 code: r.code.get_ref().clone(),
                 units,
                 max_units: r.max_units,
+                limits: r
+                    .limits
+                    .map(|l| Limits {
+                        per_day_per_provider: l.per_day_per_provider,
+                        per_year_per_student_provider: l.per_year_per_student_provider,
+                        not_same_day_as: l.not_same_day_as,
+                    })
+                    .unwrap_or_default(),
                 add_on,
                 source: format!("{}:{}", file.display(), line_of(&text, r.code.span().start)),
             });

@@ -176,7 +176,41 @@ const CLAIM_COLUMNS: &str = "id, pcn, session_id, session_version, patient_id, s
      biller, payer, rendering_npi, frequency, replaces, payer_claim_number, status, active, charge_cents, expected_cents, plan, resource, \
      batch_id, created_us, updated_us";
 
+/// A line of another session's active claim (frequency limits).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ClaimedLine {
+    /// Procedure code.
+    pub code: String,
+    /// Units.
+    pub units: i64,
+    /// Rendering provider.
+    pub rendering_npi: String,
+    /// Student.
+    pub patient_id: Option<String>,
+    /// Date of service.
+    pub service_date: String,
+}
+
 impl Store {
+    /// Lines of other sessions' active claims (voids aside) by `npi` on `date`, or of
+    /// `patient_id` from `year_from` to `year_to` (dates as YYYY-MM-DD text, which sorts).
+    pub async fn claimed_lines(
+        &self,
+        except_session: &str,
+        npi: &str,
+        date: &str,
+        patient_id: &str,
+        year_from: &str,
+        year_to: &str,
+    ) -> Result<Vec<ClaimedLine>, StoreError> {
+        let sql = "SELECT l.code, l.units, c.rendering_npi, c.patient_id, c.service_date FROM claim_lines l JOIN claims c ON c.id = l.claim_id \
+                   WHERE c.active = 1 AND c.frequency <> '8' AND c.session_id <> $1 \
+                   AND ((c.rendering_npi = $2 AND c.service_date = $3) OR (c.patient_id = $4 AND c.service_date >= $5 AND c.service_date <= $6))";
+        Ok(with_db!(self.db(), pool => {
+            sqlx::query_as(sql).bind(except_session).bind(npi).bind(date).bind(patient_id).bind(year_from).bind(year_to).fetch_all(pool).await?
+        }))
+    }
+
     /// Active claims of `patient_id` on `service_date` for sessions other than `except_session`.
     pub async fn claimed_visits(
         &self,

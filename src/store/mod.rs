@@ -30,7 +30,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use audit::{ChainRow, GENESIS_HASH, PREVIOUS_HASH_EXTENSION, PendingEvent, event_hash};
 pub use claims::{
-    BatchRow, ClaimEventRow, ClaimFilter, ClaimLineRow, ClaimRow, ClaimedVisit, NewClaim, SettleGuard, Settled, Settlement, UnbilledSession,
+    BatchRow, ClaimEventRow, ClaimFilter, ClaimLineRow, ClaimRow, ClaimedLine, ClaimedVisit, NewClaim, SettleGuard, Settled, Settlement,
+    UnbilledSession,
 };
 pub use clients::{NewSmartClient, SmartClientRow};
 pub use consents::{ConsentOutcome, ConsentWrite, SessionFacts, StoredDirective};

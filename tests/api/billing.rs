@@ -15,6 +15,8 @@ struct Fake {
     consent: bool,
     visits: Vec<String>,
     claimed: Option<String>,
+    /// Units of a code already claimed (any query about that code).
+    used: Option<(&'static str, u32)>,
 }
 
 impl Context for Fake {
@@ -30,6 +32,9 @@ impl Context for Fake {
     }
     fn claimed_program(&self) -> Option<String> {
         self.claimed.clone()
+    }
+    fn claimed_units(&self, code: &str, _provider: Option<&str>, _student_year: bool) -> u32 {
+        self.used.filter(|(c, _)| *c == code).map_or(0, |(_, n)| n)
     }
 }
 
@@ -56,7 +61,7 @@ impl Bench {
     }
 
     fn decide(&self, s: &Value) -> BillingDecision {
-        self.decide_with(s, &Fake { consent: true, visits: vec![], claimed: None }, "2026-11-30")
+        self.decide_with(s, &Fake { consent: true, visits: vec![], claimed: None, used: None }, "2026-11-30")
     }
 }
 
@@ -211,19 +216,19 @@ fn reasons_not_to_bill_are_named() {
     assert_eq!(reasons(&b.decide(&no_address)), vec![ReasonCode::NoMemberAddress]);
 
     let s = lasting("individual-counseling", 45);
-    let d = b.decide_with(&s, &Fake { consent: false, visits: vec![], claimed: None }, "2026-11-30");
+    let d = b.decide_with(&s, &Fake { consent: false, visits: vec![], claimed: None, used: None }, "2026-11-30");
     assert_eq!(reasons(&d), vec![ReasonCode::NoPaymentConsent]);
 
     // Medi-Cal: six months after the month of service (2026-11 -> 2027-05-31).
-    let d = b.decide_with(&s, &Fake { consent: true, visits: vec![], claimed: None }, "2027-05-31");
+    let d = b.decide_with(&s, &Fake { consent: true, visits: vec![], claimed: None, used: None }, "2027-05-31");
     assert!(d.billable);
     assert_eq!(d.filing_days_left, Some(0));
-    let d = b.decide_with(&s, &Fake { consent: true, visits: vec![], claimed: None }, "2027-06-01");
+    let d = b.decide_with(&s, &Fake { consent: true, visits: vec![], claimed: None, used: None }, "2027-06-01");
     assert_eq!(reasons(&d), vec![ReasonCode::TimelyFilingExpired]);
 
     // (The fake reports every other visit in every category; crisis, its own category, in
     // the store-backed tests.)
-    let d = b.decide_with(&s, &Fake { consent: true, visits: vec!["other-session".into()], claimed: None }, "2026-11-30");
+    let d = b.decide_with(&s, &Fake { consent: true, visits: vec!["other-session".into()], claimed: None, used: None }, "2026-11-30");
     assert_eq!(reasons(&d), vec![ReasonCode::VisitLimit]);
     assert!(d.reasons[0].message.contains("1 other session"), "no other session's id is named: {}", d.reasons[0].message);
 
@@ -249,7 +254,8 @@ fn one_funding_path_per_session() {
     let s = lasting("individual-counseling", 45);
     // Claimed under the fee schedule before (say the site joined the FQHC's scope later): it
     // stays there.
-    let d = b.decide_with(&s, &Fake { consent: true, visits: vec![], claimed: Some("cybhi-fee-schedule".into()) }, "2026-11-30");
+    let d =
+        b.decide_with(&s, &Fake { consent: true, visits: vec![], claimed: Some("cybhi-fee-schedule".into()), used: None }, "2026-11-30");
     assert_eq!(d.program.as_deref(), Some("cybhi-fee-schedule"));
     assert_eq!(d.considered[0].outcome, "not-considered");
     assert_eq!(codes(&d), vec![("90834".to_string(), 1)]);
@@ -368,4 +374,21 @@ fn billing_files_are_checked_with_their_location() {
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+}
+
+#[test]
+fn coach_code_frequency_limits() {
+    let b = Bench::new();
+    let s = coach(lasting("individual-counseling", 120));
+    let with = |used| b.decide_with(&s, &Fake { consent: true, visits: vec![], claimed: None, used }, "2026-11-30");
+    assert_eq!(codes(&with(None)), vec![("0592T".to_string(), 3)]);
+    // Three units a day per provider: two already billed today leave one.
+    assert_eq!(codes(&with(Some(("0592T", 2)))), vec![("0592T".to_string(), 1)]);
+    assert_eq!(reasons(&with(Some(("0592T", 3)))), vec![ReasonCode::FrequencyLimit]);
+    // Not the same day as an initial assessment.
+    assert_eq!(reasons(&with(Some(("0591T", 1)))), vec![ReasonCode::FrequencyLimit]);
+    // The initial assessment: two a year per student and provider.
+    let intake = coach(lasting("intake-assessment", 40));
+    let d = b.decide_with(&intake, &Fake { consent: true, visits: vec![], claimed: None, used: Some(("0591T", 2)) }, "2026-11-30");
+    assert_eq!(reasons(&d), vec![ReasonCode::FrequencyLimit]);
 }

@@ -493,6 +493,17 @@ async fn acknowledgements(backend: Backend) {
     assert_eq!(report["transactions"][0]["rejected"].as_array().map(Vec::len), Some(2), "{report}");
     let r1 = claims_of(&app, &finance, &id1).await;
     assert_eq!(active(&r1)[0]["status"], json!("rejected"));
+    // Finance fixes what the 999 complained about and queues the rejected claims again as they are.
+    let requeue = |id: Value| {
+        let url = app.url(&format!("/api/v1/claims/{}/$requeue", id.as_str().unwrap_or_default()));
+        app.client.post(url).bearer_auth(&finance).send()
+    };
+    let res = requeue(active(&r1)[0]["id"].clone()).await.expect("requeue");
+    assert_eq!(res.status().as_u16(), 200);
+    let again = requeue(active(&r1)[0]["id"].clone()).await.expect("requeue");
+    assert_eq!(again.status().as_u16(), 409, "only a rejected claim is queued again");
+    let rebuilt = build_batches(&app, &finance).await;
+    assert_eq!(rebuilt[0]["claim_count"], json!(1));
 
     // Not an acknowledgement, or not X12: 422 naming the segment.
     let issues = crate::helpers::outcome(app.post_raw("/api/v1/acks", &finance, "application/edi-x12", text.into_bytes()).await, 422).await;
@@ -556,4 +567,48 @@ async fn same_day_visits_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_day_visits_postgres() {
     same_day_visits(Backend::Postgres).await;
+}
+
+/// Frequency limits across claims read the store: a wellness coach bills at most three 0592T
+/// units a day, whichever students they see.
+async fn coach_limits_across_claims(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |s| s.billing.poll_seconds = 1).await else {
+        eprintln!("skipped: set TEST_DATABASE_URL to run on PostgreSQL");
+        return;
+    };
+    let finance = finance_token(&app).await;
+    let coach_session = |source: &str, student: &str, start: &str, end: &str| {
+        let mut s = session_with_id(source);
+        s["student"]["district_id"] = json!(student);
+        s["clinician"]["credential"] = json!("wellness-coach");
+        s["clinician"]["supervisor"] =
+            json!({ "npi": "1550123453", "given_name": "Priya", "family_name": "Natarajan", "credential": "LMFT" });
+        s["service"]["start"] = json!(start);
+        s["service"]["end"] = json!(end);
+        s
+    };
+    consent(&app, "S4000001", "CONSENT-COACH-1", json!(["lea-demo"])).await;
+    consent(&app, "S4000002", "CONSENT-COACH-2", json!(["lea-demo"])).await;
+    let a = submit(&app, &coach_session("COACH-1", "S4000001", "2026-11-04T09:00:00-08:00", "2026-11-04T10:00:00-08:00")).await;
+    let c = wait_claims(&app, &finance, &a, |c| c.len() == 1).await;
+    let detail: Value =
+        app.get(&format!("/api/v1/claims/{}", c[0]["id"].as_str().expect("id")), &finance).await.json().await.expect("claim");
+    assert_eq!((detail["lines"][0]["code"].clone(), detail["lines"][0]["units"].clone()), (json!("0592T"), json!(2)));
+    // Another student, 90 minutes (3 units): one unit is left of the coach's three today.
+    let b = submit(&app, &coach_session("COACH-2", "S4000002", "2026-11-04T11:00:00-08:00", "2026-11-04T12:30:00-08:00")).await;
+    let c = wait_claims(&app, &finance, &b, |c| c.len() == 1).await;
+    let detail: Value =
+        app.get(&format!("/api/v1/claims/{}", c[0]["id"].as_str().expect("id")), &finance).await.json().await.expect("claim");
+    assert_eq!(detail["lines"][0]["units"], json!(1), "{detail}");
+    assert_eq!(detail["charge_cents"], json!(4108));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coach_limits_across_claims_sqlite() {
+    coach_limits_across_claims(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coach_limits_across_claims_postgres() {
+    coach_limits_across_claims(Backend::Postgres).await;
 }
