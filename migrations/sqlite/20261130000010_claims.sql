@@ -66,6 +66,7 @@ CREATE TABLE claim_lines (
     PRIMARY KEY (claim_id, line_no)
 );
 CREATE UNIQUE INDEX claim_lines_line_id ON claim_lines (line_id);
+CREATE INDEX claim_lines_code ON claim_lines (code, claim_id);
 
 -- Every lifecycle transition: who, when, why. Append-only.
 CREATE TABLE claim_events (

@@ -113,7 +113,7 @@ pub async fn decide_subject_counted(
             (
                 directives.iter().map(crate::consent::Directive::compile).collect(),
                 store.claimed_visits(p, &date, &subject.session_id).await?,
-                store.claimed_lines(&subject.session_id, npi, &date, p, &from, &to).await?,
+                store.claimed_lines(&subject.session_id, &rules.limited_codes, npi, &date, p, &from, &to).await?,
             )
         }
         None => (Vec::new(), Vec::new(), Vec::new()),

@@ -507,6 +507,9 @@ pub struct BillingRules {
     pub programs: Vec<Program>,
     /// Payers by configuration id.
     pub payers: BTreeMap<String, Payer>,
+    /// Codes whose frequency limits read other claims (the codes limited and the codes named by
+    /// `not_same_day_as`): the only claim lines billing looks up.
+    pub limited_codes: Vec<String>,
 }
 
 /// Session vocabulary the rules may name (from the session schema).
@@ -1105,7 +1108,20 @@ impl BillingRules {
             }
         }
         programs.sort_by_key(|p| p.priority);
-        if l.errors.is_empty() { Ok(BillingRules { programs, payers }) } else { Err(MappingErrors(l.errors)) }
+        let mut limited_codes: Vec<String> = programs
+            .iter()
+            .flat_map(|p| p.versions.iter())
+            .flat_map(|v| v.codes.rules.iter())
+            .filter(|r| {
+                r.limits.per_day_per_provider.is_some()
+                    || r.limits.per_year_per_student_provider.is_some()
+                    || !r.limits.not_same_day_as.is_empty()
+            })
+            .flat_map(|r| std::iter::once(r.code.clone()).chain(r.limits.not_same_day_as.iter().cloned()))
+            .collect();
+        limited_codes.sort();
+        limited_codes.dedup();
+        if l.errors.is_empty() { Ok(BillingRules { programs, payers, limited_codes }) } else { Err(MappingErrors(l.errors)) }
     }
 
     /// A program by id.

@@ -295,9 +295,22 @@ fn claim_of(pipeline: &Pipeline, c: &ClaimRow, records: &HashMap<(String, i64), 
 /// The typed 837 interchange of one group (pure: no I/O).
 pub fn interchange(
     pipeline: &Pipeline,
-    (payer_id, biller, form): (&str, &str, &str),
+    key: (&str, &str, &str),
     claims: &[ClaimRow],
     records: &HashMap<(String, i64), String>,
+    isa: i64,
+    gs: i64,
+    now: chrono::NaiveDateTime,
+) -> Result<c837::Interchange, BatchError> {
+    let x_claims = claims.iter().map(|c| claim_of(pipeline, c, records)).collect::<Result<Vec<_>, _>>()?;
+    interchange_of(pipeline, key, x_claims, isa, gs, now)
+}
+
+/// The typed 837 interchange of one group from its claims already in X12 form.
+fn interchange_of(
+    pipeline: &Pipeline,
+    (payer_id, biller, form): (&str, &str, &str),
+    x_claims: Vec<c837::Claim>,
     isa: i64,
     gs: i64,
     now: chrono::NaiveDateTime,
@@ -310,10 +323,6 @@ pub fn interchange(
         .get(payer_id)
         .ok_or_else(|| config("mappings/billing/payers.toml", format!("payer {payer_id} is not configured")))?;
     let provider = billing_provider(settings, biller)?;
-    let mut x_claims = Vec::with_capacity(claims.len());
-    for c in claims {
-        x_claims.push(claim_of(pipeline, c, records)?);
-    }
     let implementation = if form == "institutional" { c837::Implementation::Institutional } else { c837::Implementation::Professional };
     Ok(c837::Interchange {
         sender_qualifier: b.sender_qualifier.clone(),
@@ -376,10 +385,14 @@ pub async fn build(store: &Store, pipeline: &Pipeline, actor: &str, limit: i64) 
     let mut out = Built::default();
     for ((payer_id, biller, form), claims) in &ready.groups {
         let mut good = Vec::with_capacity(claims.len());
+        let mut x_claims = Vec::with_capacity(claims.len());
         let mut config_error = None;
         for c in claims {
             match claim_of(pipeline, c, &ready.records) {
-                Ok(_) => good.push(c.clone()),
+                Ok(x) => {
+                    good.push(c);
+                    x_claims.push(x);
+                }
                 Err(BatchError::Config { key, message }) => {
                     config_error = Some(format!("{payer_id}/{biller}: configuration {key}: {message}"));
                     break;
@@ -403,7 +416,7 @@ pub async fn build(store: &Store, pipeline: &Pipeline, actor: &str, limit: i64) 
         let isa = store.next_control_number("isa").await?;
         let gs = store.next_control_number("gs").await?;
         let now = chrono::Utc::now().naive_utc();
-        let interchange = match interchange(pipeline, (payer_id, biller, form), &good, &ready.records, isa, gs, now) {
+        let interchange = match interchange_of(pipeline, (payer_id, biller, form), x_claims, isa, gs, now) {
             Ok(i) => i,
             Err(BatchError::Store(e)) => return Err(BatchError::Store(e)),
             Err(e) => {

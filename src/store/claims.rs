@@ -192,23 +192,47 @@ pub struct ClaimedLine {
 }
 
 impl Store {
-    /// Lines of other sessions' active claims (voids aside) by `npi` on `date`, or of
-    /// `patient_id` from `year_from` to `year_to` (dates as YYYY-MM-DD text, which sorts).
+    /// Lines with one of `codes` of other sessions' active claims (voids aside) by `npi` on
+    /// `date`, or of `patient_id` from `year_from` to `year_to` (dates as YYYY-MM-DD text, which
+    /// sorts). Two indexed look-ups; nothing when `codes` is empty.
+    #[allow(clippy::too_many_arguments)]
     pub async fn claimed_lines(
         &self,
         except_session: &str,
+        codes: &[String],
         npi: &str,
         date: &str,
         patient_id: &str,
         year_from: &str,
         year_to: &str,
     ) -> Result<Vec<ClaimedLine>, StoreError> {
-        let sql = "SELECT l.code, l.units, c.rendering_npi, c.patient_id, c.service_date FROM claim_lines l JOIN claims c ON c.id = l.claim_id \
-                   WHERE c.active = 1 AND c.frequency <> '8' AND c.session_id <> $1 \
-                   AND ((c.rendering_npi = $2 AND c.service_date = $3) OR (c.patient_id = $4 AND c.service_date >= $5 AND c.service_date <= $6))";
-        Ok(with_db!(self.db(), pool => {
-            sqlx::query_as(sql).bind(except_session).bind(npi).bind(date).bind(patient_id).bind(year_from).bind(year_to).fetch_all(pool).await?
-        }))
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Parameters numbered in the order they first appear (SQLite numbers named parameters
+        // that way): the codes, then the session, provider and day, then student and year.
+        let k = codes.len();
+        let list = (1..=k).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let (sess, npi_p, day, pat, from, to) = (k + 1, k + 2, k + 3, k + 4, k + 5, k + 6);
+        let sql = format!(
+            "SELECT l.code, l.units, c.rendering_npi, c.patient_id, c.service_date FROM claims c JOIN claim_lines l ON l.claim_id = c.id \
+             WHERE l.code IN ({list}) AND c.active = 1 AND c.frequency <> '8' AND c.session_id <> ${sess} AND c.rendering_npi = ${npi_p} \
+             AND c.service_date = ${day} \
+             UNION ALL \
+             SELECT l.code, l.units, c.rendering_npi, c.patient_id, c.service_date FROM claims c JOIN claim_lines l ON l.claim_id = c.id \
+             WHERE l.code IN ({list}) AND c.active = 1 AND c.frequency <> '8' AND c.session_id <> ${sess} AND c.patient_id = ${pat} \
+             AND c.service_date >= ${from} AND c.service_date <= ${to} AND NOT (c.rendering_npi = ${npi_p} AND c.service_date = ${day})"
+        );
+        // (The second part leaves out the provider's own lines of that day, which the first
+        // already has.)
+        let rows: Vec<ClaimedLine> = with_db!(self.db(), pool => {
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+            for c in codes {
+                q = q.bind(c);
+            }
+            q.bind(except_session).bind(npi).bind(date).bind(patient_id).bind(year_from).bind(year_to).fetch_all(pool).await?
+        });
+        Ok(rows)
     }
 
     /// Active claims of `patient_id` on `service_date` for sessions other than `except_session`.
@@ -582,25 +606,32 @@ impl Store {
             .bind(b.next_attempt_us)
             .execute(&mut *tx)
             .await?;
-            for id in claim_ids {
-                let n = sqlx::query("UPDATE claims SET status = 'batched', batch_id = $1, updated_us = $2 WHERE id = $3 AND status = 'ready' AND active = 1")
-                    .bind(&b.id)
-                    .bind(b.created_us)
-                    .bind(*id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n != 1 {
-                    return Ok(false);
+            // Set-based: the claims in chunks (each must still be ready), then one event each.
+            let mut moved = 0u64;
+            for chunk in claim_ids.chunks(500) {
+                let list = (4..4 + chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+                let sql = format!(
+                    "UPDATE claims SET status = 'batched', batch_id = $1, updated_us = $2 WHERE status = $3 AND active = 1 AND id IN ({list})"
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&b.id).bind(b.created_us).bind("ready");
+                for id in chunk {
+                    q = q.bind(*id);
                 }
-                sqlx::query("INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) VALUES ($1, $2, $3, 'ready', 'batched', $4)")
-                    .bind(*id)
-                    .bind(b.created_us)
-                    .bind(actor)
-                    .bind(format!("X12 batch {} (ISA {:09})", b.id, b.isa_control))
-                    .execute(&mut *tx)
-                    .await?;
+                moved += q.execute(&mut *tx).await?.rows_affected();
             }
+            if moved != claim_ids.len() as u64 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) \
+                 SELECT id, $1, $2, 'ready', 'batched', $3 FROM claims WHERE batch_id = $4",
+            )
+            .bind(b.created_us)
+            .bind(actor)
+            .bind(format!("X12 batch {} (ISA {:09})", b.id, b.isa_control))
+            .bind(&b.id)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
         });
         Ok(true)
