@@ -17,6 +17,7 @@
 
 pub mod claim837;
 pub mod reader;
+pub mod remit835;
 pub mod writer;
 
 pub use claim837::{

@@ -1,0 +1,448 @@
+//! X12 835 (005010X221A1) remittance advice read into typed values, one transaction set at a
+//! time, from the streaming reader: memory holds one remittance, never the file. Money is
+//! integer cents; every problem names the segment number, id and element.
+//!
+//! Only syntax and the 835's own structure live here; matching to claims and posting are the
+//! gateway's business (issue 7).
+
+use std::io::Read;
+
+use chrono::NaiveDate;
+
+use super::reader::{ReadError, Severity, X12Reader, parse_cents};
+
+/// A CAS adjustment: group (CO, PR, OA, PI), reason code (CARC), amount, quantity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjustment {
+    /// Group code.
+    pub group: String,
+    /// Claim adjustment reason code.
+    pub reason: String,
+    /// Amount in cents (positive reduces payment).
+    pub amount_cents: i64,
+    /// Quantity, as written.
+    pub quantity: Option<String>,
+}
+
+/// One SVC service line of a claim payment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServicePayment {
+    /// SVC01-1 qualifier (HC, NU, ...).
+    pub qualifier: String,
+    /// SVC01-2 procedure as adjudicated.
+    pub procedure: String,
+    /// SVC01-3.. modifiers.
+    pub modifiers: Vec<String>,
+    /// SVC02 charge.
+    pub charge_cents: i64,
+    /// SVC03 paid.
+    pub paid_cents: i64,
+    /// SVC04 revenue code (institutional).
+    pub revenue_code: Option<String>,
+    /// SVC05 units paid.
+    pub units: Option<String>,
+    /// SVC06-2: the procedure as submitted, when the payer changed it.
+    pub submitted_procedure: Option<String>,
+    /// DTM*472 (or 150) date of service.
+    pub service_date: Option<NaiveDate>,
+    /// REF*6R line item control number.
+    pub line_id: Option<String>,
+    /// AMT*B6 allowed amount.
+    pub allowed_cents: Option<i64>,
+    /// CAS at line level.
+    pub adjustments: Vec<Adjustment>,
+    /// LQ*HE remark codes (RARC).
+    pub remarks: Vec<String>,
+    /// Segment number of the SVC.
+    pub segment: usize,
+}
+
+/// One CLP claim payment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimPayment {
+    /// CLP01: the patient control number (our CLM01).
+    pub pcn: String,
+    /// CLP02 status (1, 2, 3, 4, 19, 20, 21, 22, 23).
+    pub status: String,
+    /// CLP03 charge.
+    pub charge_cents: i64,
+    /// CLP04 paid.
+    pub paid_cents: i64,
+    /// CLP05 patient responsibility.
+    pub patient_responsibility_cents: Option<i64>,
+    /// CLP06 filing indicator.
+    pub filing_indicator: String,
+    /// CLP07 payer claim control number.
+    pub payer_claim_number: Option<String>,
+    /// CLP08 facility code / place of service.
+    pub facility: Option<String>,
+    /// CLP09 frequency code.
+    pub frequency: Option<String>,
+    /// CAS at claim level.
+    pub adjustments: Vec<Adjustment>,
+    /// MOA / MIA remark codes (claim level).
+    pub remarks: Vec<String>,
+    /// Service lines.
+    pub services: Vec<ServicePayment>,
+    /// Segment number of the CLP.
+    pub segment: usize,
+}
+
+/// A PLB provider-level adjustment (one reason/amount pair).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderAdjustment {
+    /// PLB01 provider identifier.
+    pub provider: String,
+    /// PLB02 fiscal period date.
+    pub fiscal_date: Option<NaiveDate>,
+    /// Reason code (PLB03-1: WO, L6, FB, 72, CS, ...).
+    pub reason: String,
+    /// Reference (PLB03-2, e.g. the claim's payer control number for a recoupment).
+    pub reference: Option<String>,
+    /// Amount in cents (positive reduces the payment).
+    pub amount_cents: i64,
+}
+
+/// One 835 transaction set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Remittance {
+    /// ST02.
+    pub control_number: String,
+    /// GS08 of its group (must be 005010X221A1).
+    pub version: String,
+    /// BPR01 handling code (C, D, H, I, P, U, X).
+    pub handling: String,
+    /// BPR02 total actual provider payment.
+    pub paid_cents: i64,
+    /// BPR03 credit (C) or debit (D).
+    pub credit_debit: String,
+    /// BPR04 payment method (ACH, CHK, NON, ...).
+    pub method: String,
+    /// BPR16 payment date.
+    pub payment_date: Option<NaiveDate>,
+    /// TRN02 check or EFT trace number.
+    pub trace_number: String,
+    /// TRN03 payer identifier.
+    pub trace_payer: String,
+    /// N1*PR name.
+    pub payer_name: String,
+    /// N1*PR N104 (or REF*2U) payer id.
+    pub payer_id: Option<String>,
+    /// N1*PE name.
+    pub payee_name: String,
+    /// N1*PE N104 (NPI when N103 is XX).
+    pub payee_id: Option<String>,
+    /// Claim payments.
+    pub claims: Vec<ClaimPayment>,
+    /// Provider-level adjustments.
+    pub provider_adjustments: Vec<ProviderAdjustment>,
+    /// Segment number of the ST.
+    pub segment: usize,
+    /// Problems found in this transaction (amounts that do not parse, structure).
+    pub problems: Vec<ReadError>,
+}
+
+impl Remittance {
+    /// Sum of CLP04.
+    pub fn claims_paid_cents(&self) -> i64 {
+        self.claims.iter().map(|c| c.paid_cents).sum()
+    }
+
+    /// Sum of PLB amounts.
+    pub fn provider_adjustments_cents(&self) -> i64 {
+        self.provider_adjustments.iter().map(|p| p.amount_cents).sum()
+    }
+
+    /// Whether BPR02 = ΣCLP04 − ΣPLB (DOMAIN.md 2.4), to the cent.
+    pub fn balances(&self) -> bool {
+        let signed = if self.credit_debit == "D" { -self.paid_cents } else { self.paid_cents };
+        signed == self.claims_paid_cents() - self.provider_adjustments_cents()
+    }
+}
+
+fn date8(s: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(s, "%Y%m%d").ok()
+}
+
+fn problem(segment: usize, id: &str, element: &str, message: String) -> ReadError {
+    ReadError { segment, id: id.to_string(), element: Some(element.to_string()), message, severity: Severity::Error }
+}
+
+/// Reads 835 transaction sets one at a time.
+pub struct RemittanceReader<R> {
+    reader: X12Reader<R>,
+    version: String,
+    current: Option<Remittance>,
+    /// Where CAS / DTM / REF / AMT / LQ go: 0 = header, 1 = claim, 2 = service.
+    level: u8,
+    done: bool,
+}
+
+impl<R: Read> RemittanceReader<R> {
+    /// A reader over `input`.
+    pub fn new(input: R) -> Self {
+        RemittanceReader { reader: X12Reader::new(input), version: String::new(), current: None, level: 0, done: false }
+    }
+
+    /// The envelope findings of the underlying reader so far.
+    pub fn findings(&self) -> &[ReadError] {
+        self.reader.findings()
+    }
+
+    fn cents(r: &mut Remittance, seg_no: usize, id: &str, element: &str, value: &str) -> i64 {
+        if value.is_empty() {
+            return 0;
+        }
+        match parse_cents(value) {
+            Some(c) => c,
+            None => {
+                r.problems.push(problem(seg_no, id, element, "not an amount".into()));
+                0
+            }
+        }
+    }
+
+    /// The next transaction set, a fatal read error, or `None` at the end.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<Result<Remittance, ReadError>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let item = self.reader.next_segment();
+            let seg = match item {
+                None => {
+                    self.done = true;
+                    return self.current.take().map(Ok);
+                }
+                Some(Err(e)) if e.is_fatal() => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Some(Err(_)) => continue,
+                Some(Ok(s)) => s,
+            };
+            let n = seg.number();
+            let id = seg.id();
+            if id == "GS" {
+                self.version = seg.element(8).to_string();
+                continue;
+            }
+            if id == "ST" {
+                if seg.element(1) != "835" {
+                    let e = problem(n, "ST", "ST01", format!("transaction set {} is not an 835 remittance", seg.element(1)));
+                    self.done = true;
+                    return Some(Err(ReadError { severity: Severity::Fatal, ..e }));
+                }
+                let previous = self.current.take();
+                self.current = Some(Remittance {
+                    control_number: seg.element(2).to_string(),
+                    version: self.version.clone(),
+                    segment: n,
+                    ..Remittance::default()
+                });
+                self.level = 0;
+                if let Some(p) = previous {
+                    return Some(Ok(p));
+                }
+                continue;
+            }
+            if id == "SE" {
+                if let Some(r) = self.current.take() {
+                    return Some(Ok(r));
+                }
+                continue;
+            }
+            let Some(r) = self.current.as_mut() else { continue };
+            match id {
+                "BPR" => {
+                    r.handling = seg.element(1).to_string();
+                    r.paid_cents = Self::cents(r, n, id, "BPR02", seg.element(2));
+                    r.credit_debit = seg.element(3).to_string();
+                    r.method = seg.element(4).to_string();
+                    r.payment_date = date8(seg.element(16));
+                }
+                "TRN" => {
+                    r.trace_number = seg.element(2).to_string();
+                    r.trace_payer = seg.element(3).to_string();
+                }
+                "N1" if seg.element(1) == "PR" => {
+                    r.payer_name = seg.element(2).to_string();
+                    r.payer_id = Some(seg.element(4).to_string()).filter(|s| !s.is_empty());
+                }
+                "N1" if seg.element(1) == "PE" => {
+                    r.payee_name = seg.element(2).to_string();
+                    r.payee_id = Some(seg.element(4).to_string()).filter(|s| !s.is_empty());
+                }
+                "REF" if seg.element(1) == "2U" && self.level == 0 => {
+                    r.payer_id = r.payer_id.clone().or_else(|| Some(seg.element(2).to_string()));
+                }
+                "CLP" => {
+                    let claim = ClaimPayment {
+                        pcn: seg.element(1).to_string(),
+                        status: seg.element(2).to_string(),
+                        charge_cents: Self::cents(r, n, id, "CLP03", seg.element(3)),
+                        paid_cents: Self::cents(r, n, id, "CLP04", seg.element(4)),
+                        patient_responsibility_cents: Some(seg.element(5))
+                            .filter(|s| !s.is_empty())
+                            .map(|v| Self::cents(r, n, id, "CLP05", v)),
+                        filing_indicator: seg.element(6).to_string(),
+                        payer_claim_number: Some(seg.element(7).to_string()).filter(|s| !s.is_empty()),
+                        facility: Some(seg.element(8).to_string()).filter(|s| !s.is_empty()),
+                        frequency: Some(seg.element(9).to_string()).filter(|s| !s.is_empty()),
+                        segment: n,
+                        ..ClaimPayment::default()
+                    };
+                    r.claims.push(claim);
+                    self.level = 1;
+                }
+                "SVC" => {
+                    let mods: Vec<String> = (3..=6).map(|j| seg.component(1, j).to_string()).filter(|m| !m.is_empty()).collect();
+                    let svc = ServicePayment {
+                        qualifier: seg.component(1, 1).to_string(),
+                        procedure: seg.component(1, 2).to_string(),
+                        modifiers: mods,
+                        charge_cents: Self::cents(r, n, id, "SVC02", seg.element(2)),
+                        paid_cents: Self::cents(r, n, id, "SVC03", seg.element(3)),
+                        revenue_code: Some(seg.element(4).to_string()).filter(|s| !s.is_empty()),
+                        units: Some(seg.element(5).to_string()).filter(|s| !s.is_empty()),
+                        submitted_procedure: Some(seg.component(6, 2).to_string()).filter(|s| !s.is_empty()),
+                        segment: n,
+                        ..ServicePayment::default()
+                    };
+                    match r.claims.last_mut() {
+                        Some(c) => c.services.push(svc),
+                        None => r.problems.push(problem(n, id, "SVC01", "a service line before any CLP".into())),
+                    }
+                    self.level = 2;
+                }
+                "CAS" => {
+                    let group = seg.element(1).to_string();
+                    let mut list = Vec::new();
+                    for k in 0..6 {
+                        let reason = seg.element(2 + 3 * k);
+                        if reason.is_empty() {
+                            continue;
+                        }
+                        let element = format!("CAS{:02}", 3 + 3 * k);
+                        let amount_cents = Self::cents(r, n, id, &element, seg.element(3 + 3 * k));
+                        let quantity = Some(seg.element(4 + 3 * k).to_string()).filter(|s| !s.is_empty());
+                        list.push(Adjustment { group: group.clone(), reason: reason.to_string(), amount_cents, quantity });
+                    }
+                    let target = r.claims.last_mut();
+                    match (self.level, target) {
+                        (2, Some(c)) => {
+                            if let Some(s) = c.services.last_mut() {
+                                s.adjustments.extend(list);
+                            }
+                        }
+                        (_, Some(c)) => c.adjustments.extend(list),
+                        (_, None) => r.problems.push(problem(n, id, "CAS01", "an adjustment before any CLP".into())),
+                    }
+                }
+                "DTM" if self.level == 2 && matches!(seg.element(1), "472" | "150") => {
+                    if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+                        s.service_date = s.service_date.or(date8(seg.element(2)));
+                    }
+                }
+                "REF" if self.level == 2 && seg.element(1) == "6R" => {
+                    if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+                        s.line_id = Some(seg.element(2).to_string());
+                    }
+                }
+                "AMT" if self.level == 2 && seg.element(1) == "B6" => {
+                    let v = Self::cents(r, n, id, "AMT02", seg.element(2));
+                    if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+                        s.allowed_cents = Some(v);
+                    }
+                }
+                "LQ" if self.level == 2 && seg.element(1) == "HE" => {
+                    if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+                        s.remarks.push(seg.element(2).to_string());
+                    }
+                }
+                "MOA" | "MIA" => {
+                    let codes: Vec<String> =
+                        seg.elements().skip(1).filter(|e| e.starts_with('M') || e.starts_with('N')).map(str::to_string).collect();
+                    if let Some(c) = r.claims.last_mut() {
+                        c.remarks.extend(codes);
+                    }
+                }
+                "PLB" => {
+                    self.level = 0;
+                    let provider = seg.element(1).to_string();
+                    let fiscal_date = date8(seg.element(2));
+                    for k in 0..6 {
+                        let i = 3 + 2 * k;
+                        let reason = seg.component(i, 1);
+                        if reason.is_empty() {
+                            continue;
+                        }
+                        let element = format!("PLB{:02}", i + 1);
+                        let amount_cents = Self::cents(r, n, id, &element, seg.element(i + 1));
+                        r.provider_adjustments.push(ProviderAdjustment {
+                            provider: provider.clone(),
+                            fiscal_date,
+                            reason: reason.to_string(),
+                            reference: Some(seg.component(i, 2).to_string()).filter(|s| !s.is_empty()),
+                            amount_cents,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type R = Result<(), Box<dyn std::error::Error>>;
+
+    const SAMPLE: &str = "ISA*00*          *00*          *ZZ*PAYER          *ZZ*WELLNESSGW     *261201*1200*^*00501*000000001*0*T*:~\
+GS*HP*PAYER*WELLNESSGW*20261201*1200*1*X*005010X221A1~ST*835*0001~BPR*I*300.5*C*ACH*CCP*01*999999999*DA*123456*1512345678**01*999999999*DA*98765*20261201~\
+TRN*1*EFT123*1512345678~N1*PR*MEDI-CAL~N1*PE*DEMO CHC*XX*1600000016~LX*1~\
+CLP*W1*1*245.67*200*0*MC*ICN1*77*1~CAS*CO*45*45.67~SVC*HC:T1015:SE*245.67*200**1~DTM*472*20261102~CAS*CO*45*45.67~REF*6R*W1-1~AMT*B6*200~\
+SVC*HC:90834*0*0**1~DTM*472*20261102~CAS*CO*97*0~REF*6R*W1-2~LQ*HE*N130~\
+CLP*W2*4*100*0**MC*ICN2*77*1~CAS*CO*16*100~MOA***MA130~\
+CLP*W3*22*-50*-50**MC*ICN3*77*1~\
+PLB*1600000016*20261231*L6:INT1*-1.5*WO:ICN9*51~SE*22*0001~GE*1*1~IEA*1*000000001~";
+
+    #[test]
+    fn a_remittance_reads_into_typed_values_and_balances() -> R {
+        let mut r = RemittanceReader::new(SAMPLE.as_bytes());
+        let rem = r.next().ok_or("no remittance")??;
+        assert_eq!((rem.paid_cents, rem.trace_number.as_str(), rem.payee_id.as_deref()), (30050, "EFT123", Some("1600000016")));
+        assert_eq!(rem.claims.len(), 3);
+        let c = &rem.claims[0];
+        assert_eq!((c.pcn.as_str(), c.charge_cents, c.paid_cents, c.payer_claim_number.as_deref()), ("W1", 24567, 20000, Some("ICN1")));
+        assert_eq!(c.adjustments[0], Adjustment { group: "CO".into(), reason: "45".into(), amount_cents: 4567, quantity: None });
+        assert_eq!(c.services[0].modifiers, vec!["SE"]);
+        assert_eq!(c.services[0].line_id.as_deref(), Some("W1-1"));
+        assert_eq!(c.services[0].allowed_cents, Some(20000));
+        assert_eq!(c.services[1].remarks, vec!["N130"]);
+        assert_eq!(rem.claims[1].remarks, vec!["MA130"]);
+        assert_eq!(rem.claims[2].paid_cents, -5000);
+        assert_eq!(rem.provider_adjustments.len(), 2);
+        assert_eq!(rem.provider_adjustments[1].reference.as_deref(), Some("ICN9"));
+        // 200 + 0 - 50 - (-1.50 + 51) = 100.50 ... the sample pays 300.50: an imbalance.
+        assert!(!rem.balances());
+        assert!(rem.problems.is_empty(), "{:?}", rem.problems);
+        assert!(r.next().is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_amount_names_the_segment_and_element() -> R {
+        let text = SAMPLE.replace("CLP*W2*4*100*0", "CLP*W2*4*1O0*0");
+        let rem = RemittanceReader::new(text.as_bytes()).next().ok_or("no remittance")??;
+        assert!(
+            rem.problems.iter().any(|p| p.to_string().contains("(CLP)") && p.element.as_deref() == Some("CLP03")),
+            "{:?}",
+            rem.problems
+        );
+        Ok(())
+    }
+}
