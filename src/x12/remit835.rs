@@ -160,6 +160,11 @@ impl Remittance {
     }
 }
 
+/// An element that may be absent, allocated only when present.
+fn opt(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
 fn date8(s: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(s, "%Y%m%d").ok()
 }
@@ -189,14 +194,16 @@ impl<R: Read> RemittanceReader<R> {
         self.reader.findings()
     }
 
-    fn cents(r: &mut Remittance, seg_no: usize, id: &str, element: &str, value: &str) -> i64 {
+    /// An amount; a problem naming `id` + `position` (e.g. CLP03) when it is not one (the
+    /// element name is only built then).
+    fn cents(r: &mut Remittance, seg_no: usize, id: &str, position: usize, value: &str) -> i64 {
         if value.is_empty() {
             return 0;
         }
         match parse_cents(value) {
             Some(c) => c,
             None => {
-                r.problems.push(problem(seg_no, id, element, "not an amount".into()));
+                r.problems.push(problem(seg_no, id, &format!("{id}{position:02}"), "not an amount".into()));
                 0
             }
         }
@@ -257,7 +264,7 @@ impl<R: Read> RemittanceReader<R> {
             match id {
                 "BPR" => {
                     r.handling = seg.element(1).to_string();
-                    r.paid_cents = Self::cents(r, n, id, "BPR02", seg.element(2));
+                    r.paid_cents = Self::cents(r, n, id, 2, seg.element(2));
                     r.credit_debit = seg.element(3).to_string();
                     r.method = seg.element(4).to_string();
                     r.payment_date = date8(seg.element(16));
@@ -268,11 +275,11 @@ impl<R: Read> RemittanceReader<R> {
                 }
                 "N1" if seg.element(1) == "PR" => {
                     r.payer_name = seg.element(2).to_string();
-                    r.payer_id = Some(seg.element(4).to_string()).filter(|s| !s.is_empty());
+                    r.payer_id = opt(seg.element(4));
                 }
                 "N1" if seg.element(1) == "PE" => {
                     r.payee_name = seg.element(2).to_string();
-                    r.payee_id = Some(seg.element(4).to_string()).filter(|s| !s.is_empty());
+                    r.payee_id = opt(seg.element(4));
                 }
                 "REF" if seg.element(1) == "2U" && self.level == 0 => {
                     r.payer_id = r.payer_id.clone().or_else(|| Some(seg.element(2).to_string()));
@@ -281,15 +288,13 @@ impl<R: Read> RemittanceReader<R> {
                     let claim = ClaimPayment {
                         pcn: seg.element(1).to_string(),
                         status: seg.element(2).to_string(),
-                        charge_cents: Self::cents(r, n, id, "CLP03", seg.element(3)),
-                        paid_cents: Self::cents(r, n, id, "CLP04", seg.element(4)),
-                        patient_responsibility_cents: Some(seg.element(5))
-                            .filter(|s| !s.is_empty())
-                            .map(|v| Self::cents(r, n, id, "CLP05", v)),
+                        charge_cents: Self::cents(r, n, id, 3, seg.element(3)),
+                        paid_cents: Self::cents(r, n, id, 4, seg.element(4)),
+                        patient_responsibility_cents: Some(seg.element(5)).filter(|s| !s.is_empty()).map(|v| Self::cents(r, n, id, 5, v)),
                         filing_indicator: seg.element(6).to_string(),
-                        payer_claim_number: Some(seg.element(7).to_string()).filter(|s| !s.is_empty()),
-                        facility: Some(seg.element(8).to_string()).filter(|s| !s.is_empty()),
-                        frequency: Some(seg.element(9).to_string()).filter(|s| !s.is_empty()),
+                        payer_claim_number: opt(seg.element(7)),
+                        facility: opt(seg.element(8)),
+                        frequency: opt(seg.element(9)),
                         segment: n,
                         ..ClaimPayment::default()
                     };
@@ -302,11 +307,11 @@ impl<R: Read> RemittanceReader<R> {
                         qualifier: seg.component(1, 1).to_string(),
                         procedure: seg.component(1, 2).to_string(),
                         modifiers: mods,
-                        charge_cents: Self::cents(r, n, id, "SVC02", seg.element(2)),
-                        paid_cents: Self::cents(r, n, id, "SVC03", seg.element(3)),
-                        revenue_code: Some(seg.element(4).to_string()).filter(|s| !s.is_empty()),
-                        units: Some(seg.element(5).to_string()).filter(|s| !s.is_empty()),
-                        submitted_procedure: Some(seg.component(6, 2).to_string()).filter(|s| !s.is_empty()),
+                        charge_cents: Self::cents(r, n, id, 2, seg.element(2)),
+                        paid_cents: Self::cents(r, n, id, 3, seg.element(3)),
+                        revenue_code: opt(seg.element(4)),
+                        units: opt(seg.element(5)),
+                        submitted_procedure: opt(seg.component(6, 2)),
                         segment: n,
                         ..ServicePayment::default()
                     };
@@ -324,9 +329,8 @@ impl<R: Read> RemittanceReader<R> {
                         if reason.is_empty() {
                             continue;
                         }
-                        let element = format!("CAS{:02}", 3 + 3 * k);
-                        let amount_cents = Self::cents(r, n, id, &element, seg.element(3 + 3 * k));
-                        let quantity = Some(seg.element(4 + 3 * k).to_string()).filter(|s| !s.is_empty());
+                        let amount_cents = Self::cents(r, n, id, 3 + 3 * k, seg.element(3 + 3 * k));
+                        let quantity = opt(seg.element(4 + 3 * k));
                         list.push(Adjustment { group: group.clone(), reason: reason.to_string(), amount_cents, quantity });
                     }
                     let target = r.claims.last_mut();
@@ -351,7 +355,7 @@ impl<R: Read> RemittanceReader<R> {
                     }
                 }
                 "AMT" if self.level == 2 && seg.element(1) == "B6" => {
-                    let v = Self::cents(r, n, id, "AMT02", seg.element(2));
+                    let v = Self::cents(r, n, id, 2, seg.element(2));
                     if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
                         s.allowed_cents = Some(v);
                     }
@@ -378,13 +382,12 @@ impl<R: Read> RemittanceReader<R> {
                         if reason.is_empty() {
                             continue;
                         }
-                        let element = format!("PLB{:02}", i + 1);
-                        let amount_cents = Self::cents(r, n, id, &element, seg.element(i + 1));
+                        let amount_cents = Self::cents(r, n, id, i + 1, seg.element(i + 1));
                         r.provider_adjustments.push(ProviderAdjustment {
                             provider: provider.clone(),
                             fiscal_date,
                             reason: reason.to_string(),
-                            reference: Some(seg.component(i, 2).to_string()).filter(|s| !s.is_empty()),
+                            reference: opt(seg.component(i, 2)),
                             amount_cents,
                         });
                     }
