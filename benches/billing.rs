@@ -31,6 +31,9 @@ impl Context for Fixed {
     fn claimed_program(&self) -> Option<String> {
         None
     }
+    fn claimed_units(&self, _code: &str, _provider: Option<&str>, _student_year: bool) -> u32 {
+        0
+    }
 }
 
 /// 1,000 sessions across services, durations, credentials, modalities and sites.

@@ -2,8 +2,8 @@
 //!
 //! Schools get paid for the counselling they already do: county offices of education and
 //! school districts submit counselling sessions; the gateway validates them, stores them exactly
-//! once with the FHIR R4 resources they map to, serves those over a FHIR REST API, and (in later
-//! stages) shares them with FQHC partners under consent, and bills and reconciles them.
+//! once with the FHIR R4 resources they map to, serves those over a FHIR REST API, and shares them
+//! with FQHC partners under consent, and bills them (reconciliation comes next).
 //!
 //! ## The path of a session
 //!
@@ -21,6 +21,13 @@
 //!                        rejected records go to the rejected lane
 //!
 //! FQHC / admin ── GET /fhir/... ── api::fhir -> store (read, vread, history, search)
+//!
+//! stored session version ── claims::Claimer (worker)
+//!   ▼ billing::decide_subject  mappings/billing/: funding path, codes, units, amount or reasons
+//!   ▼ store::settle_session    one active claim per session: original, replacement (7), void (8)
+//! finance ── POST /api/v1/claims/batches ── claims::batch -> x12::claim837 (837P / 837I)
+//!   ▼ claims::submit           outbox to the payer's clearinghouse (outbound::client)
+//!   ▼ POST /api/v1/acks        claims::acks: 999 / 277CA -> accepted / rejected
 //! ```
 //!
 //! Every rejection is a FHIR `OperationOutcome` ([`error::ApiError`]). SQL lives only in
@@ -40,6 +47,7 @@ pub mod fhir;
 pub mod intake;
 pub mod mapping;
 pub mod notify;
+pub mod outbound;
 pub mod pipeline;
 pub mod serve;
 pub mod settings;

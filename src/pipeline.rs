@@ -102,7 +102,7 @@ impl Pipeline {
             service_date: Some(record.service_date),
             adult_from: record.adult_from,
         };
-        Ok(crate::billing::Subject { session_id: record.session_id, valid: job.valid, facts })
+        Ok(crate::billing::Subject { session_id: record.session_id, version: None, valid: job.valid, facts })
     }
 
     /// A stored session's current version as billing sees it; `None` when there is no such
@@ -115,7 +115,7 @@ impl Pipeline {
         let value: serde_json::Value =
             serde_json::from_str(&stored.record).map_err(|e| StoreError::Corrupt(format!("a stored session record is unreadable: {e}")))?;
         let valid = self.validator.validate(&value, stored.version.received_at).map_err(BillingSubjectError::Invalid)?;
-        Ok(Some(crate::billing::Subject { session_id: stored.id, valid, facts }))
+        Ok(Some(crate::billing::Subject { session_id: stored.id, version: Some(stored.current_version), valid, facts }))
     }
 
     /// Validation and mapping (CPU only); see [`prepare`].

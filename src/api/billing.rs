@@ -17,9 +17,9 @@ async fn decide(state: &AppState, subject: &Subject) -> Result<BillingDecision, 
     Ok(crate::billing::decide_subject(&state.store, &p.consent, &p.billing, subject, today).await?)
 }
 
-fn answer(subject: &Subject, version: Option<i64>, d: BillingDecision) -> HttpResponse {
+fn answer(subject: &Subject, d: BillingDecision) -> HttpResponse {
     let mut body = serde_json::json!({ "session_id": subject.session_id });
-    if let Some(v) = version {
+    if let Some(v) = subject.version {
         body["session_version"] = v.into();
     }
     if let (Some(obj), Ok(serde_json::Value::Object(rest))) = (body.as_object_mut(), serde_json::to_value(d)) {
@@ -44,9 +44,8 @@ pub async fn session_billing(state: web::Data<AppState>, who: Principal, path: w
         Err(BillingSubjectError::Store(e)) => return Err(e.into()),
         Err(BillingSubjectError::Invalid(issues)) => return Err(ApiError::Unprocessable(issues)),
     };
-    let version = state.store.session(&path, None).await?.map(|s| s.current_version);
     let d = decide(&state, &subject).await?;
-    Ok(answer(&subject, version, d))
+    Ok(answer(&subject, d))
 }
 
 /// The billing decision for a draft session (the body is a session record as for
@@ -68,5 +67,5 @@ pub async fn evaluate(
     let submitter = Submitter { client_id: who.client_id.clone(), lea: scope.map(str::to_string), request_id: request_id(&req) };
     let subject = state.pipeline.billing_draft(&submitter, &value, chrono::Utc::now()).map_err(ApiError::Unprocessable)?;
     let d = decide(&state, &subject).await?;
-    Ok(answer(&subject, None, d))
+    Ok(answer(&subject, d))
 }

@@ -186,11 +186,7 @@ impl SmartAuth {
         // TLS listener does (a second install is a no-op).
         let _ = rustls::crypto::ring::default_provider().install_default();
         super::ring_verify::install();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| anyhow::anyhow!("building the JWKS HTTP client: {e}"))?;
+        let http = crate::outbound::client(Duration::from_secs(5), "JWKS")?;
         Ok(SmartAuth {
             settings: settings.clone(),
             encoding: EncodingKey::from_secret(&key),

@@ -32,10 +32,7 @@ pub trait Context {
     /// Units of `code` on other sessions' active claims: by `provider` on the date of service
     /// (all students), or, with `student_year`, by `provider` for this student in the service's
     /// calendar year; with no provider, any provider's for this student on the date of service.
-    fn claimed_units(&self, code: &str, provider: Option<&str>, student_year: bool) -> u32 {
-        let _ = (code, provider, student_year);
-        0
-    }
+    fn claimed_units(&self, code: &str, provider: Option<&str>, student_year: bool) -> u32;
 }
 
 /// Why a session is not billable (stable codes; the API shows them).

@@ -25,6 +25,8 @@ use crate::validate::ValidSession;
 pub struct Subject {
     /// The session id.
     pub session_id: String,
+    /// The stored version decided on (`None` for a draft).
+    pub version: Option<i64>,
     /// The validated record.
     pub valid: ValidSession,
     /// Site, date of service, Patient id, Encounter labels, adulthood.

@@ -1005,16 +1005,18 @@ impl Loader<'_> {
                 }
                 // Every code this version can select must have a rate.
                 let mut missing = Vec::new();
+                let mut classes: Vec<&String> = v.renderers.values().map(Spanned::get_ref).collect();
+                classes.sort();
+                classes.dedup();
                 for rule in &codes.rules {
                     if !rule.services.iter().any(|s| v.services.iter().any(|x| x.get_ref() == s)) {
                         continue;
                     }
-                    for (cred, class) in &v.renderers {
-                        let class = class.get_ref();
+                    for class in &classes {
+                        let class: &String = class;
                         if rule.renderers.as_ref().is_some_and(|r| !r.contains(class)) {
                             continue;
                         }
-                        let _ = cred;
                         let has = |code: &str| {
                             fees.contains_key(&(code.to_string(), class.clone())) || fees.contains_key(&(code.to_string(), String::new()))
                         };

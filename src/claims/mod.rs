@@ -438,6 +438,9 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
         },
         (None, None) => Settlement::Nothing { reason: "not billable".into() },
     };
+    if let Settlement::Nothing { reason } = &settlement {
+        tracing::debug!(session = %s.id, version = s.current_version, %reason, "session settled without a claim change");
+    }
     Ok(store.settle_session(&guard, settlement, actor, now_us).await?)
 }
 

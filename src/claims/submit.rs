@@ -29,11 +29,7 @@ pub struct Submitter {
 impl Submitter {
     /// A submitter over `store`.
     pub fn new(store: Store, settings: Arc<Settings>) -> anyhow::Result<Submitter> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(settings.billing.timeout_seconds.max(1)))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| anyhow::anyhow!("building the clearinghouse HTTP client: {e}"))?;
+        let http = crate::outbound::client(Duration::from_secs(settings.billing.timeout_seconds.max(1)), "clearinghouse")?;
         let owner: Arc<str> = Arc::from(format!("submitter:{}", uuid::Uuid::new_v4().simple()));
         Ok(Submitter { store, settings, http, owner })
     }

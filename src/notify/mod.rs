@@ -282,11 +282,7 @@ impl Notifier {
         auditor: crate::audit::Auditor,
         base: Option<String>,
     ) -> anyhow::Result<Notifier> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(settings.subscriptions.timeout_seconds))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| anyhow::anyhow!("building the notification HTTP client: {e}"))?;
+        let http = crate::outbound::client(Duration::from_secs(settings.subscriptions.timeout_seconds), "notification")?;
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         let base = base.unwrap_or_else(|| fhir_base(&settings));
         let inner = Arc::new(Inner { store, rules, registry, settings, auditor, http, owner, base });
