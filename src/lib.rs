@@ -49,6 +49,7 @@ pub mod mapping;
 pub mod notify;
 pub mod outbound;
 pub mod pipeline;
+pub mod remit;
 pub mod serve;
 pub mod settings;
 pub mod startup;

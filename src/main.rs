@@ -84,6 +84,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Post X12 835 remittance files (each checked first; the same payment twice changes nothing).
+    Remit {
+        /// The 835 files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// Print the answer as JSON (the same as `POST /api/v1/remittances`).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -261,6 +273,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             store.close().await;
+        }
+        Command::Remit { files, quiet, json } => {
+            let settings = Arc::new(settings);
+            let pipeline = Pipeline::from_settings(settings.clone())?;
+            let store = startup::open_store(&settings).await?;
+            let mut failed = false;
+            for path in &files {
+                let result = wellness_gateway::remit::post_file(&store, &pipeline.remit, path, "cli:remit", !quiet).await;
+                match result {
+                    Ok(report) if json => {
+                        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "file": path, "report": report }))?)
+                    }
+                    Ok(report) => {
+                        for t in &report.transactions {
+                            println!(
+                                "{}: payment {} {} TRN {}: {} claims, charge {}, paid {} ({} matched, {} unmatched, {} exceptions){}{}",
+                                path.display(),
+                                t.status,
+                                t.payer_name,
+                                t.trace_number,
+                                t.claim_count,
+                                wellness_gateway::domain::Cents(t.charge_cents),
+                                wellness_gateway::domain::Cents(t.paid_cents),
+                                t.matched,
+                                t.unmatched,
+                                t.exceptions,
+                                if t.balanced { "" } else { "; OUT OF BALANCE" },
+                                if t.errors.is_empty() { String::new() } else { format!("; {}", t.errors.join("; ")) }
+                            );
+                        }
+                    }
+                    Err(wellness_gateway::remit::RemitError::Invalid(problems)) => {
+                        failed = true;
+                        if json {
+                            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "file": path, "refused": list }))?);
+                        } else {
+                            eprintln!("{}: refused, nothing posted:", path.display());
+                            for p in &problems {
+                                eprintln!("  {p}");
+                            }
+                        }
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context(format!("posting {}", path.display()))),
+                }
+            }
+            store.close().await;
+            if failed {
+                anyhow::bail!("one or more files were refused");
+            }
         }
     }
     Ok(())

@@ -40,6 +40,8 @@ pub struct Pipeline {
     pub consent: Arc<crate::consent::ConsentRules>,
     /// Billing programs, payers and code tables (`mappings/billing/`).
     pub billing: Arc<crate::billing::BillingRules>,
+    /// 835 code tables (`mappings/remit/`).
+    pub remit: Arc<crate::remit::RemitCodes>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -65,7 +67,8 @@ impl Pipeline {
                 );
             }
         }
-        Ok(Self { settings, validator, mapper, search, consent, billing })
+        let remit = Arc::new(crate::remit::RemitCodes::load(&settings.rules.mappings_dir)?);
+        Ok(Self { settings, validator, mapper, search, consent, billing, remit })
     }
 
     /// A draft session as billing sees it (validated and mapped, not stored): what

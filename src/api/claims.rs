@@ -82,6 +82,8 @@ pub struct ClaimQuery {
     pub status: Option<String>,
     /// Only this batch.
     pub batch: Option<String>,
+    /// Only this school site's claims (newest date of service first).
+    pub site: Option<String>,
     /// At most this many (default 100, at most 1,000).
     #[serde(rename = "_count")]
     #[param(rename = "_count")]
@@ -104,7 +106,15 @@ pub async fn list(state: web::Data<AppState>, who: Principal, q: web::Query<Clai
     who.finance_scope()?;
     let f =
         ClaimFilter { session_id: q.session.as_deref(), status: q.status.as_deref(), batch_id: q.batch.as_deref(), ..Default::default() };
-    let rows = state.store.claims(&f, limit(q.count)?).await?;
+    let rows = match q.site.as_deref() {
+        Some(site) if q.session.is_none() && q.status.is_none() && q.batch.is_none() => {
+            state.store.claims_of_site(site, limit(q.count)?).await?
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(IssueCode::NotSupported, "site", "`site` cannot be combined with session, status or batch"));
+        }
+        None => state.store.claims(&f, limit(q.count)?).await?,
+    };
     Ok(HttpResponse::Ok().json(rows.iter().map(ClaimView::from).collect::<Vec<_>>()))
 }
 
@@ -130,6 +140,10 @@ pub async fn read(state: web::Data<AppState>, who: Principal, path: web::Path<St
         .iter()
         .map(|e| json!({ "at": crate::fhir::instant(e.at_us), "actor": e.actor, "from": e.from_status, "to": e.to_status, "reason": e.reason }))
         .collect();
+    let (remittances, balance, exceptions) = super::remit::claim_remittance(&state, &c.id).await?;
+    body["balance_cents"] = json!(balance);
+    body["remittances"] = json!(remittances);
+    body["exceptions"] = json!(exceptions);
     body["fhir"] = json!(format!("Claim/{}", c.id));
     Ok(HttpResponse::Ok().json(body))
 }

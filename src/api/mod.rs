@@ -11,6 +11,7 @@ pub mod fhir;
 pub mod health;
 pub mod intake;
 pub mod openapi;
+pub mod remit;
 pub mod routes;
 pub mod subscriptions;
 

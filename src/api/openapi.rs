@@ -31,6 +31,16 @@ use crate::startup::AppState;
         super::claims::list_batches,
         super::claims::resubmit,
         super::claims::post_acks,
+        super::remit::post_remittance,
+        super::remit::list_remittances,
+        super::remit::read_remittance,
+        super::remit::list_exceptions,
+        super::remit::resolve_exception,
+        super::remit::report_reconciliation,
+        super::remit::report_aging,
+        super::remit::report_denials,
+        super::remit::report_pps_gap,
+        super::remit::report_sustainability,
         super::claims::requeue,
         super::claims::read_batch,
         super::claims::batch_x12,
@@ -62,7 +72,7 @@ use crate::startup::AppState;
         super::subscriptions::redrive,
         openapi_json,
     ),
-    components(schemas(crate::fhir::OperationOutcome, crate::intake::receipt::BatchReceipt, crate::intake::receipt::SessionReceipt, super::consents::ConsentReceipt, super::claims::ClaimView, crate::claims::batch::Built, crate::claims::batch::BatchSummary)),
+    components(schemas(crate::fhir::OperationOutcome, crate::intake::receipt::BatchReceipt, crate::intake::receipt::SessionReceipt, super::consents::ConsentReceipt, super::claims::ClaimView, crate::claims::batch::Built, crate::claims::batch::BatchSummary, crate::remit::RemitReport, crate::remit::PaymentSummary, crate::store::ExceptionRow, super::remit::Resolve, crate::remit::reports::Reconciliation, crate::remit::reports::ReconRow, crate::remit::reports::Aging, crate::remit::reports::AgingRow, crate::remit::reports::Denials, crate::remit::reports::DenialRow, crate::remit::reports::Remark, crate::remit::reports::PpsGap, crate::remit::reports::PpsRow, crate::remit::reports::Sustainability, crate::remit::reports::SustainabilityRow, crate::remit::reports::ReasonCount)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

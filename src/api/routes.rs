@@ -3,7 +3,7 @@
 
 use actix_web::web;
 
-use super::{audit, auth, billing, claims, consents, export, extractors, fhir, health, intake, openapi, subscriptions};
+use super::{audit, auth, billing, claims, consents, export, extractors, fhir, health, intake, openapi, remit, subscriptions};
 use crate::error::ApiError;
 
 /// Registers every route, the query/path error renderers and the 404/405 fallbacks.
@@ -33,6 +33,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(claims::read) // finance, admin
         .service(claims::requeue) // finance, admin
         .service(claims::post_acks) // finance, admin
+        .service(remit::post_remittance) // finance, admin
+        .service(remit::list_remittances) // finance, admin
+        .service(remit::list_exceptions) // finance, admin (before /api/v1/remittances/{id})
+        .service(remit::resolve_exception) // finance, admin
+        .service(remit::read_remittance) // finance, admin
+        .service(remit::report_reconciliation) // finance, admin
+        .service(remit::report_aging) // finance, admin
+        .service(remit::report_denials) // finance, admin
+        .service(remit::report_pps_gap) // finance, admin
+        .service(remit::report_sustainability) // finance, admin
+        .service(remit::dashboard) // open: static page, holds no data (signs in with a finance token)
+        .service(remit::dashboard_js) // open: static
+        .service(remit::dashboard_css) // open: static
+        .service(remit::dashboard_chart) // open: static
+        .service(remit::fhir_claim_response) // finance, admin (before the generic /fhir/{type}/{id})
+        .service(remit::fhir_search_claim_responses) // finance, admin (before the generic /fhir/{type})
+        .service(remit::fhir_payment_reconciliation) // finance, admin (before the generic /fhir/{type}/{id})
+        .service(remit::fhir_search_payment_reconciliations) // finance, admin (before the generic /fhir/{type})
         .service(claims::fhir_read) // finance, admin (before the generic /fhir/{type}/{id})
         .service(claims::fhir_search) // finance, admin (before the generic /fhir/{type})
         .service(consents::post_consent) // submitter (own LEA), admin

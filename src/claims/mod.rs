@@ -184,7 +184,7 @@ pub fn fhir_claim(
 
 /// Dollars as a JSON number with exactly the cents (built from the decimal text, never a float
 /// computation).
-fn money(cents: i64) -> Value {
+pub(crate) fn money(cents: i64) -> Value {
     let text = crate::domain::Cents(cents).to_string();
     serde_json::from_str::<serde_json::Number>(&text).map(Value::Number).unwrap_or(Value::Null)
 }
@@ -309,8 +309,15 @@ fn only_blocks_new_filings(reasons: &[crate::billing::Reason]) -> bool {
 pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, actor: &str, today: NaiveDate) -> Result<Settled, ClaimError> {
     let now_us = crate::store::now_us();
     fn guard_base<'a>(s: &'a UnbilledSession, active: Option<&'a ClaimRow>) -> SettleGuard<'a> {
-        SettleGuard { session_id: &s.id, version: s.current_version, billed_version: s.billed_version, active_claim: None, visits: None }
-            .with_active(active)
+        SettleGuard {
+            session_id: &s.id,
+            version: s.current_version,
+            billed_version: s.billed_version,
+            active_claim: None,
+            visits: None,
+            outcome: None,
+        }
+        .with_active(active)
     }
     let subject = match pipeline.billing_stored(store, &s.id).await {
         Ok(Some(subject)) => subject,
@@ -321,7 +328,8 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
             // is amended (which makes a new version and brings it back here).
             tracing::warn!(session = %s.id, version = s.current_version, "stored session no longer validates; not billed");
             let active = store.active_claim(&s.id).await?;
-            let guard = guard_base(s, active.as_ref());
+            let mut guard = guard_base(s, active.as_ref());
+            guard.outcome = Some(("record-invalid".into(), 0));
             return Ok(store
                 .settle_session(&guard, Settlement::Nothing { reason: "record no longer validates".into() }, actor, now_us)
                 .await?);
@@ -335,6 +343,15 @@ pub async fn settle(store: &Store, pipeline: &Pipeline, s: &UnbilledSession, act
     if let Some(p) = subject.facts.patient_id.as_deref() {
         guard.visits = Some((p, &date, visits_seen));
     }
+    let mut codes: Vec<String> = Vec::new();
+    for r in &decision.reasons {
+        let c = serde_json::to_value(r.code).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        if !codes.contains(&c) {
+            codes.push(c);
+        }
+    }
+    let billable = decision.claim.is_some();
+    guard.outcome = Some((if billable { String::new() } else { codes.join(",") }, subject.valid.minutes_face_to_face));
     let sent = active.as_ref().is_some_and(|a| SENT.contains(&a.status.as_str()));
     // An unsent replacement or void stands for a claim the payer has: what follows it refers
     // to that claim, never starts over with an original.

@@ -39,6 +39,7 @@ pub const VALIDATED_TYPES: &[&str] = &[
     "Consent",
     "Claim",
     "ClaimResponse",
+    "PaymentReconciliation",
     "ExplanationOfBenefit",
     "AuditEvent",
     "OperationOutcome",

@@ -165,6 +165,9 @@ pub struct SettleGuard<'a> {
     /// Patient and date of service, with the other sessions whose active claims that day were
     /// seen (sorted).
     pub visits: Option<(&'a str, &'a str, Vec<String>)>,
+    /// What the decision said, kept for reports: the reason codes that kept it from billing
+    /// (comma-separated; empty when billable) and the face-to-face minutes.
+    pub outcome: Option<(String, i64)>,
 }
 
 /// Marks a student's other sessions of one day ($1 patient, $2 date, not $3) unsettled when
@@ -172,7 +175,7 @@ pub struct SettleGuard<'a> {
 const REOPEN_DAY: &str = "UPDATE sessions SET billed_version = 0 WHERE patient_id = $1 AND service_date = $2 AND id <> $3 AND billed_version > 0 \
      AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.session_id = sessions.id AND c.active = 1 AND c.frequency <> '8' AND c.status NOT IN ('ready', 'held'))";
 
-const CLAIM_COLUMNS: &str = "id, pcn, session_id, session_version, patient_id, service_date, site_id, lea_id, program, program_version, visit_category, form, \
+pub(crate) const CLAIM_COLUMNS: &str = "id, pcn, session_id, session_version, patient_id, service_date, site_id, lea_id, program, program_version, visit_category, form, \
      biller, payer, rendering_npi, frequency, replaces, payer_claim_number, status, active, charge_cents, expected_cents, plan, resource, \
      batch_id, created_us, updated_us";
 
@@ -349,8 +352,13 @@ impl Store {
                 // Sessions of one student on one day settle one at a time (the visit limit).
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 6))").bind(patient).execute(&mut *tx).await?;
             }
-            let moved = sqlx::query("UPDATE sessions SET billed_version = $1 WHERE id = $2 AND billed_version = $3 AND current_version = $1")
+            let moved = sqlx::query(
+                "UPDATE sessions SET billed_version = $1, billing_reasons = COALESCE($2, billing_reasons), billing_minutes = COALESCE($3, billing_minutes) \
+                 WHERE id = $4 AND billed_version = $5 AND current_version = $1",
+            )
                 .bind(g.version)
+                .bind(g.outcome.as_ref().map(|o| o.0.as_str()))
+                .bind(g.outcome.as_ref().map(|o| o.1))
                 .bind(g.session_id)
                 .bind(g.billed_version)
                 .execute(&mut *tx)

@@ -13,6 +13,7 @@ mod clients;
 mod consents;
 mod export;
 pub(crate) mod fhir;
+pub(crate) mod remit;
 mod sessions;
 mod subscriptions;
 mod writer;
@@ -37,6 +38,10 @@ pub use clients::{NewSmartClient, SmartClientRow};
 pub use consents::{ConsentOutcome, ConsentWrite, SessionFacts, StoredDirective};
 pub use export::{ExportFileRow, ExportJobRow, NewExportJob};
 pub use fhir::{ReadScope, Remap, SearchPage, SessionResources, StoredResource};
+pub use remit::{
+    ChunkRows, ClaimTotals, Dim, ExceptionRow, LedgerRow, LedgerTotals, PaymentLineRow, PaymentRow, PostTarget, ProviderLedgerRow, RemitTx,
+    RemittanceRow, ReportFilter, StatusChange, TargetLine,
+};
 pub use sessions::{
     IntakeRecord, ListFilter, NewVersion, Rejection, SessionSummary, StoredSession, VersionMeta, WriteJob, WriteOutcome, WriteStatus,
 };

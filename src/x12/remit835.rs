@@ -173,25 +173,101 @@ fn problem(segment: usize, id: &str, element: &str, message: String) -> ReadErro
     ReadError { segment, id: id.to_string(), element: Some(element.to_string()), message, severity: Severity::Error }
 }
 
-/// Reads 835 transaction sets one at a time.
+/// One step of reading an 835, in file order: a transaction's header (everything before its
+/// first CLP: BPR, TRN, payer, payee; `claims` empty), each claim payment as soon as it is
+/// complete, then the transaction's end (the header again, with the PLB adjustments and the
+/// problems found). Memory holds one claim, never the transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemitItem {
+    /// A transaction set begins (header fields only).
+    Begin(Remittance),
+    /// One complete CLP with its CAS, SVC lines and remarks.
+    Claim(ClaimPayment),
+    /// The transaction set ends: header, provider adjustments and problems (`claims` empty).
+    End(Remittance),
+}
+
+/// The transaction being read and the items it has completed.
+#[derive(Default)]
+struct Pending {
+    /// Header, PLBs and problems; `claims` holds at most the one claim being read.
+    current: Option<Remittance>,
+    /// Whether `Begin` was handed out for `current`.
+    begun: bool,
+    /// Items ready to hand out.
+    queue: std::collections::VecDeque<RemitItem>,
+}
+
+impl Pending {
+    /// Hands out `Begin` for the current transaction if not yet done.
+    fn begin(&mut self) {
+        if !self.begun
+            && let Some(r) = self.current.as_ref()
+        {
+            self.begun = true;
+            let mut header = r.clone();
+            header.claims = Vec::new();
+            header.provider_adjustments = Vec::new();
+            header.problems = Vec::new();
+            self.queue.push_back(RemitItem::Begin(header));
+        }
+    }
+
+    /// Hands out the claim being read, if any.
+    fn flush_claim(&mut self) {
+        self.begin();
+        if let Some(c) = self.current.as_mut().and_then(|r| r.claims.pop()) {
+            self.queue.push_back(RemitItem::Claim(c));
+        }
+    }
+
+    /// Ends the current transaction, if any.
+    fn finish(&mut self) {
+        if self.current.is_none() {
+            return;
+        }
+        self.flush_claim();
+        if let Some(r) = self.current.take() {
+            self.queue.push_back(RemitItem::End(r));
+        }
+        self.begun = false;
+    }
+}
+
+/// Reads 835 transaction sets, either one claim at a time ([`RemittanceReader::next_item`],
+/// memory bounded by one claim) or one whole transaction at a time ([`RemittanceReader::next`]).
 pub struct RemittanceReader<R> {
     reader: X12Reader<R>,
     version: String,
-    current: Option<Remittance>,
+    out: Pending,
     /// Where CAS / DTM / REF / AMT / LQ go: 0 = header, 1 = claim, 2 = service.
     level: u8,
     done: bool,
+    /// A fatal error to hand out once the queue is drained.
+    fatal: Option<ReadError>,
 }
 
 impl<R: Read> RemittanceReader<R> {
     /// A reader over `input`.
     pub fn new(input: R) -> Self {
-        RemittanceReader { reader: X12Reader::new(input), version: String::new(), current: None, level: 0, done: false }
+        RemittanceReader {
+            reader: X12Reader::new(input),
+            version: String::new(),
+            out: Pending::default(),
+            level: 0,
+            done: false,
+            fatal: None,
+        }
     }
 
     /// The envelope findings of the underlying reader so far.
     pub fn findings(&self) -> &[ReadError] {
         self.reader.findings()
+    }
+
+    /// Bytes of input consumed so far is not tracked; segments read so far are.
+    pub fn segments_read(&self) -> usize {
+        self.reader.segments_read()
     }
 
     /// An amount; a problem naming `id` + `position` (e.g. CLP03) when it is not one (the
@@ -209,191 +285,221 @@ impl<R: Read> RemittanceReader<R> {
         }
     }
 
-    /// The next transaction set, a fatal read error, or `None` at the end.
+    /// The next item, a fatal read error, or `None` at the end.
+    pub fn next_item(&mut self) -> Option<Result<RemitItem, ReadError>> {
+        loop {
+            if let Some(item) = self.out.queue.pop_front() {
+                return Some(Ok(item));
+            }
+            if let Some(e) = self.fatal.take() {
+                return Some(Err(e));
+            }
+            if self.done {
+                return None;
+            }
+            self.step();
+        }
+    }
+
+    /// The next whole transaction set (claims collected), a fatal read error, or `None` at the
+    /// end. For files of any size, prefer [`RemittanceReader::next_item`].
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Result<Remittance, ReadError>> {
-        if self.done {
-            return None;
-        }
+        let mut claims = Vec::new();
         loop {
-            let item = self.reader.next_segment();
-            let seg = match item {
-                None => {
-                    self.done = true;
-                    return self.current.take().map(Ok);
-                }
-                Some(Err(e)) if e.is_fatal() => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-                Some(Err(_)) => continue,
-                Some(Ok(s)) => s,
-            };
-            let n = seg.number();
-            let id = seg.id();
-            if id == "GS" {
-                self.version = seg.element(8).to_string();
-                continue;
-            }
-            if id == "ST" {
-                if seg.element(1) != "835" {
-                    let e = problem(n, "ST", "ST01", format!("transaction set {} is not an 835 remittance", seg.element(1)));
-                    self.done = true;
-                    return Some(Err(ReadError { severity: Severity::Fatal, ..e }));
-                }
-                let previous = self.current.take();
-                self.current = Some(Remittance {
-                    control_number: seg.element(2).to_string(),
-                    version: self.version.clone(),
-                    segment: n,
-                    ..Remittance::default()
-                });
-                self.level = 0;
-                if let Some(p) = previous {
-                    return Some(Ok(p));
-                }
-                continue;
-            }
-            if id == "SE" {
-                if let Some(r) = self.current.take() {
+            match self.next_item()? {
+                Err(e) => return Some(Err(e)),
+                Ok(RemitItem::Begin(_)) => claims.clear(),
+                Ok(RemitItem::Claim(c)) => claims.push(c),
+                Ok(RemitItem::End(mut r)) => {
+                    r.claims = std::mem::take(&mut claims);
                     return Some(Ok(r));
                 }
-                continue;
             }
-            let Some(r) = self.current.as_mut() else { continue };
-            match id {
-                "BPR" => {
-                    r.handling = seg.element(1).to_string();
-                    r.paid_cents = Self::cents(r, n, id, 2, seg.element(2));
-                    r.credit_debit = seg.element(3).to_string();
-                    r.method = seg.element(4).to_string();
-                    r.payment_date = date8(seg.element(16));
-                }
-                "TRN" => {
-                    r.trace_number = seg.element(2).to_string();
-                    r.trace_payer = seg.element(3).to_string();
-                }
-                "N1" if seg.element(1) == "PR" => {
-                    r.payer_name = seg.element(2).to_string();
-                    r.payer_id = opt(seg.element(4));
-                }
-                "N1" if seg.element(1) == "PE" => {
-                    r.payee_name = seg.element(2).to_string();
-                    r.payee_id = opt(seg.element(4));
-                }
-                "REF" if seg.element(1) == "2U" && self.level == 0 => {
-                    r.payer_id = r.payer_id.clone().or_else(|| Some(seg.element(2).to_string()));
-                }
-                "CLP" => {
-                    let claim = ClaimPayment {
-                        pcn: seg.element(1).to_string(),
-                        status: seg.element(2).to_string(),
-                        charge_cents: Self::cents(r, n, id, 3, seg.element(3)),
-                        paid_cents: Self::cents(r, n, id, 4, seg.element(4)),
-                        patient_responsibility_cents: Some(seg.element(5)).filter(|s| !s.is_empty()).map(|v| Self::cents(r, n, id, 5, v)),
-                        filing_indicator: seg.element(6).to_string(),
-                        payer_claim_number: opt(seg.element(7)),
-                        facility: opt(seg.element(8)),
-                        frequency: opt(seg.element(9)),
-                        segment: n,
-                        ..ClaimPayment::default()
-                    };
-                    r.claims.push(claim);
-                    self.level = 1;
-                }
-                "SVC" => {
-                    let mods: Vec<String> = (3..=6).map(|j| seg.component(1, j).to_string()).filter(|m| !m.is_empty()).collect();
-                    let svc = ServicePayment {
-                        qualifier: seg.component(1, 1).to_string(),
-                        procedure: seg.component(1, 2).to_string(),
-                        modifiers: mods,
-                        charge_cents: Self::cents(r, n, id, 2, seg.element(2)),
-                        paid_cents: Self::cents(r, n, id, 3, seg.element(3)),
-                        revenue_code: opt(seg.element(4)),
-                        units: opt(seg.element(5)),
-                        submitted_procedure: opt(seg.component(6, 2)),
-                        segment: n,
-                        ..ServicePayment::default()
-                    };
-                    match r.claims.last_mut() {
-                        Some(c) => c.services.push(svc),
-                        None => r.problems.push(problem(n, id, "SVC01", "a service line before any CLP".into())),
-                    }
-                    self.level = 2;
-                }
-                "CAS" => {
-                    let group = seg.element(1).to_string();
-                    let mut list = Vec::new();
-                    for k in 0..6 {
-                        let reason = seg.element(2 + 3 * k);
-                        if reason.is_empty() {
-                            continue;
-                        }
-                        let amount_cents = Self::cents(r, n, id, 3 + 3 * k, seg.element(3 + 3 * k));
-                        let quantity = opt(seg.element(4 + 3 * k));
-                        list.push(Adjustment { group: group.clone(), reason: reason.to_string(), amount_cents, quantity });
-                    }
-                    let target = r.claims.last_mut();
-                    match (self.level, target) {
-                        (2, Some(c)) => {
-                            if let Some(s) = c.services.last_mut() {
-                                s.adjustments.extend(list);
-                            }
-                        }
-                        (_, Some(c)) => c.adjustments.extend(list),
-                        (_, None) => r.problems.push(problem(n, id, "CAS01", "an adjustment before any CLP".into())),
-                    }
-                }
-                "DTM" if self.level == 2 && matches!(seg.element(1), "472" | "150") => {
-                    if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
-                        s.service_date = s.service_date.or(date8(seg.element(2)));
-                    }
-                }
-                "REF" if self.level == 2 && seg.element(1) == "6R" => {
-                    if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
-                        s.line_id = Some(seg.element(2).to_string());
-                    }
-                }
-                "AMT" if self.level == 2 && seg.element(1) == "B6" => {
-                    let v = Self::cents(r, n, id, 2, seg.element(2));
-                    if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
-                        s.allowed_cents = Some(v);
-                    }
-                }
-                "LQ" if self.level == 2 && seg.element(1) == "HE" => {
-                    if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
-                        s.remarks.push(seg.element(2).to_string());
-                    }
-                }
-                "MOA" | "MIA" => {
-                    let codes: Vec<String> =
-                        seg.elements().skip(1).filter(|e| e.starts_with('M') || e.starts_with('N')).map(str::to_string).collect();
-                    if let Some(c) = r.claims.last_mut() {
-                        c.remarks.extend(codes);
-                    }
-                }
-                "PLB" => {
-                    self.level = 0;
-                    let provider = seg.element(1).to_string();
-                    let fiscal_date = date8(seg.element(2));
-                    for k in 0..6 {
-                        let i = 3 + 2 * k;
-                        let reason = seg.component(i, 1);
-                        if reason.is_empty() {
-                            continue;
-                        }
-                        let amount_cents = Self::cents(r, n, id, i + 1, seg.element(i + 1));
-                        r.provider_adjustments.push(ProviderAdjustment {
-                            provider: provider.clone(),
-                            fiscal_date,
-                            reason: reason.to_string(),
-                            reference: opt(seg.component(i, 2)),
-                            amount_cents,
-                        });
-                    }
-                }
-                _ => {}
+        }
+    }
+
+    /// Reads one segment, queueing what it completes.
+    fn step(&mut self) {
+        let item = self.reader.next_segment();
+        let seg = match item {
+            None => {
+                self.done = true;
+                self.out.finish();
+                return;
             }
+            Some(Err(e)) if e.is_fatal() => {
+                self.done = true;
+                self.fatal = Some(e);
+                return;
+            }
+            Some(Err(_)) => return,
+            Some(Ok(s)) => s,
+        };
+        let n = seg.number();
+        let id = seg.id();
+        if id == "GS" {
+            self.version = seg.element(8).to_string();
+            return;
+        }
+        if id == "ST" {
+            if seg.element(1) != "835" {
+                let e = problem(n, "ST", "ST01", format!("transaction set {} is not an 835 remittance", seg.element(1)));
+                self.out.finish();
+                self.done = true;
+                self.fatal = Some(ReadError { severity: Severity::Fatal, ..e });
+                return;
+            }
+            self.out.finish();
+            self.out.current = Some(Remittance {
+                control_number: seg.element(2).to_string(),
+                version: self.version.clone(),
+                segment: n,
+                ..Remittance::default()
+            });
+            self.level = 0;
+            return;
+        }
+        if id == "SE" {
+            self.out.finish();
+            return;
+        }
+        if id == "CLP" || id == "PLB" {
+            self.out.flush_claim();
+        }
+        let Some(r) = self.out.current.as_mut() else { return };
+        match id {
+            "BPR" => {
+                r.handling = seg.element(1).to_string();
+                r.paid_cents = Self::cents(r, n, id, 2, seg.element(2));
+                r.credit_debit = seg.element(3).to_string();
+                r.method = seg.element(4).to_string();
+                r.payment_date = date8(seg.element(16));
+            }
+            "TRN" => {
+                r.trace_number = seg.element(2).to_string();
+                r.trace_payer = seg.element(3).to_string();
+            }
+            "N1" if seg.element(1) == "PR" => {
+                r.payer_name = seg.element(2).to_string();
+                r.payer_id = opt(seg.element(4));
+            }
+            "N1" if seg.element(1) == "PE" => {
+                r.payee_name = seg.element(2).to_string();
+                r.payee_id = opt(seg.element(4));
+            }
+            "REF" if seg.element(1) == "2U" && self.level == 0 => {
+                r.payer_id = r.payer_id.clone().or_else(|| Some(seg.element(2).to_string()));
+            }
+            "CLP" => {
+                let claim = ClaimPayment {
+                    pcn: seg.element(1).to_string(),
+                    status: seg.element(2).to_string(),
+                    charge_cents: Self::cents(r, n, id, 3, seg.element(3)),
+                    paid_cents: Self::cents(r, n, id, 4, seg.element(4)),
+                    patient_responsibility_cents: Some(seg.element(5)).filter(|s| !s.is_empty()).map(|v| Self::cents(r, n, id, 5, v)),
+                    filing_indicator: seg.element(6).to_string(),
+                    payer_claim_number: opt(seg.element(7)),
+                    facility: opt(seg.element(8)),
+                    frequency: opt(seg.element(9)),
+                    segment: n,
+                    ..ClaimPayment::default()
+                };
+                r.claims.push(claim);
+                self.level = 1;
+            }
+            "SVC" => {
+                let mods: Vec<String> = (3..=6).map(|j| seg.component(1, j).to_string()).filter(|m| !m.is_empty()).collect();
+                let svc = ServicePayment {
+                    qualifier: seg.component(1, 1).to_string(),
+                    procedure: seg.component(1, 2).to_string(),
+                    modifiers: mods,
+                    charge_cents: Self::cents(r, n, id, 2, seg.element(2)),
+                    paid_cents: Self::cents(r, n, id, 3, seg.element(3)),
+                    revenue_code: opt(seg.element(4)),
+                    units: opt(seg.element(5)),
+                    submitted_procedure: opt(seg.component(6, 2)),
+                    segment: n,
+                    ..ServicePayment::default()
+                };
+                match r.claims.last_mut() {
+                    Some(c) => c.services.push(svc),
+                    None => r.problems.push(problem(n, id, "SVC01", "a service line before any CLP".into())),
+                }
+                self.level = 2;
+            }
+            "CAS" => {
+                let group = seg.element(1).to_string();
+                let mut list = Vec::new();
+                for k in 0..6 {
+                    let reason = seg.element(2 + 3 * k);
+                    if reason.is_empty() {
+                        continue;
+                    }
+                    let amount_cents = Self::cents(r, n, id, 3 + 3 * k, seg.element(3 + 3 * k));
+                    let quantity = opt(seg.element(4 + 3 * k));
+                    list.push(Adjustment { group: group.clone(), reason: reason.to_string(), amount_cents, quantity });
+                }
+                let target = r.claims.last_mut();
+                match (self.level, target) {
+                    (2, Some(c)) => {
+                        if let Some(s) = c.services.last_mut() {
+                            s.adjustments.extend(list);
+                        }
+                    }
+                    (_, Some(c)) => c.adjustments.extend(list),
+                    (_, None) => r.problems.push(problem(n, id, "CAS01", "an adjustment before any CLP".into())),
+                }
+            }
+            "DTM" if self.level == 2 && matches!(seg.element(1), "472" | "150") => {
+                if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+                    s.service_date = s.service_date.or(date8(seg.element(2)));
+                }
+            }
+            "REF" if self.level == 2 && seg.element(1) == "6R" => {
+                if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+                    s.line_id = Some(seg.element(2).to_string());
+                }
+            }
+            "AMT" if self.level == 2 && seg.element(1) == "B6" => {
+                let v = Self::cents(r, n, id, 2, seg.element(2));
+                if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+                    s.allowed_cents = Some(v);
+                }
+            }
+            "LQ" if self.level == 2 && seg.element(1) == "HE" => {
+                if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+                    s.remarks.push(seg.element(2).to_string());
+                }
+            }
+            "MOA" | "MIA" => {
+                let codes: Vec<String> =
+                    seg.elements().skip(1).filter(|e| e.starts_with('M') || e.starts_with('N')).map(str::to_string).collect();
+                if let Some(c) = r.claims.last_mut() {
+                    c.remarks.extend(codes);
+                }
+            }
+            "PLB" => {
+                self.level = 0;
+                let provider = seg.element(1).to_string();
+                let fiscal_date = date8(seg.element(2));
+                for k in 0..6 {
+                    let i = 3 + 2 * k;
+                    let reason = seg.component(i, 1);
+                    if reason.is_empty() {
+                        continue;
+                    }
+                    let amount_cents = Self::cents(r, n, id, i + 1, seg.element(i + 1));
+                    r.provider_adjustments.push(ProviderAdjustment {
+                        provider: provider.clone(),
+                        fiscal_date,
+                        reason: reason.to_string(),
+                        reference: opt(seg.component(i, 2)),
+                        amount_cents,
+                    });
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -434,6 +540,37 @@ PLB*1600000016*20261231*L6:INT1*-1.5*WO:ICN9*51~SE*22*0001~GE*1*1~IEA*1*00000000
         assert!(!rem.balances());
         assert!(rem.problems.is_empty(), "{:?}", rem.problems);
         assert!(r.next().is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn items_stream_one_claim_at_a_time_in_file_order() -> R {
+        let mut r = RemittanceReader::new(SAMPLE.as_bytes());
+        let mut kinds = Vec::new();
+        while let Some(item) = r.next_item() {
+            kinds.push(match item? {
+                RemitItem::Begin(h) => {
+                    assert!(h.claims.is_empty() && h.trace_number == "EFT123");
+                    "begin".to_string()
+                }
+                RemitItem::Claim(c) => c.pcn,
+                RemitItem::End(e) => {
+                    assert!(e.claims.is_empty());
+                    assert_eq!(e.provider_adjustments.len(), 2);
+                    "end".to_string()
+                }
+            });
+        }
+        assert_eq!(kinds, ["begin", "W1", "W2", "W3", "end"]);
+        // Two transactions, the first without claims and without SE: each begins and ends.
+        let two = SAMPLE.replace("LX*1~", "LX*1~SE*5*0001~ST*835*0002~BPR*I*0*C*NON************20261201~TRN*1*EFT124*1512345678~");
+        let mut r = RemittanceReader::new(two.as_bytes());
+        let mut traces = Vec::new();
+        while let Some(rem) = r.next() {
+            let rem = rem?;
+            traces.push((rem.trace_number, rem.claims.len()));
+        }
+        assert_eq!(traces, [("EFT123".to_string(), 0), ("EFT124".to_string(), 3)]);
         Ok(())
     }
 

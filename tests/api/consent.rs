@@ -46,12 +46,6 @@ impl TestApp {
         r.send().await.unwrap()
     }
 
-    async fn submit(&self, session: &Value) -> String {
-        let (status, body) = json_of(self.post_json("/api/v1/sessions", &self.submitter_token, session).await).await;
-        assert!(status == 201 || status == 200, "{body}");
-        body["id"].as_str().unwrap().to_owned()
-    }
-
     async fn record_consent(&self, form: &Value) -> Value {
         let (status, body) = json_of(self.post_json("/api/v1/consents", &self.submitter_token, form).await).await;
         assert!(status == 201 || status == 200, "{status} {body}");

@@ -275,6 +275,24 @@ impl TestApp {
         (self.settings, self.db)
     }
 
+    /// Submits a session as the lea-demo submitter; its id.
+    pub async fn submit(&self, s: &Value) -> String {
+        let res = self.post_json("/api/v1/sessions", &self.submitter_token, s).await;
+        assert!(res.status().is_success(), "{}", res.status());
+        res.json::<Value>().await.expect("receipt")["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Records the example consent form for `student` naming `recipients` (payment included).
+    pub async fn payment_consent(&self, student: &str, source_id: &str, recipients: Value) {
+        let mut form: Value =
+            serde_json::from_str(&std::fs::read_to_string(repo_path("schemas/examples/valid/consent.json")).expect("form")).expect("json");
+        form["student"]["district_id"] = serde_json::json!(student);
+        form["source_id"] = serde_json::json!(source_id);
+        form["recipients"] = recipients;
+        let res = self.post_json("/api/v1/consents", &self.submitter_token, &form).await;
+        assert!(res.status().is_success(), "{}", res.status());
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

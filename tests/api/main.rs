@@ -15,6 +15,7 @@ mod export;
 mod fhir;
 mod intake;
 mod mapping;
+mod remittances;
 mod server;
 mod smart;
 mod subscriptions;
