@@ -275,12 +275,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.close().await;
         }
         Command::Remit { files, quiet, json } => {
-            let settings = Arc::new(settings);
-            let pipeline = Pipeline::from_settings(settings.clone())?;
+            // Only the 835 code tables: posting needs no schemas or FHIR mappings.
+            let codes = wellness_gateway::remit::RemitCodes::load(&settings.rules.mappings_dir)?;
             let store = startup::open_store(&settings).await?;
             let mut failed = false;
             for path in &files {
-                let result = wellness_gateway::remit::post_file(&store, &pipeline.remit, path, "cli:remit", !quiet).await;
+                let result = wellness_gateway::remit::post_file(&store, &codes, path, "cli:remit", !quiet).await;
                 match result {
                     Ok(report) if json => {
                         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "file": path, "report": report }))?)

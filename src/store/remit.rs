@@ -597,6 +597,26 @@ impl Store {
     }
 }
 
+/// SQLite looks a numbered parameter's name up in a list (`sqlite3_bind_parameter_name` is
+/// linear), so binding a statement of n `$N` parameters costs n²: multi-row statements there
+/// use anonymous `?` parameters, which this gives for SQL whose `$N` appear once each, in
+/// ascending order (as every statement built here does).
+fn anonymous(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `$first, $first+1, ...` (n of them).
 fn placeholders(first: usize, n: usize) -> String {
     let mut s = String::with_capacity(n * 6);
@@ -625,6 +645,14 @@ fn value_rows(rows: usize, cols: usize) -> String {
 }
 
 impl RemitTx {
+    /// The statement as this backend binds it fastest.
+    fn sql(&self, sql: String) -> String {
+        match self {
+            RemitTx::Sqlite(_) => anonymous(&sql),
+            RemitTx::Postgres(_) => sql,
+        }
+    }
+
     /// The claims with these CLM01s, with their lines.
     pub async fn targets(&mut self, pcns: &[&str]) -> Result<HashMap<String, PostTarget>, StoreError> {
         let mut out: HashMap<String, PostTarget> = HashMap::with_capacity(pcns.len());
@@ -633,6 +661,7 @@ impl RemitTx {
                 "SELECT id, pcn, status, active, service_date, charge_cents FROM claims WHERE pcn IN ({})",
                 placeholders(1, chunk.len())
             );
+            let sql = self.sql(sql);
             let rows: Vec<(String, String, String, i64, String, i64)> = with_tx!(self, t => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
                 for p in chunk { q = q.bind(*p); }
@@ -649,6 +678,7 @@ impl RemitTx {
                 "SELECT claim_id, line_no, line_id, revenue_code, code, modifiers, charge_cents FROM claim_lines WHERE claim_id IN ({}) ORDER BY claim_id, line_no",
                 placeholders(1, chunk.len())
             );
+            let sql = self.sql(sql);
             let rows: Vec<TargetLine> = with_tx!(self, t => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
                 for p in chunk { q = q.bind(*p); }
@@ -671,6 +701,7 @@ impl RemitTx {
                  payer_claim_number, facility, frequency, remarks, segment, posted_us) VALUES {}",
                 value_rows(part.len(), 15)
             );
+            let sql = self.sql(sql);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for p in part {
@@ -687,6 +718,7 @@ impl RemitTx {
                  submitted_procedure, service_date, line_id, charge_cents, paid_cents, allowed_cents, remarks, segment) VALUES {}",
                 value_rows(part.len(), 17)
             );
+            let sql = self.sql(sql);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for l in part {
@@ -702,6 +734,7 @@ impl RemitTx {
                 "INSERT INTO remit_ledger (remittance_id, payment_id, claim_id, line_no, kind, group_code, reason, quantity, amount_cents, actor, at_us) VALUES {}",
                 value_rows(part.len(), 11)
             );
+            let sql = self.sql(sql);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for e in part {
@@ -724,6 +757,8 @@ impl RemitTx {
                 "UPDATE claims SET payer_claim_number = (SELECT p.payer_claim_number FROM claims p WHERE p.id = claims.replaces) \
                  WHERE payer_claim_number IS NULL AND replaces IN ({ids})"
             );
+            let sql = self.sql(sql);
+            let successors = self.sql(successors);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (id, n) in part { q = q.bind(id).bind(n); }
@@ -740,6 +775,7 @@ impl RemitTx {
     pub async fn insert_exceptions(&mut self, exceptions: &[ExceptionRow]) -> Result<(), StoreError> {
         for part in exceptions.chunks(ROWS_PER_STATEMENT) {
             let sql = format!("INSERT INTO remit_exceptions ({EXCEPTION_COLUMNS}) VALUES {}", value_rows(part.len(), 13));
+            let sql = self.sql(sql);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for x in part {
@@ -761,6 +797,7 @@ impl RemitTx {
                  WHERE c.id IN ({}) GROUP BY c.id, c.charge_cents",
                 placeholders(1, chunk.len())
             );
+            let sql = self.sql(sql);
             let rows: Vec<(String, i64)> = with_tx!(self, t => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
                 for p in chunk { q = q.bind(*p); }
@@ -794,6 +831,7 @@ impl RemitTx {
                  RETURNING claims.id",
                 renumber(&value_rows(part.len(), 3).replace('$', "$#"), 1)
             );
+            let sql = self.sql(sql);
             let ids: Vec<String> = with_tx!(self, t => {
                 let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(now_us);
                 for (id, from, to) in part { q = q.bind(*id).bind(*from).bind(*to); }
@@ -807,6 +845,7 @@ impl RemitTx {
                 "INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) VALUES {}",
                 value_rows(part.len(), 6)
             );
+            let events = self.sql(events);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(events));
                 for c in part { q = q.bind(&c.claim_id).bind(now_us).bind(actor).bind(&c.from).bind(&c.to).bind(&c.reason); }
@@ -823,6 +862,7 @@ impl RemitTx {
                 "INSERT INTO provider_ledger (remittance_id, provider, fiscal_date, reason, reference, amount_cents, at_us) VALUES {}",
                 value_rows(part.len(), 7)
             );
+            let sql = self.sql(sql);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for p in part {
@@ -873,6 +913,7 @@ mod tests {
     #[test]
     fn placeholders_number_rows_in_order() {
         assert_eq!(value_rows(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(anonymous("UPDATE t SET a = $1 WHERE b IN ($2, $3) AND c = '$x'"), "UPDATE t SET a = ? WHERE b IN (?, ?) AND c = '$x'");
         assert_eq!(renumber(&value_rows(1, 2).replace('$', "$#"), 1), "($2, $3)");
     }
 }
