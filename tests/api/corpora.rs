@@ -182,3 +182,44 @@ fn corpus_835_files_read_into_typed_remittances() {
     }
     assert!(checked >= 10, "only {checked} 835 files compared");
 }
+
+/// Every corpus 835 checked for posting (`remit::check`, the first pass of `POST
+/// /api/v1/remittances` and `remit`): postable, or refused as a whole with each problem named
+/// by segment number and id. Refused: 4010 interchanges, transactions without an ISA envelope,
+/// and an interchange whose ISA is not fixed-width and whose IEA02 does not match ISA13 (the
+/// typed read tolerates it; posting money from it is not).
+#[test]
+fn corpus_835_files_check_for_posting() {
+    let root = corpora_dir();
+    let manifest = std::fs::read_to_string(root.join("x12/MANIFEST.tsv")).unwrap();
+    let refused = [
+        ("oopfactory__Example1.txt", "segment 1 (ISA): X12 4010 is not supported"),
+        ("pyx12__835_simple.txt", "segment 1 (ISA): X12 4010 is not supported"),
+        ("edi835parser__blue_cross_nc_sample.txt", "segment 1 (ST): no ISA"),
+        ("edi835parser-affect__exhaustive_sample.txt", "segment 1 (ST): no ISA"),
+        ("edi835parser-affect__nevada_medicaid.txt", "segment 67 (IEA): IEA02"),
+    ];
+    let (mut ok, mut no) = (0, 0);
+    for row in manifest.lines().skip(1) {
+        let cols: Vec<&str> = row.split('\t').collect();
+        if cols[1] != "835" {
+            continue;
+        }
+        let bytes = std::fs::read(root.join(cols[0])).unwrap();
+        let name = cols[0].rsplit('/').next().unwrap();
+        let result = wellness_gateway::remit::check(&bytes[..]);
+        match refused.iter().find(|(f, _)| *f == name) {
+            Some((_, why)) => {
+                let problems = result.expect_err(name);
+                assert!(problems.iter().any(|p| p.to_string().contains(why)), "{name}: {problems:?}");
+                no += 1;
+            }
+            None => {
+                let sets = result.unwrap_or_else(|p| panic!("{name} refused: {p:?}"));
+                assert_eq!(sets.to_string(), cols[4].trim_end_matches('*'), "{name}: transaction sets");
+                ok += 1;
+            }
+        }
+    }
+    assert!(ok >= 10 && no == refused.len(), "{ok} postable, {no} refused");
+}
