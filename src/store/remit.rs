@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use super::fhir::{placeholders, values_sql};
 use super::{Store, StoreError, with_db};
 
 /// A database transaction on either backend.
@@ -312,7 +313,7 @@ impl Store {
         let sql = format!(
             "SELECT payment_id, line_no, claim_line_no, matched_by, qualifier, procedure_code, modifiers, revenue_code, units, submitted_procedure, \
              service_date, line_id, charge_cents, paid_cents, allowed_cents, remarks, segment FROM payment_lines WHERE payment_id IN ({}) ORDER BY payment_id, line_no",
-            placeholders(1, payment_ids.len())
+            placeholders(1, payment_ids.len(), matches!(self.db(), super::Db::Sqlite(_)))
         );
         Ok(with_db!(self.db(), pool => {
             let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
@@ -329,7 +330,7 @@ impl Store {
         let sql = format!(
             "SELECT remittance_id, payment_id, claim_id, line_no, kind, group_code, reason, quantity, amount_cents, actor, at_us FROM remit_ledger \
              WHERE payment_id IN ({}) ORDER BY seq",
-            placeholders(1, payment_ids.len())
+            placeholders(1, payment_ids.len(), matches!(self.db(), super::Db::Sqlite(_)))
         );
         Ok(with_db!(self.db(), pool => {
             let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
@@ -597,60 +598,11 @@ impl Store {
     }
 }
 
-/// SQLite looks a numbered parameter's name up in a list (`sqlite3_bind_parameter_name` is
-/// linear), so binding a statement of n `$N` parameters costs n²: multi-row statements there
-/// use anonymous `?` parameters, which this gives for SQL whose `$N` appear once each, in
-/// ascending order (as every statement built here does).
-fn anonymous(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            while chars.peek().is_some_and(char::is_ascii_digit) {
-                chars.next();
-            }
-            out.push('?');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `$first, $first+1, ...` (n of them).
-fn placeholders(first: usize, n: usize) -> String {
-    let mut s = String::with_capacity(n * 6);
-    for i in 0..n {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        s.push('$');
-        s.push_str(&(first + i).to_string());
-    }
-    s
-}
-
-/// `($1, $2, $3), ($4, $5, $6), ...` for `rows` rows of `cols` columns.
-fn value_rows(rows: usize, cols: usize) -> String {
-    let mut s = String::with_capacity(rows * cols * 5);
-    for r in 0..rows {
-        if r > 0 {
-            s.push_str(", ");
-        }
-        s.push('(');
-        s.push_str(&placeholders(1 + r * cols, cols));
-        s.push(')');
-    }
-    s
-}
-
 impl RemitTx {
-    /// The statement as this backend binds it fastest.
-    fn sql(&self, sql: String) -> String {
-        match self {
-            RemitTx::Sqlite(_) => anonymous(&sql),
-            RemitTx::Postgres(_) => sql,
-        }
+    /// Whether this backend's statements take `?` placeholders: SQLite looks a numbered
+    /// parameter's name up in a list, so binding n `$N` parameters costs n² (see `fhir.rs`).
+    fn positional(&self) -> bool {
+        matches!(self, RemitTx::Sqlite(_))
     }
 
     /// The claims with these CLM01s, with their lines.
@@ -659,9 +611,8 @@ impl RemitTx {
         for chunk in pcns.chunks(ROWS_PER_STATEMENT * 4) {
             let sql = format!(
                 "SELECT id, pcn, status, active, service_date, charge_cents FROM claims WHERE pcn IN ({})",
-                placeholders(1, chunk.len())
+                placeholders(1, chunk.len(), self.positional())
             );
-            let sql = self.sql(sql);
             let rows: Vec<(String, String, String, i64, String, i64)> = with_tx!(self, t => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
                 for p in chunk { q = q.bind(*p); }
@@ -676,9 +627,8 @@ impl RemitTx {
         for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
             let sql = format!(
                 "SELECT claim_id, line_no, line_id, revenue_code, code, modifiers, charge_cents FROM claim_lines WHERE claim_id IN ({}) ORDER BY claim_id, line_no",
-                placeholders(1, chunk.len())
+                placeholders(1, chunk.len(), self.positional())
             );
-            let sql = self.sql(sql);
             let rows: Vec<TargetLine> = with_tx!(self, t => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
                 for p in chunk { q = q.bind(*p); }
@@ -699,9 +649,8 @@ impl RemitTx {
             let sql = format!(
                 "INSERT INTO claim_payments (id, remittance_id, ordinal, claim_id, pcn, status, charge_cents, paid_cents, patient_responsibility_cents, \
                  payer_claim_number, facility, frequency, remarks, segment, posted_us) VALUES {}",
-                value_rows(part.len(), 15)
+                values_sql(part.len(), 15, self.positional())
             );
-            let sql = self.sql(sql);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for p in part {
@@ -716,9 +665,8 @@ impl RemitTx {
             let sql = format!(
                 "INSERT INTO payment_lines (payment_id, line_no, claim_line_no, matched_by, qualifier, procedure_code, modifiers, revenue_code, units, \
                  submitted_procedure, service_date, line_id, charge_cents, paid_cents, allowed_cents, remarks, segment) VALUES {}",
-                value_rows(part.len(), 17)
+                values_sql(part.len(), 17, self.positional())
             );
-            let sql = self.sql(sql);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for l in part {
@@ -732,9 +680,8 @@ impl RemitTx {
         for part in rows.ledger.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO remit_ledger (remittance_id, payment_id, claim_id, line_no, kind, group_code, reason, quantity, amount_cents, actor, at_us) VALUES {}",
-                value_rows(part.len(), 11)
+                values_sql(part.len(), 11, self.positional())
             );
-            let sql = self.sql(sql);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for e in part {
@@ -749,16 +696,14 @@ impl RemitTx {
             let sql = format!(
                 "UPDATE claims SET payer_claim_number = v.column2 FROM (VALUES {}) AS v WHERE claims.id = v.column1 \
                  AND (claims.payer_claim_number IS NULL OR claims.payer_claim_number <> v.column2)",
-                value_rows(part.len(), 2)
+                values_sql(part.len(), 2, self.positional())
             );
-            let ids = placeholders(1, part.len());
+            let ids = placeholders(1, part.len(), self.positional());
             // Replacements and voids waiting for the number of the claim they refer to.
             let successors = format!(
                 "UPDATE claims SET payer_claim_number = (SELECT p.payer_claim_number FROM claims p WHERE p.id = claims.replaces) \
                  WHERE payer_claim_number IS NULL AND replaces IN ({ids})"
             );
-            let sql = self.sql(sql);
-            let successors = self.sql(successors);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (id, n) in part { q = q.bind(id).bind(n); }
@@ -774,8 +719,8 @@ impl RemitTx {
     /// Writes exceptions.
     pub async fn insert_exceptions(&mut self, exceptions: &[ExceptionRow]) -> Result<(), StoreError> {
         for part in exceptions.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!("INSERT INTO remit_exceptions ({EXCEPTION_COLUMNS}) VALUES {}", value_rows(part.len(), 13));
-            let sql = self.sql(sql);
+            let sql =
+                format!("INSERT INTO remit_exceptions ({EXCEPTION_COLUMNS}) VALUES {}", values_sql(part.len(), 13, self.positional()));
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for x in part {
@@ -795,9 +740,8 @@ impl RemitTx {
             let sql = format!(
                 "SELECT c.id, c.charge_cents - CAST(COALESCE(SUM(l.amount_cents), 0) AS BIGINT) FROM claims c LEFT JOIN remit_ledger l ON l.claim_id = c.id \
                  WHERE c.id IN ({}) GROUP BY c.id, c.charge_cents",
-                placeholders(1, chunk.len())
+                placeholders(1, chunk.len(), self.positional())
             );
-            let sql = self.sql(sql);
             let rows: Vec<(String, i64)> = with_tx!(self, t => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
                 for p in chunk { q = q.bind(*p); }
@@ -827,14 +771,13 @@ impl RemitTx {
         let mut moved: std::collections::HashSet<String> = std::collections::HashSet::new();
         for part in net.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE claims SET status = v.column3, updated_us = $1 FROM (VALUES {}) AS v WHERE claims.id = v.column1 AND claims.status = v.column2 \
-                 RETURNING claims.id",
-                renumber(&value_rows(part.len(), 3).replace('$', "$#"), 1)
+                "UPDATE claims SET status = v.column3, updated_us = v.column4 FROM (VALUES {}) AS v WHERE claims.id = v.column1 \
+                 AND claims.status = v.column2 RETURNING claims.id",
+                values_sql(part.len(), 4, self.positional())
             );
-            let sql = self.sql(sql);
             let ids: Vec<String> = with_tx!(self, t => {
-                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(now_us);
-                for (id, from, to) in part { q = q.bind(*id).bind(*from).bind(*to); }
+                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+                for (id, from, to) in part { q = q.bind(*id).bind(*from).bind(*to).bind(now_us); }
                 q.fetch_all(&mut **t).await?
             });
             moved.extend(ids);
@@ -843,9 +786,8 @@ impl RemitTx {
         for part in changes.chunks(ROWS_PER_STATEMENT) {
             let events = format!(
                 "INSERT INTO claim_events (claim_id, at_us, actor, from_status, to_status, reason) VALUES {}",
-                value_rows(part.len(), 6)
+                values_sql(part.len(), 6, self.positional())
             );
-            let events = self.sql(events);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(events));
                 for c in part { q = q.bind(&c.claim_id).bind(now_us).bind(actor).bind(&c.from).bind(&c.to).bind(&c.reason); }
@@ -860,9 +802,8 @@ impl RemitTx {
         for part in rows.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO provider_ledger (remittance_id, provider, fiscal_date, reason, reference, amount_cents, at_us) VALUES {}",
-                value_rows(part.len(), 7)
+                values_sql(part.len(), 7, self.positional())
             );
-            let sql = self.sql(sql);
             with_tx!(self, t => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for p in part {
@@ -887,33 +828,5 @@ impl RemitTx {
             RemitTx::Postgres(t) => t.commit().await?,
         }
         Ok(())
-    }
-}
-
-/// Renumbers `$#n` placeholders to start after `offset` parameters.
-fn renumber(sql: &str, offset: usize) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut rest = sql;
-    while let Some(i) = rest.find("$#") {
-        out.push_str(&rest[..i]);
-        let digits: String = rest[i + 2..].chars().take_while(char::is_ascii_digit).collect();
-        let n: usize = digits.parse().unwrap_or(0);
-        out.push('$');
-        out.push_str(&(n + offset).to_string());
-        rest = &rest[i + 2 + digits.len()..];
-    }
-    out.push_str(rest);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn placeholders_number_rows_in_order() {
-        assert_eq!(value_rows(2, 2), "($1, $2), ($3, $4)");
-        assert_eq!(anonymous("UPDATE t SET a = $1 WHERE b IN ($2, $3) AND c = '$x'"), "UPDATE t SET a = ? WHERE b IN (?, ?) AND c = '$x'");
-        assert_eq!(renumber(&value_rows(1, 2).replace('$', "$#"), 1), "($2, $3)");
     }
 }
