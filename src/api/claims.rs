@@ -90,7 +90,8 @@ pub struct ClaimQuery {
     pub count: Option<i64>,
 }
 
-fn limit(count: Option<i64>) -> Result<i64, ApiError> {
+/// A listing's `_count`: 100 by default, at most 1,000.
+pub(crate) fn limit(count: Option<i64>) -> Result<i64, ApiError> {
     match count {
         None => Ok(100),
         Some(n) if (1..=1000).contains(&n) => Ok(n),

@@ -14,6 +14,8 @@ use crate::fhir::{FHIR_JSON, IssueCode, OperationOutcome, OutcomeIssue};
 use crate::remit::reports::{self, Labels};
 use crate::remit::{self as remit_mod, RemitError, RemitReport};
 use crate::startup::AppState;
+
+use super::claims::limit;
 use crate::store::{ExceptionRow, PaymentRow, RemittanceRow, ReportFilter, Store};
 
 fn remit_error(e: RemitError) -> ApiError {
@@ -72,14 +74,6 @@ pub struct CountQuery {
     #[serde(rename = "_count")]
     #[param(rename = "_count")]
     pub count: Option<i64>,
-}
-
-fn limit(count: Option<i64>) -> Result<i64, ApiError> {
-    match count {
-        None => Ok(100),
-        Some(n) if (1..=1000).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::bad_request(IssueCode::Value, "_count", "`_count` must be a whole number from 1 to 1000")),
-    }
 }
 
 /// Payments posted, newest first (finance, admin).

@@ -188,6 +188,9 @@ pub struct ExceptionRow {
     pub created_us: i64,
 }
 
+/// A claim's balance ($1 the claim): charge − Σ ledger.
+const BALANCE: &str = "SELECT c.charge_cents - CAST(COALESCE((SELECT SUM(amount_cents) FROM remit_ledger l WHERE l.claim_id = c.id), 0) AS BIGINT) FROM claims c WHERE c.id = $1";
+
 const EXCEPTION_COLUMNS: &str = "id, remittance_id, payment_id, claim_id, line_no, kind, detail, amount_cents, status, resolution, resolved_by, resolved_us, created_us";
 
 /// A claim status change posting decided.
@@ -347,8 +350,7 @@ impl Store {
 
     /// A claim's balance: charge − Σ paid − Σ adjustments.
     pub async fn claim_balance(&self, claim_id: &str) -> Result<Option<i64>, StoreError> {
-        let sql = "SELECT c.charge_cents - CAST(COALESCE((SELECT SUM(amount_cents) FROM remit_ledger l WHERE l.claim_id = c.id), 0) AS BIGINT) FROM claims c WHERE c.id = $1";
-        Ok(with_db!(self.db(), pool => { sqlx::query_scalar(sql).bind(claim_id).fetch_optional(pool).await? }))
+        Ok(with_db!(self.db(), pool => { sqlx::query_scalar(BALANCE).bind(claim_id).fetch_optional(pool).await? }))
     }
 
     /// Exceptions, oldest first, by status (`open`, `resolved`, or all) and payment.
@@ -413,9 +415,7 @@ impl Store {
                 }
             }
             if let (true, Some(c)) = (write_off, claim.as_deref()) {
-                let balance: Option<i64> = sqlx::query_scalar(
-                    "SELECT c.charge_cents - CAST(COALESCE((SELECT SUM(amount_cents) FROM remit_ledger l WHERE l.claim_id = c.id), 0) AS BIGINT) FROM claims c WHERE c.id = $1",
-                ).bind(c).fetch_optional(&mut *tx).await?;
+                let balance: Option<i64> = sqlx::query_scalar(BALANCE).bind(c).fetch_optional(&mut *tx).await?;
                 if let Some(b) = balance.filter(|b| *b != 0) {
                     sqlx::query("INSERT INTO remit_ledger (remittance_id, payment_id, claim_id, line_no, kind, group_code, reason, quantity, amount_cents, actor, at_us) \
                                  VALUES ($1, $2, $3, NULL, 'write-off', NULL, $4, NULL, $5, $6, $7)")

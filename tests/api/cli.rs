@@ -169,3 +169,40 @@ fn serve_starts_and_answers() {
     assert!(exited.is_none(), "serve exited: {exited:?}");
     assert!(ready, "serve did not answer on port {port}");
 }
+
+/// `remit FILE…`: posts 835 files (here the corpus's 1,000-claim synthetic 835, whose claims
+/// this gateway never filed: all unmatched, queued as exceptions), prints the API's answer with
+/// `--json`, does nothing the second time, and refuses a 4010 file with a non-zero exit.
+async fn remit_files(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let corpora = crate::corpora::corpora_dir();
+    let big = corpora.join("x12/large/x12sdk-synthetic__synth_835_1000.x12");
+    let out = gateway(&db.url).args(["remit", "--quiet", "--json"]).arg(&big).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &answer["report"]["transactions"][0];
+    assert_eq!((t["status"].as_str(), t["claim_count"].as_i64(), t["unmatched"].as_i64()), (Some("posted"), Some(1000), Some(1000)), "{t}");
+    assert_eq!(t["unmatched_claims"].as_array().map(Vec::len), Some(100));
+    let out = gateway(&db.url).args(["remit", "--quiet", "--json"]).arg(&big).output().unwrap();
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["report"]["transactions"][0]["status"], "duplicate");
+    // Plain text: one line per payment.
+    let out = gateway(&db.url).args(["remit", "--quiet"]).arg(&big).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("payment duplicate") && text.contains("1000 claims"), "{text}");
+    let old = corpora.join("x12/legacy-4010/pyx12__835_simple.txt");
+    let out = gateway(&db.url).args(["remit", "--quiet"]).arg(&old).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused, nothing posted") && err.contains("segment 1 (ISA)") && err.contains("4010"), "{err}");
+}
+
+#[tokio::test]
+async fn remit_files_sqlite() {
+    remit_files(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn remit_files_postgres() {
+    remit_files(Backend::Postgres).await;
+}
