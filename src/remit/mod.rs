@@ -182,10 +182,10 @@ pub async fn ingest<R: Read, F: FnMut() -> std::io::Result<R>>(
             RemitItem::Claim(c) => {
                 let Some(p) = open_payment.as_mut() else { continue };
                 p.summary.claim_count += 1;
-                p.summary.charge_cents += c.charge_cents;
-                p.summary.claims_paid_cents += c.paid_cents;
+                p.summary.charge_cents = p.summary.charge_cents.saturating_add(c.charge_cents);
+                p.summary.claims_paid_cents = p.summary.claims_paid_cents.saturating_add(c.paid_cents);
                 if p.tx.is_some() {
-                    p.chunk.push(c);
+                    p.chunk.push(*c);
                     if p.chunk.len() >= CHUNK {
                         posted += p.chunk.len() as u64;
                         p.flush(codes, actor).await?;
@@ -345,9 +345,12 @@ impl Open {
                     // Each payment moves the claim in turn: a reversal and the corrected
                     // payment after it are two transitions.
                     if let (Some(b), Some(from)) = (balance.get_mut(id), status.get_mut(id)) {
-                        *b -= c.paid_cents
-                            + c.adjustments.iter().map(|a| a.amount_cents).sum::<i64>()
-                            + c.services.iter().flat_map(|s| s.adjustments.iter()).map(|a| a.amount_cents).sum::<i64>();
+                        let entries = c
+                            .adjustments
+                            .iter()
+                            .chain(c.services.iter().flat_map(|s| s.adjustments.iter()))
+                            .fold(c.paid_cents, |sum, a| sum.saturating_add(a.amount_cents));
+                        *b = b.saturating_sub(entries);
                         let to = post::next_status(posted.outcome, posted.denial, *b);
                         if to != from {
                             let (text, _) = codes.status(&c.status);
@@ -386,16 +389,14 @@ impl Open {
     /// Posts the rest, the PLBs and the totals; commits.
     async fn end(mut self, store: &Store, codes: &RemitCodes, r: &Remittance, actor: &str) -> Result<PaymentSummary, StoreError> {
         self.flush(codes, actor).await?;
-        let plb: i64 = r.provider_adjustments.iter().map(|p| p.amount_cents).sum();
+        let plb: i64 = r.provider_adjustments_cents();
         self.summary.provider_adjustments_cents = plb;
-        self.summary.balanced = self.summary.paid_cents == self.summary.claims_paid_cents - plb;
+        let expected = self.summary.claims_paid_cents.saturating_sub(plb);
+        self.summary.balanced = self.summary.paid_cents == expected;
         if !self.summary.balanced {
             self.summary.errors.push(format!(
                 "BPR02 {} cents ≠ Σ CLP04 {} − Σ PLB {} = {} cents",
-                self.summary.paid_cents,
-                self.summary.claims_paid_cents,
-                plb,
-                self.summary.claims_paid_cents - plb
+                self.summary.paid_cents, self.summary.claims_paid_cents, plb, expected
             ));
         }
         let Some(mut tx) = self.tx.take() else {
@@ -429,7 +430,7 @@ impl Open {
                 line_no: None,
                 kind: "remittance-out-of-balance".into(),
                 detail: self.summary.errors.join("; "),
-                amount_cents: self.summary.paid_cents - (self.summary.claims_paid_cents - plb),
+                amount_cents: self.summary.paid_cents.saturating_sub(expected),
                 status: "open".into(),
                 resolution: None,
                 resolved_by: None,

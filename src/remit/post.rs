@@ -162,7 +162,7 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
     let mut denial = false;
     let mut unmatched_lines = 0;
     let mut used = target.map(|t| vec![false; t.lines.len()]).unwrap_or_default();
-    let mut adjusted = c.adjustments.iter().map(|a| a.amount_cents).sum::<i64>();
+    let mut adjusted = c.adjustments.iter().fold(0i64, |s, a| s.saturating_add(a.amount_cents));
     for (i, svc) in c.services.iter().enumerate() {
         let line_no = i as i64 + 1;
         let (matched, how) = match target {
@@ -191,8 +191,8 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
         for a in &svc.adjustments {
             out.ledger.push(ledger(Some(line_no), "adjustment", Some(a), a.amount_cents));
         }
-        let line_adjusted: i64 = svc.adjustments.iter().map(|a| a.amount_cents).sum();
-        adjusted += line_adjusted;
+        let line_adjusted = svc.adjustments.iter().fold(0i64, |s, a| s.saturating_add(a.amount_cents));
+        adjusted = adjusted.saturating_add(line_adjusted);
         if target.is_some() && matched.is_none() {
             unmatched_lines += 1;
             out.exceptions.push(exception(
@@ -212,7 +212,7 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
                 svc.paid_cents,
             ));
         }
-        if svc.charge_cents - line_adjusted != svc.paid_cents && !svc.adjustments.is_empty() {
+        if svc.charge_cents.saturating_sub(line_adjusted) != svc.paid_cents && !svc.adjustments.is_empty() {
             out.exceptions.push(exception(
                 ctx,
                 &payment_id,
@@ -226,7 +226,7 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
                     money(line_adjusted),
                     money(svc.paid_cents)
                 ),
-                svc.charge_cents - line_adjusted - svc.paid_cents,
+                svc.charge_cents.saturating_sub(line_adjusted).saturating_sub(svc.paid_cents),
             ));
         }
         // A zero-paid line with a contractual/payer-initiated reason other than the fee
@@ -275,7 +275,7 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
             c.charge_cents,
         ));
     }
-    if c.charge_cents - adjusted != c.paid_cents {
+    if c.charge_cents.saturating_sub(adjusted) != c.paid_cents {
         out.exceptions.push(exception(
             ctx,
             &payment_id,
@@ -283,7 +283,7 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
             None,
             "claim-out-of-balance",
             format!("segment {}: CLP03 {} − CAS {} ≠ CLP04 {}", c.segment, money(c.charge_cents), money(adjusted), money(c.paid_cents)),
-            c.charge_cents - adjusted - c.paid_cents,
+            c.charge_cents.saturating_sub(adjusted).saturating_sub(c.paid_cents),
         ));
     }
     if target.is_none() {

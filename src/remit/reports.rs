@@ -55,15 +55,15 @@ pub struct ReconRow {
 
 impl ReconRow {
     fn add(&mut self, o: &ReconRow) {
-        self.claims += o.claims;
-        self.billed_cents += o.billed_cents;
-        self.expected_cents += o.expected_cents;
-        self.paid_cents += o.paid_cents;
-        self.contractual_cents += o.contractual_cents;
-        self.patient_responsibility_cents += o.patient_responsibility_cents;
-        self.denied_cents += o.denied_cents;
-        self.other_adjustment_cents += o.other_adjustment_cents;
-        self.outstanding_cents += o.outstanding_cents;
+        self.claims = self.claims.saturating_add(o.claims);
+        self.billed_cents = self.billed_cents.saturating_add(o.billed_cents);
+        self.expected_cents = self.expected_cents.saturating_add(o.expected_cents);
+        self.paid_cents = self.paid_cents.saturating_add(o.paid_cents);
+        self.contractual_cents = self.contractual_cents.saturating_add(o.contractual_cents);
+        self.patient_responsibility_cents = self.patient_responsibility_cents.saturating_add(o.patient_responsibility_cents);
+        self.denied_cents = self.denied_cents.saturating_add(o.denied_cents);
+        self.other_adjustment_cents = self.other_adjustment_cents.saturating_add(o.other_adjustment_cents);
+        self.outstanding_cents = self.outstanding_cents.saturating_add(o.outstanding_cents);
     }
 }
 

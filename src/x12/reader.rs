@@ -123,8 +123,13 @@ fn io_fatal(segment: usize, e: &io::Error) -> ReadError {
     ReadError::new(Severity::Fatal, segment, "", None, format!("reading the input failed: {e}"))
 }
 
+/// The largest amount read, in cents ($10,000,000,000.00): far above any claim or payment, and
+/// small enough that sums over millions of amounts stay exact in `i64`.
+pub const MAX_CENTS: i64 = 1_000_000_000_000;
+
 /// Parses an X12 decimal (`R`) value such as `1922.86`, `-510.25`, `72232` or `.5` into integer
-/// cents. `None` when it is not a number, overflows, or has non-zero digits beyond the cents.
+/// cents. `None` when it is not a number, is beyond ±[`MAX_CENTS`], or has non-zero digits beyond
+/// the cents.
 pub fn parse_cents(value: &str) -> Option<i64> {
     let t = value.trim();
     let (negative, digits) = match t.strip_prefix('-') {
@@ -146,6 +151,9 @@ pub fn parse_cents(value: &str) -> Option<i64> {
         cents += i64::from(b - b'0') * if k == 0 { 10 } else { 1 };
     }
     let value = whole.checked_mul(100)?.checked_add(cents)?;
+    if value > MAX_CENTS {
+        return None;
+    }
     Some(if negative { -value } else { value })
 }
 
@@ -224,11 +232,16 @@ impl<'a> Segment<'a> {
         self.element(i).split(move |c: char| Some(c) == rep)
     }
 
-    /// Repetition `r` (1-based) of element `i`, `""` when absent.
+    /// Repetition `r` (1-based) of element `i`, `""` when absent (a byte search for the
+    /// separator: this is on the path of every component read).
     pub fn repetition(&self, i: usize, r: usize) -> &'a str {
-        match r.checked_sub(1) {
-            Some(k) => self.repetitions(i).nth(k).unwrap_or(""),
-            None => "",
+        let e = self.element(i);
+        match (r.checked_sub(1), self.repetition) {
+            (None, _) => "",
+            (Some(0), Some(sep)) => e.split(char::from(sep)).next().unwrap_or(""),
+            (Some(0), None) => e,
+            (Some(_), None) => "",
+            (Some(k), Some(sep)) => e.split(char::from(sep)).nth(k).unwrap_or(""),
         }
     }
 
@@ -1626,9 +1639,11 @@ mod tests {
         ] {
             assert_eq!(parse_cents(text), want, "{text:?}");
         }
-        for cents in [0, 5, 1234, -250, 100_000, -550, 12_345, i64::MAX / 100] {
+        for cents in [0, 5, 1234, -250, 100_000, -550, 12_345, MAX_CENTS, -MAX_CENTS] {
             assert_eq!(parse_cents(&money(cents)), Some(cents));
         }
+        assert_eq!(parse_cents(&money(MAX_CENTS + 1)), None);
+        assert_eq!(parse_cents(&money(i64::MAX / 100)), None);
     }
 
     fn day(y: i32, m: u32, d: u32) -> Result<NaiveDate, Box<dyn Error>> {

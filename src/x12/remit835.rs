@@ -143,20 +143,23 @@ pub struct Remittance {
 }
 
 impl Remittance {
-    /// Sum of CLP04.
+    /// Sum of CLP04 (saturating: amounts are at most `MAX_CENTS` each).
     pub fn claims_paid_cents(&self) -> i64 {
-        self.claims.iter().map(|c| c.paid_cents).sum()
+        self.claims.iter().fold(0i64, |a, c| a.saturating_add(c.paid_cents))
     }
 
-    /// Sum of PLB amounts.
+    /// Sum of PLB amounts (saturating).
     pub fn provider_adjustments_cents(&self) -> i64 {
-        self.provider_adjustments.iter().map(|p| p.amount_cents).sum()
+        self.provider_adjustments.iter().fold(0i64, |a, p| a.saturating_add(p.amount_cents))
     }
 
-    /// Whether BPR02 = ΣCLP04 − ΣPLB (DOMAIN.md 2.4), to the cent.
+    /// Whether BPR02 = ΣCLP04 − ΣPLB (DOMAIN.md 2.4), to the cent (computed in `i128`: exact
+    /// for any input).
     pub fn balances(&self) -> bool {
-        let signed = if self.credit_debit == "D" { -self.paid_cents } else { self.paid_cents };
-        signed == self.claims_paid_cents() - self.provider_adjustments_cents()
+        let signed = if self.credit_debit == "D" { -i128::from(self.paid_cents) } else { i128::from(self.paid_cents) };
+        let claims: i128 = self.claims.iter().map(|c| i128::from(c.paid_cents)).sum();
+        let plb: i128 = self.provider_adjustments.iter().map(|p| i128::from(p.amount_cents)).sum();
+        signed == claims - plb
     }
 }
 
@@ -181,8 +184,9 @@ fn problem(segment: usize, id: &str, element: &str, message: String) -> ReadErro
 pub enum RemitItem {
     /// A transaction set begins (header fields only).
     Begin(Remittance),
-    /// One complete CLP with its CAS, SVC lines and remarks.
-    Claim(ClaimPayment),
+    /// One complete CLP with its CAS, SVC lines and remarks (boxed: it is built in place and
+    /// handed on without copying).
+    Claim(Box<ClaimPayment>),
     /// The transaction set ends: header, provider adjustments and problems (`claims` empty).
     End(Remittance),
 }
@@ -190,8 +194,10 @@ pub enum RemitItem {
 /// The transaction being read and the items it has completed.
 #[derive(Default)]
 struct Pending {
-    /// Header, PLBs and problems; `claims` holds at most the one claim being read.
+    /// Header, PLBs and problems (`claims` stays empty).
     current: Option<Remittance>,
+    /// The claim being read.
+    claim: Option<Box<ClaimPayment>>,
     /// Whether `Begin` was handed out for `current`.
     begun: bool,
     /// Items ready to hand out.
@@ -216,7 +222,7 @@ impl Pending {
     /// Hands out the claim being read, if any.
     fn flush_claim(&mut self) {
         self.begin();
-        if let Some(c) = self.current.as_mut().and_then(|r| r.claims.pop()) {
+        if let Some(c) = self.claim.take() {
             self.queue.push_back(RemitItem::Claim(c));
         }
     }
@@ -246,6 +252,34 @@ pub struct RemittanceReader<R> {
     /// A fatal error to hand out once the queue is drained.
     fatal: Option<ReadError>,
 }
+
+/// A segment id of up to three bytes as one number, so dispatch compares integers.
+const fn code(id: &[u8]) -> u32 {
+    let mut c = 0u32;
+    let mut i = 0;
+    while i < id.len() && i < 4 {
+        c = (c << 8) | id[i] as u32;
+        i += 1;
+    }
+    c
+}
+
+const GS: u32 = code(b"GS");
+const ST: u32 = code(b"ST");
+const SE: u32 = code(b"SE");
+const BPR: u32 = code(b"BPR");
+const TRN: u32 = code(b"TRN");
+const N1: u32 = code(b"N1");
+const REF: u32 = code(b"REF");
+const CLP: u32 = code(b"CLP");
+const SVC: u32 = code(b"SVC");
+const CAS: u32 = code(b"CAS");
+const DTM: u32 = code(b"DTM");
+const AMT: u32 = code(b"AMT");
+const LQ: u32 = code(b"LQ");
+const MOA: u32 = code(b"MOA");
+const MIA: u32 = code(b"MIA");
+const PLB: u32 = code(b"PLB");
 
 impl<R: Read> RemittanceReader<R> {
     /// A reader over `input`.
@@ -279,7 +313,7 @@ impl<R: Read> RemittanceReader<R> {
         match parse_cents(value) {
             Some(c) => c,
             None => {
-                r.problems.push(problem(seg_no, id, &format!("{id}{position:02}"), "not an amount".into()));
+                r.problems.push(problem(seg_no, id, &format!("{id}{position:02}"), "not an amount (or beyond ±$10,000,000,000.00)".into()));
                 0
             }
         }
@@ -310,7 +344,7 @@ impl<R: Read> RemittanceReader<R> {
             match self.next_item()? {
                 Err(e) => return Some(Err(e)),
                 Ok(RemitItem::Begin(_)) => claims.clear(),
-                Ok(RemitItem::Claim(c)) => claims.push(c),
+                Ok(RemitItem::Claim(c)) => claims.push(*c),
                 Ok(RemitItem::End(mut r)) => {
                     r.claims = std::mem::take(&mut claims);
                     return Some(Ok(r));
@@ -338,11 +372,12 @@ impl<R: Read> RemittanceReader<R> {
         };
         let n = seg.number();
         let id = seg.id();
-        if id == "GS" {
+        let key = if id.len() <= 3 { code(id.as_bytes()) } else { 0 };
+        if key == GS {
             self.version = seg.element(8).to_string();
             return;
         }
-        if id == "ST" {
+        if key == ST {
             if seg.element(1) != "835" {
                 let e = problem(n, "ST", "ST01", format!("transaction set {} is not an 835 remittance", seg.element(1)));
                 self.out.finish();
@@ -360,38 +395,39 @@ impl<R: Read> RemittanceReader<R> {
             self.level = 0;
             return;
         }
-        if id == "SE" {
+        if key == SE {
             self.out.finish();
             return;
         }
-        if id == "CLP" || id == "PLB" {
+        if key == CLP || key == PLB {
             self.out.flush_claim();
         }
-        let Some(r) = self.out.current.as_mut() else { return };
-        match id {
-            "BPR" => {
+        let Pending { current, claim: open_claim, .. } = &mut self.out;
+        let Some(r) = current.as_mut() else { return };
+        match key {
+            BPR => {
                 r.handling = seg.element(1).to_string();
                 r.paid_cents = Self::cents(r, n, id, 2, seg.element(2));
                 r.credit_debit = seg.element(3).to_string();
                 r.method = seg.element(4).to_string();
                 r.payment_date = date8(seg.element(16));
             }
-            "TRN" => {
+            TRN => {
                 r.trace_number = seg.element(2).to_string();
                 r.trace_payer = seg.element(3).to_string();
             }
-            "N1" if seg.element(1) == "PR" => {
+            N1 if seg.element(1) == "PR" => {
                 r.payer_name = seg.element(2).to_string();
                 r.payer_id = opt(seg.element(4));
             }
-            "N1" if seg.element(1) == "PE" => {
+            N1 if seg.element(1) == "PE" => {
                 r.payee_name = seg.element(2).to_string();
                 r.payee_id = opt(seg.element(4));
             }
-            "REF" if seg.element(1) == "2U" && self.level == 0 => {
+            REF if seg.element(1) == "2U" && self.level == 0 => {
                 r.payer_id = r.payer_id.clone().or_else(|| Some(seg.element(2).to_string()));
             }
-            "CLP" => {
+            CLP => {
                 let claim = ClaimPayment {
                     pcn: seg.element(1).to_string(),
                     status: seg.element(2).to_string(),
@@ -405,11 +441,11 @@ impl<R: Read> RemittanceReader<R> {
                     segment: n,
                     ..ClaimPayment::default()
                 };
-                r.claims.push(claim);
+                *open_claim = Some(Box::new(claim));
                 self.level = 1;
             }
-            "SVC" => {
-                let mods: Vec<String> = (3..=6).map(|j| seg.component(1, j).to_string()).filter(|m| !m.is_empty()).collect();
+            SVC => {
+                let mods: Vec<String> = seg.components(1).skip(2).take(4).filter(|m| !m.is_empty()).map(str::to_string).collect();
                 let svc = ServicePayment {
                     qualifier: seg.component(1, 1).to_string(),
                     procedure: seg.component(1, 2).to_string(),
@@ -422,13 +458,13 @@ impl<R: Read> RemittanceReader<R> {
                     segment: n,
                     ..ServicePayment::default()
                 };
-                match r.claims.last_mut() {
+                match open_claim.as_deref_mut() {
                     Some(c) => c.services.push(svc),
                     None => r.problems.push(problem(n, id, "SVC01", "a service line before any CLP".into())),
                 }
                 self.level = 2;
             }
-            "CAS" => {
+            CAS => {
                 let group = seg.element(1).to_string();
                 let mut list = Vec::new();
                 for k in 0..6 {
@@ -440,7 +476,7 @@ impl<R: Read> RemittanceReader<R> {
                     let quantity = opt(seg.element(4 + 3 * k));
                     list.push(Adjustment { group: group.clone(), reason: reason.to_string(), amount_cents, quantity });
                 }
-                let target = r.claims.last_mut();
+                let target = open_claim.as_deref_mut();
                 match (self.level, target) {
                     (2, Some(c)) => {
                         if let Some(s) = c.services.last_mut() {
@@ -451,35 +487,35 @@ impl<R: Read> RemittanceReader<R> {
                     (_, None) => r.problems.push(problem(n, id, "CAS01", "an adjustment before any CLP".into())),
                 }
             }
-            "DTM" if self.level == 2 && matches!(seg.element(1), "472" | "150") => {
-                if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+            DTM if self.level == 2 && matches!(seg.element(1), "472" | "150") => {
+                if let Some(s) = open_claim.as_deref_mut().and_then(|c| c.services.last_mut()) {
                     s.service_date = s.service_date.or(date8(seg.element(2)));
                 }
             }
-            "REF" if self.level == 2 && seg.element(1) == "6R" => {
-                if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+            REF if self.level == 2 && seg.element(1) == "6R" => {
+                if let Some(s) = open_claim.as_deref_mut().and_then(|c| c.services.last_mut()) {
                     s.line_id = Some(seg.element(2).to_string());
                 }
             }
-            "AMT" if self.level == 2 && seg.element(1) == "B6" => {
+            AMT if self.level == 2 && seg.element(1) == "B6" => {
                 let v = Self::cents(r, n, id, 2, seg.element(2));
-                if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+                if let Some(s) = open_claim.as_deref_mut().and_then(|c| c.services.last_mut()) {
                     s.allowed_cents = Some(v);
                 }
             }
-            "LQ" if self.level == 2 && seg.element(1) == "HE" => {
-                if let Some(s) = r.claims.last_mut().and_then(|c| c.services.last_mut()) {
+            LQ if self.level == 2 && seg.element(1) == "HE" => {
+                if let Some(s) = open_claim.as_deref_mut().and_then(|c| c.services.last_mut()) {
                     s.remarks.push(seg.element(2).to_string());
                 }
             }
-            "MOA" | "MIA" => {
+            MOA | MIA => {
                 let codes: Vec<String> =
                     seg.elements().skip(1).filter(|e| e.starts_with('M') || e.starts_with('N')).map(str::to_string).collect();
-                if let Some(c) = r.claims.last_mut() {
+                if let Some(c) = open_claim.as_deref_mut() {
                     c.remarks.extend(codes);
                 }
             }
-            "PLB" => {
+            PLB => {
                 self.level = 0;
                 let provider = seg.element(1).to_string();
                 let fiscal_date = date8(seg.element(2));
@@ -553,7 +589,7 @@ PLB*1600000016*20261231*L6:INT1*-1.5*WO:ICN9*51~SE*22*0001~GE*1*1~IEA*1*00000000
                     assert!(h.claims.is_empty() && h.trace_number == "EFT123");
                     "begin".to_string()
                 }
-                RemitItem::Claim(c) => c.pcn,
+                RemitItem::Claim(c) => c.pcn.clone(),
                 RemitItem::End(e) => {
                     assert!(e.claims.is_empty());
                     assert_eq!(e.provider_adjustments.len(), 2);
@@ -571,6 +607,20 @@ PLB*1600000016*20261231*L6:INT1*-1.5*WO:ICN9*51~SE*22*0001~GE*1*1~IEA*1*00000000
             traces.push((rem.trace_number, rem.claims.len()));
         }
         assert_eq!(traces, [("EFT123".to_string(), 0), ("EFT124".to_string(), 3)]);
+        Ok(())
+    }
+
+    /// Found by `cargo fuzz` (target remit835): a PLB amount near `i64::MAX` overflowed the
+    /// balance sums. Amounts beyond ±$10,000,000,000.00 are refused; sums cannot overflow.
+    #[test]
+    fn a_huge_amount_is_refused_not_summed() -> R {
+        let input = "ISA****************:~ST*835~PLB***C*92233720368547758*N*1";
+        let rem = RemittanceReader::new(input.as_bytes()).next().ok_or("no remittance")??;
+        assert!(!rem.balances());
+        assert!(rem.problems.iter().any(|p| p.element.as_deref() == Some("PLB04")), "{:?}", rem.problems);
+        let text = SAMPLE.replace("L6:INT1*-1.5", "L6:INT1*10000000000.01");
+        let rem = RemittanceReader::new(text.as_bytes()).next().ok_or("no remittance")??;
+        assert!(rem.problems.iter().any(|p| p.message.contains("beyond")), "{:?}", rem.problems);
         Ok(())
     }
 
