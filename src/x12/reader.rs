@@ -171,6 +171,23 @@ struct Seps {
     suffix: &'static str,
 }
 
+/// Part `k` (0-based) of `s` split on the ASCII byte `sep`, `""` when absent. A byte loop: the
+/// parts are a few bytes long, too short for a searcher to pay for its set-up.
+fn nth_part(s: &str, sep: u8, k: usize) -> &str {
+    let mut start = 0;
+    let mut part = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        if b == sep {
+            if part == k {
+                return s.get(start..i).unwrap_or("");
+            }
+            part += 1;
+            start = i + 1;
+        }
+    }
+    if part == k { s.get(start..).unwrap_or("") } else { "" }
+}
+
 /// One segment, borrowed from the reader's buffer until the next call to
 /// [`X12Reader::next_segment`]. Positions are 1-based like X12 (`element(1)` is `CLM01`);
 /// anything absent reads as `""`.
@@ -237,11 +254,9 @@ impl<'a> Segment<'a> {
     pub fn repetition(&self, i: usize, r: usize) -> &'a str {
         let e = self.element(i);
         match (r.checked_sub(1), self.repetition) {
-            (None, _) => "",
-            (Some(0), Some(sep)) => e.split(char::from(sep)).next().unwrap_or(""),
+            (None, _) | (Some(1..), None) => "",
             (Some(0), None) => e,
-            (Some(_), None) => "",
-            (Some(k), Some(sep)) => e.split(char::from(sep)).nth(k).unwrap_or(""),
+            (Some(k), Some(sep)) => nth_part(e, sep, k),
         }
     }
 
@@ -260,7 +275,7 @@ impl<'a> Segment<'a> {
     /// Component `j` of repetition `r` of element `i` (all 1-based), `""` when absent.
     pub fn repetition_component(&self, i: usize, r: usize, j: usize) -> &'a str {
         match j.checked_sub(1) {
-            Some(k) => self.repetition(i, r).split(char::from(self.component)).nth(k).unwrap_or(""),
+            Some(k) => nth_part(self.repetition(i, r), self.component, k),
             None => "",
         }
     }
