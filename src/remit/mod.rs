@@ -326,8 +326,7 @@ impl Open {
         }
         let pcns: Vec<&str> = self.chunk.iter().map(|c| c.pcn.as_str()).collect();
         let targets = tx.targets(&pcns).await?;
-        let ctx =
-            post::Context { codes, remittance_id: &self.row.id, trace_number: &self.row.trace_number, actor, now_us: self.row.received_us };
+        let ctx = post::Context { codes, remittance_id: &self.row.id, actor, now_us: self.row.received_us };
         // Balances before this chunk, for the claims whose status a payment may move.
         let movable: Vec<&str> =
             targets.values().filter(|t| t.active && post::POSTABLE.contains(&t.status.as_str())).map(|t| t.id.as_str()).collect();

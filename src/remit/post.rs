@@ -20,8 +20,6 @@ pub struct Context<'a> {
     pub codes: &'a RemitCodes,
     /// The payment being posted.
     pub remittance_id: &'a str,
-    /// TRN02 (for reasons in the claim's lifecycle).
-    pub trace_number: &'a str,
     /// Who posts.
     pub actor: &'a str,
     /// When.
@@ -37,8 +35,6 @@ pub struct Posted {
     pub outcome: ClaimOutcome,
     /// A denial was opened (the claim or a line needs action).
     pub denial: bool,
-    /// Lines that matched no claim line.
-    pub unmatched_lines: usize,
 }
 
 fn money(cents: i64) -> String {
@@ -160,7 +156,6 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
         out.ledger.push(ledger(None, "adjustment", Some(a), a.amount_cents));
     }
     let mut denial = false;
-    let mut unmatched_lines = 0;
     let mut used = target.map(|t| vec![false; t.lines.len()]).unwrap_or_default();
     let mut adjusted = c.adjustments.iter().fold(0i64, |s, a| s.saturating_add(a.amount_cents));
     for (i, svc) in c.services.iter().enumerate() {
@@ -194,7 +189,6 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
         let line_adjusted = svc.adjustments.iter().fold(0i64, |s, a| s.saturating_add(a.amount_cents));
         adjusted = adjusted.saturating_add(line_adjusted);
         if target.is_some() && matched.is_none() {
-            unmatched_lines += 1;
             out.exceptions.push(exception(
                 ctx,
                 &payment_id,
@@ -304,7 +298,7 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
             c.paid_cents,
         ));
     }
-    Posted { claim_id, outcome, denial, unmatched_lines }
+    Posted { claim_id, outcome, denial }
 }
 
 /// The status a claim moves to after a payment: a reversal reopens it (`accepted`: awaiting

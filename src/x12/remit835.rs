@@ -299,11 +299,6 @@ impl<R: Read> RemittanceReader<R> {
         self.reader.findings()
     }
 
-    /// Bytes of input consumed so far is not tracked; segments read so far are.
-    pub fn segments_read(&self) -> usize {
-        self.reader.segments_read()
-    }
-
     /// An amount; a problem naming `id` + `position` (e.g. CLP03) when it is not one (the
     /// element name is only built then).
     fn cents(r: &mut Remittance, seg_no: usize, id: &str, position: usize, value: &str) -> i64 {
