@@ -8,7 +8,7 @@
 use std::io::{BufReader, Write};
 use std::time::Instant;
 
-use wellness_gateway::x12::remit835::RemittanceReader;
+use wellness_gateway::x12::remit835::{RemitItem, RemittanceReader};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,11 +42,16 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut reader = RemittanceReader::new(BufReader::new(std::fs::File::open(&path)?));
     let (mut sets, mut claims, mut paid) = (0u64, 0u64, 0i64);
-    while let Some(r) = reader.next() {
-        let r = r.map_err(|e| anyhow::anyhow!("{e}"))?;
-        sets += 1;
-        claims += r.claims.len() as u64;
-        paid += r.claims_paid_cents();
+    // One claim at a time, as ingest reads (`next()` would collect each transaction's claims).
+    while let Some(item) = reader.next_item() {
+        match item.map_err(|e| anyhow::anyhow!("{e}"))? {
+            RemitItem::Begin(_) => sets += 1,
+            RemitItem::Claim(c) => {
+                claims += 1;
+                paid += c.paid_cents;
+            }
+            RemitItem::End(r) => anyhow::ensure!(r.problems.is_empty(), "problems in {}", r.control_number),
+        }
     }
     let secs = t.elapsed().as_secs_f64();
     eprintln!(

@@ -336,7 +336,7 @@ impl Open {
         let mut changes: Vec<StatusChange> = Vec::new();
         for c in &self.chunk {
             self.ordinal += 1;
-            let target = targets.get(&c.pcn);
+            let target = targets.get(c.pcn.as_str());
             let posted = post::post_claim(&ctx, self.ordinal, c, target, &mut rows);
             match &posted.claim_id {
                 Some(id) => {
@@ -373,7 +373,7 @@ impl Open {
                 None => {
                     self.summary.unmatched += 1;
                     if self.summary.unmatched_claims.len() < LISTED {
-                        self.summary.unmatched_claims.push(c.pcn.clone());
+                        self.summary.unmatched_claims.push(c.pcn.to_string());
                     }
                 }
             }
@@ -411,10 +411,10 @@ impl Open {
             .iter()
             .map(|p| ProviderLedgerRow {
                 remittance_id: self.row.id.clone(),
-                provider: p.provider.clone(),
+                provider: p.provider.to_string(),
                 fiscal_date: p.fiscal_date.map(|d| d.format("%Y-%m-%d").to_string()),
-                reason: p.reason.clone(),
-                reference: p.reference.clone(),
+                reason: p.reason.to_string(),
+                reference: p.reference.as_deref().map(str::to_owned),
                 amount_cents: p.amount_cents,
                 at_us: self.row.received_us,
             })

@@ -9,7 +9,7 @@
 //! agree but accepting one whose modifiers the payer dropped or changed.
 
 use crate::store::{ChunkRows, ExceptionRow, LedgerRow, PaymentLineRow, PaymentRow, PostTarget, TargetLine};
-use crate::x12::remit835::{Adjustment, ClaimPayment, ServicePayment};
+use crate::x12::remit835::{Adjustment, ClaimPayment, ServicePayment, Text};
 
 use super::codes::{CarcCategory, ClaimOutcome, RemitCodes};
 
@@ -35,6 +35,10 @@ pub struct Posted {
     pub outcome: ClaimOutcome,
     /// A denial was opened (the claim or a line needs action).
     pub denial: bool,
+}
+
+fn owned(value: &Option<Text>) -> Option<String> {
+    value.as_deref().map(str::to_owned)
 }
 
 fn money(cents: i64) -> String {
@@ -123,20 +127,20 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
         remittance_id: ctx.remittance_id.to_string(),
         ordinal,
         claim_id: claim_id.clone(),
-        pcn: c.pcn.clone(),
-        status: c.status.clone(),
+        pcn: c.pcn.to_string(),
+        status: c.status.to_string(),
         charge_cents: c.charge_cents,
         paid_cents: c.paid_cents,
         patient_responsibility_cents: c.patient_responsibility_cents.unwrap_or(0),
-        payer_claim_number: c.payer_claim_number.clone(),
-        facility: c.facility.clone(),
-        frequency: c.frequency.clone(),
+        payer_claim_number: owned(&c.payer_claim_number),
+        facility: owned(&c.facility),
+        frequency: owned(&c.frequency),
         remarks: c.remarks.join(":"),
         segment: c.segment as i64,
         posted_us: ctx.now_us,
     });
     if let (Some(id), Some(n)) = (claim_id.as_ref(), c.payer_claim_number.as_ref()) {
-        out.payer_numbers.push((id.clone(), n.clone()));
+        out.payer_numbers.push((id.clone(), n.to_string()));
     }
     let ledger = |line_no: Option<i64>, kind: &str, a: Option<&Adjustment>, amount: i64| LedgerRow {
         remittance_id: ctx.remittance_id.to_string(),
@@ -144,9 +148,9 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
         claim_id: claim_id.clone(),
         line_no,
         kind: kind.to_string(),
-        group_code: a.map(|a| a.group.clone()),
-        reason: a.map(|a| a.reason.clone()),
-        quantity: a.and_then(|a| a.quantity.clone()),
+        group_code: a.map(|a| a.group.to_string()),
+        reason: a.map(|a| a.reason.to_string()),
+        quantity: a.and_then(|a| owned(&a.quantity)),
         amount_cents: amount,
         actor: ctx.actor.to_string(),
         at_us: ctx.now_us,
@@ -169,14 +173,14 @@ pub fn post_claim(ctx: &Context<'_>, ordinal: i64, c: &ClaimPayment, target: Opt
             line_no,
             claim_line_no: matched,
             matched_by: how.to_string(),
-            qualifier: svc.qualifier.clone(),
-            procedure_code: svc.procedure.clone(),
+            qualifier: svc.qualifier.to_string(),
+            procedure_code: svc.procedure.to_string(),
             modifiers: svc.modifiers.join(":"),
-            revenue_code: svc.revenue_code.clone(),
-            units: svc.units.clone(),
-            submitted_procedure: svc.submitted_procedure.clone(),
+            revenue_code: owned(&svc.revenue_code),
+            units: owned(&svc.units),
+            submitted_procedure: owned(&svc.submitted_procedure),
             service_date: svc.service_date.map(|d| d.format("%Y-%m-%d").to_string()),
-            line_id: svc.line_id.clone(),
+            line_id: owned(&svc.line_id),
             charge_cents: svc.charge_cents,
             paid_cents: svc.paid_cents,
             allowed_cents: svc.allowed_cents,

@@ -131,26 +131,49 @@ pub const MAX_CENTS: i64 = 1_000_000_000_000;
 /// cents. `None` when it is not a number, is beyond ±[`MAX_CENTS`], or has non-zero digits beyond
 /// the cents.
 pub fn parse_cents(value: &str) -> Option<i64> {
-    let t = value.trim();
-    let (negative, digits) = match t.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    // One pass over the bytes: this runs for every amount of every claim of an 835.
+    let graphic = |b: Option<&u8>| b.is_some_and(u8::is_ascii_graphic);
+    let t = if graphic(value.as_bytes().first()) && graphic(value.as_bytes().last()) { value } else { value.trim() };
+    let (negative, digits) = match t.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        all => (false, all),
     };
-    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if (whole.is_empty() && frac.is_empty()) || !all_digits(whole) || !all_digits(frac) {
+    let mut value: i64 = 0;
+    let mut seen_digit = false;
+    // None before the point, then how many fraction digits were read.
+    let mut fraction: Option<u8> = None;
+    for &b in digits {
+        match (b, fraction) {
+            (b'0'..=b'9', None) => {
+                value = value.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+                seen_digit = true;
+            }
+            (b'0'..=b'9', Some(n)) => {
+                if n < 2 {
+                    value = value.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+                    fraction = Some(n + 1);
+                } else if b != b'0' {
+                    return None;
+                }
+                seen_digit = true;
+            }
+            (b'.', None) => fraction = Some(0),
+            _ => return None,
+        }
+        if value > MAX_CENTS {
+            return None;
+        }
+    }
+    if !seen_digit {
         return None;
     }
-    let frac = frac.trim_end_matches('0');
-    if frac.len() > 2 {
-        return None;
-    }
-    let whole: i64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
-    let mut cents: i64 = 0;
-    for (k, b) in frac.bytes().enumerate() {
-        cents += i64::from(b - b'0') * if k == 0 { 10 } else { 1 };
-    }
-    let value = whole.checked_mul(100)?.checked_add(cents)?;
+    let scale = match fraction.unwrap_or(0) {
+        0 => 100,
+        1 => 10,
+        _ => 1,
+    };
+    let value = value.checked_mul(scale)?;
     if value > MAX_CENTS {
         return None;
     }
@@ -186,6 +209,29 @@ fn nth_part(s: &str, sep: u8, k: usize) -> &str {
         }
     }
     if part == k { s.get(start..).unwrap_or("") } else { "" }
+}
+
+/// The parts of a string split on an ASCII separator byte (the whole string once when there is
+/// no separator). A byte loop like [`nth_part`]: parts are short.
+#[derive(Debug, Clone)]
+struct Parts<'a> {
+    rest: Option<&'a str>,
+    sep: Option<u8>,
+}
+
+impl<'a> Iterator for Parts<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let s = self.rest?;
+        match self.sep.and_then(|sep| s.bytes().position(|b| b == sep)) {
+            Some(i) => {
+                self.rest = s.get(i + 1..);
+                s.get(..i)
+            }
+            None => self.rest.take(),
+        }
+    }
 }
 
 /// One segment, borrowed from the reader's buffer until the next call to
@@ -245,8 +291,7 @@ impl<'a> Segment<'a> {
     /// The repetitions of element `i`, split on the repetition separator (the whole element
     /// once when the interchange has none); one `""` when absent.
     pub fn repetitions(&self, i: usize) -> impl Iterator<Item = &'a str> + use<'a> {
-        let rep = self.repetition.map(char::from);
-        self.element(i).split(move |c: char| Some(c) == rep)
+        Parts { rest: Some(self.element(i)), sep: self.repetition }
     }
 
     /// Repetition `r` (1-based) of element `i`, `""` when absent (a byte search for the
@@ -263,7 +308,7 @@ impl<'a> Segment<'a> {
     /// The components of element `i` (of its first repetition), split on the component
     /// separator; one `""` when absent.
     pub fn components(&self, i: usize) -> impl Iterator<Item = &'a str> + use<'a> {
-        self.repetition(i, 1).split(char::from(self.component))
+        Parts { rest: Some(self.repetition(i, 1)), sep: Some(self.component) }
     }
 
     /// Component `j` (1-based) of element `i` (of its first repetition), `""` when absent:
@@ -543,24 +588,6 @@ impl<R: Read> Input<R> {
         while self.len() < n && self.fill()? {}
         Ok(())
     }
-}
-
-/// The first index of `needle` in `hay`, eight bytes at a time.
-fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let pattern = LO.wrapping_mul(u64::from(needle));
-    let mut chunks = hay.chunks_exact(8);
-    let mut offset = 0;
-    for chunk in &mut chunks {
-        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default()) ^ pattern;
-        let zero = word.wrapping_sub(LO) & !word & HI;
-        if zero != 0 {
-            return Some(offset + (zero.trailing_zeros() / 8) as usize);
-        }
-        offset += 8;
-    }
-    chunks.remainder().iter().position(|&b| b == needle).map(|i| offset + i)
 }
 
 /// White space and padding skipped between segments.
@@ -1056,7 +1083,7 @@ impl<R: Read> X12Reader<R> {
         let mut scanned = 0;
         let (len, consume) = loop {
             let avail = self.input.avail();
-            let found = find_byte(avail.get(scanned..).unwrap_or_default(), terminator);
+            let found = memchr::memchr(terminator, avail.get(scanned..).unwrap_or_default());
             if let Some(i) = found
                 && scanned + i <= MAX_SEGMENT_LEN
             {
@@ -1659,6 +1686,40 @@ mod tests {
         }
         assert_eq!(parse_cents(&money(MAX_CENTS + 1)), None);
         assert_eq!(parse_cents(&money(i64::MAX / 100)), None);
+    }
+
+    /// The straightforward reading of an X12 `R` amount that [`parse_cents`] does in one pass.
+    fn cents_by_splitting(value: &str) -> Option<i64> {
+        let t = value.trim();
+        let (negative, digits) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t.strip_prefix('+').unwrap_or(t)),
+        };
+        let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if (whole.is_empty() && frac.is_empty()) || !all_digits(whole) || !all_digits(frac) {
+            return None;
+        }
+        let frac = frac.trim_end_matches('0');
+        if frac.len() > 2 {
+            return None;
+        }
+        let whole: i64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+        let frac: i64 = format!("{frac:0<2}").parse().ok()?;
+        let value = whole.checked_mul(100)?.checked_add(frac)?;
+        (value <= MAX_CENTS).then_some(if negative { -value } else { value })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cents_in_one_pass_read_as_by_splitting(text in "[ \u{a0}]?[+-]{0,2}[0-9]{0,16}[.]?[0-9]{0,5}[.e,x]?[0-9]{0,2}[ \t]?") {
+            proptest::prop_assert_eq!(parse_cents(&text), cents_by_splitting(&text), "{:?}", text);
+        }
+
+        #[test]
+        fn cents_of_any_text_read_as_by_splitting(text in "\\PC{0,24}") {
+            proptest::prop_assert_eq!(parse_cents(&text), cents_by_splitting(&text), "{:?}", text);
+        }
     }
 
     fn day(y: i32, m: u32, d: u32) -> Result<NaiveDate, Box<dyn Error>> {

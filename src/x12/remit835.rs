@@ -11,48 +11,53 @@ use chrono::NaiveDate;
 
 use super::reader::{ReadError, Severity, X12Reader, parse_cents};
 
+/// A short X12 value of a claim payment (CLP01, a procedure code, a CARC, ...), held inline
+/// up to 24 bytes: a large 835 holds millions of them, and a heap allocation each cost more
+/// than reading them.
+pub type Text = compact_str::CompactString;
+
 /// A CAS adjustment: group (CO, PR, OA, PI), reason code (CARC), amount, quantity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Adjustment {
     /// Group code.
-    pub group: String,
+    pub group: Text,
     /// Claim adjustment reason code.
-    pub reason: String,
+    pub reason: Text,
     /// Amount in cents (positive reduces payment).
     pub amount_cents: i64,
     /// Quantity, as written.
-    pub quantity: Option<String>,
+    pub quantity: Option<Text>,
 }
 
 /// One SVC service line of a claim payment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServicePayment {
     /// SVC01-1 qualifier (HC, NU, ...).
-    pub qualifier: String,
+    pub qualifier: Text,
     /// SVC01-2 procedure as adjudicated.
-    pub procedure: String,
+    pub procedure: Text,
     /// SVC01-3.. modifiers.
-    pub modifiers: Vec<String>,
+    pub modifiers: Vec<Text>,
     /// SVC02 charge.
     pub charge_cents: i64,
     /// SVC03 paid.
     pub paid_cents: i64,
     /// SVC04 revenue code (institutional).
-    pub revenue_code: Option<String>,
+    pub revenue_code: Option<Text>,
     /// SVC05 units paid.
-    pub units: Option<String>,
+    pub units: Option<Text>,
     /// SVC06-2: the procedure as submitted, when the payer changed it.
-    pub submitted_procedure: Option<String>,
+    pub submitted_procedure: Option<Text>,
     /// DTM*472 (or 150) date of service.
     pub service_date: Option<NaiveDate>,
     /// REF*6R line item control number.
-    pub line_id: Option<String>,
+    pub line_id: Option<Text>,
     /// AMT*B6 allowed amount.
     pub allowed_cents: Option<i64>,
     /// CAS at line level.
     pub adjustments: Vec<Adjustment>,
     /// LQ*HE remark codes (RARC).
-    pub remarks: Vec<String>,
+    pub remarks: Vec<Text>,
     /// Segment number of the SVC.
     pub segment: usize,
 }
@@ -61,9 +66,9 @@ pub struct ServicePayment {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClaimPayment {
     /// CLP01: the patient control number (our CLM01).
-    pub pcn: String,
+    pub pcn: Text,
     /// CLP02 status (1, 2, 3, 4, 19, 20, 21, 22, 23).
-    pub status: String,
+    pub status: Text,
     /// CLP03 charge.
     pub charge_cents: i64,
     /// CLP04 paid.
@@ -71,17 +76,17 @@ pub struct ClaimPayment {
     /// CLP05 patient responsibility.
     pub patient_responsibility_cents: Option<i64>,
     /// CLP06 filing indicator.
-    pub filing_indicator: String,
+    pub filing_indicator: Text,
     /// CLP07 payer claim control number.
-    pub payer_claim_number: Option<String>,
+    pub payer_claim_number: Option<Text>,
     /// CLP08 facility code / place of service.
-    pub facility: Option<String>,
+    pub facility: Option<Text>,
     /// CLP09 frequency code.
-    pub frequency: Option<String>,
+    pub frequency: Option<Text>,
     /// CAS at claim level.
     pub adjustments: Vec<Adjustment>,
     /// MOA / MIA remark codes (claim level).
-    pub remarks: Vec<String>,
+    pub remarks: Vec<Text>,
     /// Service lines.
     pub services: Vec<ServicePayment>,
     /// Segment number of the CLP.
@@ -92,13 +97,13 @@ pub struct ClaimPayment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderAdjustment {
     /// PLB01 provider identifier.
-    pub provider: String,
+    pub provider: Text,
     /// PLB02 fiscal period date.
     pub fiscal_date: Option<NaiveDate>,
     /// Reason code (PLB03-1: WO, L6, FB, 72, CS, ...).
-    pub reason: String,
+    pub reason: Text,
     /// Reference (PLB03-2, e.g. the claim's payer control number for a recoupment).
-    pub reference: Option<String>,
+    pub reference: Option<Text>,
     /// Amount in cents (positive reduces the payment).
     pub amount_cents: i64,
 }
@@ -166,6 +171,10 @@ impl Remittance {
 /// An element that may be absent, allocated only when present.
 fn opt(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
+}
+
+fn text(s: &str) -> Option<Text> {
+    (!s.is_empty()).then(|| Text::from(s))
 }
 
 fn date8(s: &str) -> Option<NaiveDate> {
@@ -424,15 +433,15 @@ impl<R: Read> RemittanceReader<R> {
             }
             CLP => {
                 let claim = ClaimPayment {
-                    pcn: seg.element(1).to_string(),
-                    status: seg.element(2).to_string(),
+                    pcn: seg.element(1).into(),
+                    status: seg.element(2).into(),
                     charge_cents: Self::cents(r, n, id, 3, seg.element(3)),
                     paid_cents: Self::cents(r, n, id, 4, seg.element(4)),
                     patient_responsibility_cents: Some(seg.element(5)).filter(|s| !s.is_empty()).map(|v| Self::cents(r, n, id, 5, v)),
-                    filing_indicator: seg.element(6).to_string(),
-                    payer_claim_number: opt(seg.element(7)),
-                    facility: opt(seg.element(8)),
-                    frequency: opt(seg.element(9)),
+                    filing_indicator: seg.element(6).into(),
+                    payer_claim_number: text(seg.element(7)),
+                    facility: text(seg.element(8)),
+                    frequency: text(seg.element(9)),
                     segment: n,
                     ..ClaimPayment::default()
                 };
@@ -440,16 +449,16 @@ impl<R: Read> RemittanceReader<R> {
                 self.level = 1;
             }
             SVC => {
-                let mods: Vec<String> = seg.components(1).skip(2).take(4).filter(|m| !m.is_empty()).map(str::to_string).collect();
+                let mods: Vec<Text> = seg.components(1).skip(2).take(4).filter(|m| !m.is_empty()).map(Text::from).collect();
                 let svc = ServicePayment {
-                    qualifier: seg.component(1, 1).to_string(),
-                    procedure: seg.component(1, 2).to_string(),
+                    qualifier: seg.component(1, 1).into(),
+                    procedure: seg.component(1, 2).into(),
                     modifiers: mods,
                     charge_cents: Self::cents(r, n, id, 2, seg.element(2)),
                     paid_cents: Self::cents(r, n, id, 3, seg.element(3)),
-                    revenue_code: opt(seg.element(4)),
-                    units: opt(seg.element(5)),
-                    submitted_procedure: opt(seg.component(6, 2)),
+                    revenue_code: text(seg.element(4)),
+                    units: text(seg.element(5)),
+                    submitted_procedure: text(seg.component(6, 2)),
                     segment: n,
                     ..ServicePayment::default()
                 };
@@ -460,26 +469,24 @@ impl<R: Read> RemittanceReader<R> {
                 self.level = 2;
             }
             CAS => {
-                let group = seg.element(1).to_string();
-                let mut list = Vec::new();
+                let group: Text = seg.element(1).into();
+                let target = match (self.level, open_claim.as_deref_mut()) {
+                    (2, Some(c)) => c.services.last_mut().map(|s| &mut s.adjustments),
+                    (_, Some(c)) => Some(&mut c.adjustments),
+                    (_, None) => {
+                        r.problems.push(problem(n, id, "CAS01", "an adjustment before any CLP".into()));
+                        None
+                    }
+                };
+                let Some(target) = target else { return };
                 for k in 0..6 {
                     let reason = seg.element(2 + 3 * k);
                     if reason.is_empty() {
                         continue;
                     }
                     let amount_cents = Self::cents(r, n, id, 3 + 3 * k, seg.element(3 + 3 * k));
-                    let quantity = opt(seg.element(4 + 3 * k));
-                    list.push(Adjustment { group: group.clone(), reason: reason.to_string(), amount_cents, quantity });
-                }
-                let target = open_claim.as_deref_mut();
-                match (self.level, target) {
-                    (2, Some(c)) => {
-                        if let Some(s) = c.services.last_mut() {
-                            s.adjustments.extend(list);
-                        }
-                    }
-                    (_, Some(c)) => c.adjustments.extend(list),
-                    (_, None) => r.problems.push(problem(n, id, "CAS01", "an adjustment before any CLP".into())),
+                    let quantity = text(seg.element(4 + 3 * k));
+                    target.push(Adjustment { group: group.clone(), reason: reason.into(), amount_cents, quantity });
                 }
             }
             DTM if self.level == 2 && matches!(seg.element(1), "472" | "150") => {
@@ -489,7 +496,7 @@ impl<R: Read> RemittanceReader<R> {
             }
             REF if self.level == 2 && seg.element(1) == "6R" => {
                 if let Some(s) = open_claim.as_deref_mut().and_then(|c| c.services.last_mut()) {
-                    s.line_id = Some(seg.element(2).to_string());
+                    s.line_id = Some(seg.element(2).into());
                 }
             }
             AMT if self.level == 2 && seg.element(1) == "B6" => {
@@ -500,19 +507,19 @@ impl<R: Read> RemittanceReader<R> {
             }
             LQ if self.level == 2 && seg.element(1) == "HE" => {
                 if let Some(s) = open_claim.as_deref_mut().and_then(|c| c.services.last_mut()) {
-                    s.remarks.push(seg.element(2).to_string());
+                    s.remarks.push(seg.element(2).into());
                 }
             }
             MOA | MIA => {
-                let codes: Vec<String> =
-                    seg.elements().skip(1).filter(|e| e.starts_with('M') || e.starts_with('N')).map(str::to_string).collect();
+                let codes: Vec<Text> =
+                    seg.elements().skip(1).filter(|e| e.starts_with('M') || e.starts_with('N')).map(Text::from).collect();
                 if let Some(c) = open_claim.as_deref_mut() {
                     c.remarks.extend(codes);
                 }
             }
             PLB => {
                 self.level = 0;
-                let provider = seg.element(1).to_string();
+                let provider: Text = seg.element(1).into();
                 let fiscal_date = date8(seg.element(2));
                 for k in 0..6 {
                     let i = 3 + 2 * k;
@@ -524,8 +531,8 @@ impl<R: Read> RemittanceReader<R> {
                     r.provider_adjustments.push(ProviderAdjustment {
                         provider: provider.clone(),
                         fiscal_date,
-                        reason: reason.to_string(),
-                        reference: opt(seg.component(i, 2)),
+                        reason: reason.into(),
+                        reference: text(seg.component(i, 2)),
                         amount_cents,
                     });
                 }
@@ -584,7 +591,7 @@ PLB*1600000016*20261231*L6:INT1*-1.5*WO:ICN9*51~SE*22*0001~GE*1*1~IEA*1*00000000
                     assert!(h.claims.is_empty() && h.trace_number == "EFT123");
                     "begin".to_string()
                 }
-                RemitItem::Claim(c) => c.pcn.clone(),
+                RemitItem::Claim(c) => c.pcn.to_string(),
                 RemitItem::End(e) => {
                     assert!(e.claims.is_empty());
                     assert_eq!(e.provider_adjustments.len(), 2);
