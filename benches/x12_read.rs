@@ -27,10 +27,12 @@ fn main() -> anyhow::Result<()> {
     let sample = std::fs::read(root.join("../shared/corpora/x12/large/x12sdk-synthetic__synth_835_1000.x12"))?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("big.835");
+    let mut copies = 0u64;
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
         let mut written = 0;
         while written < mb * 1_000_000 {
+            copies += 1;
             f.write_all(&sample)?;
             f.write_all(b"\n")?;
             written += sample.len() + 1;
@@ -54,6 +56,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let secs = t.elapsed().as_secs_f64();
+    let per_copy = sample.windows(4).filter(|w| w == b"CLP*").count() as u64;
+    anyhow::ensure!(claims == copies * per_copy, "read {claims} claims of {}", copies * per_copy);
     eprintln!(
         "read {:.0} MB: {sets} remittances, {claims} claims, paid {paid} cents in {secs:.2} s = {:.0} MB/s, {:.0} claims/s; peak RSS {} MB (before reading {} MB)",
         size as f64 / 1e6,
