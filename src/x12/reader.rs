@@ -14,10 +14,11 @@
 //! }
 //! ```
 //!
-//! - **Streaming.** The input is read in 64 KiB chunks into one buffer that grows only to the
-//!   longest segment (at most [`MAX_SEGMENT_LEN`]); a [`Segment`] borrows from it, so reading
-//!   allocates nothing per segment. [`read_all`] and [`X12Reader::into_owned_segments`] give owned
-//!   [`OwnedSegment`]s for tests and small files.
+//! - **Streaming.** The input is read in 64 KiB chunks, checked as UTF-8 once as it is read,
+//!   into one text buffer that grows only to the longest segment (at most [`MAX_SEGMENT_LEN`]);
+//!   a [`Segment`] borrows from it, so reading allocates nothing per segment. Bytes that are not
+//!   UTF-8 read as U+FFFD, and the segment holding them is reported. [`read_all`] and
+//!   [`X12Reader::into_owned_segments`] give owned [`OwnedSegment`]s for tests and small files.
 //! - **Delimiters** come from each ISA: the element separator is the byte after `ISA`, the
 //!   component separator is ISA16, the segment terminator the byte after ISA16, the repetition
 //!   separator ISA11 (when ISA11 is a letter, digit or space, as the `U` of 4010, repetitions are
