@@ -30,7 +30,7 @@ use crate::x12::remit835::{ClaimPayment, RemitItem, Remittance, RemittanceReader
 pub use codes::RemitCodes;
 
 /// Claims posted per chunk (one set of multi-row statements).
-pub const CHUNK: usize = 2_000;
+pub const CHUNK: usize = 1_000;
 /// Unmatched CLP01s listed in a summary (the exceptions queue holds them all).
 const LISTED: usize = 100;
 

@@ -181,6 +181,9 @@ pub struct ClientRow {
     pub disabled_at: Option<DateTime<Utc>>,
 }
 
+/// The SQLite page cache of each pooled connection, in KiB (allocated as used).
+pub(crate) const READ_CACHE_KIB: i64 = 16_384;
+
 /// Statements slower than this are logged as warnings (sqlx's default, 1 s, flagged every
 /// checkpoint and multi-row insert of a busy import; the log carries the SQL text with its
 /// placeholders, never bound values).
@@ -216,7 +219,7 @@ impl Store {
                 // Page cache per reading connection (allocated as used; no mmap, which counted the
                 // whole file in the import's resident memory); the writer's own connection gets
                 // more (below). Statement journals in memory.
-                .pragma("cache_size", "-16384")
+                .pragma("cache_size", format!("-{READ_CACHE_KIB}"))
                 // 16 KiB pages (for a new file): fewer b-tree splits and WAL frames per session
                 // written. Measured with `benches/fhir.sh`: batch intake ~1,550 -> ~1,900
                 // sessions/s against 4 KiB; 32 and 64 KiB pages slowed reads by a quarter.
