@@ -3,8 +3,9 @@
 //! generated 835 paying all of them (one transaction set: the worst case for memory) is posted
 //! with `remit::post_file`, the path `wellness-gateway remit FILE` takes: a checking pass, then
 //! the posting pass in chunks. Reports the file size, the time of each pass, claims posted per
-//! second, and the peak RSS of a process started only to post the file (targets: >= 20,000 claims/s into SQLite;
-//! a 200 MB 835 posted in < 100 MB RSS: `CLAIMS=850000` makes a file of about 200 MB).
+//! second, and the peak RSS of a process started only to post the file (targets: >= 20,000
+//! claims/s into SQLite; a 200 MB 835 posted in < 100 MB RSS: `CLAIMS=930000` makes a file of
+//! about 200 MB).
 //!
 //! `cargo bench --bench remit_post` (`CLAIMS=n` for another size)
 
