@@ -320,6 +320,7 @@ pub async fn judge_with(
 /// (sync).
 pub struct Parsed {
     resources: Vec<StoredResource>,
+    /// The decision elements of each ([`parse_head`]).
     parsed: Vec<Value>,
     subjects: Vec<Subject>,
 }
@@ -332,10 +333,108 @@ pub struct DecisionFacts {
     patient_sessions: HashMap<String, Vec<SessionFacts>>,
 }
 
+/// The elements of a resource a decision reads (see [`subject_of`] and [`content_labels`]); the
+/// rest of the content is skipped while parsing, not built.
+#[derive(serde::Deserialize)]
+struct Head {
+    meta: Option<Value>,
+    encounter: Option<Value>,
+    context: Option<Value>,
+    target: Option<Value>,
+    beneficiary: Option<Value>,
+    patient: Option<Value>,
+}
+
+/// The decision elements of stored content, as an object holding only them (`Null` when the
+/// content is not a JSON object).
+fn parse_head(content: &str) -> Value {
+    if !content.trim_start().starts_with('{') {
+        return Value::Null;
+    }
+    let Ok(h) = serde_json::from_str::<Head>(content) else { return Value::Null };
+    let mut out = serde_json::Map::new();
+    for (k, v) in [
+        ("meta", h.meta),
+        ("encounter", h.encounter),
+        ("context", h.context),
+        ("target", h.target),
+        ("beneficiary", h.beneficiary),
+        ("patient", h.patient),
+    ] {
+        if let Some(v) = v {
+            out.insert(k.to_string(), v);
+        }
+    }
+    Value::Object(out)
+}
+
+/// The top-level elements [`obligate`] may change; everything else is copied as it is stored.
+const OBLIGATED: [&str; 4] = ["meta", "extension", "text", "note"];
+
+/// Applies a permit's obligations ([`apply_obligations`] and the Part 2 consent reference) to
+/// stored content, as parsing, changing and serialising the whole resource would, but building
+/// only the elements obligations change: the others are copied from the stored text.
+fn obligate(content: &str, o: &Obligations, consent: Option<&(String, i64)>) -> String {
+    // Copied text must be one line (NDJSON): a stored line break (whitespace between tokens)
+    // takes the full path, which serialises compactly.
+    if memchr::memchr2(b'\n', b'\r', content.as_bytes()).is_none()
+        && let Ok(raw) = serde_json::from_str::<std::collections::BTreeMap<&str, &serde_json::value::RawValue>>(content)
+    {
+        let mut part = serde_json::Map::new();
+        for k in OBLIGATED {
+            if let Some(v) = raw.get(k) {
+                match serde_json::from_str(v.get()) {
+                    Ok(v) => part.insert(k.to_string(), v),
+                    Err(_) => return obligate_value(content, o, consent),
+                };
+            }
+        }
+        let mut part = Value::Object(part);
+        obligate_in_place(&mut part, o, consent);
+        #[derive(serde::Serialize)]
+        #[serde(untagged)]
+        enum Element<'a> {
+            Stored(&'a serde_json::value::RawValue),
+            Changed(&'a Value),
+        }
+        let mut out: std::collections::BTreeMap<&str, Element<'_>> =
+            raw.iter().filter(|(k, _)| !OBLIGATED.contains(k)).map(|(k, v)| (*k, Element::Stored(v))).collect();
+        if let Some(obj) = part.as_object() {
+            out.extend(obj.iter().map(|(k, v)| (k.as_str(), Element::Changed(v))));
+        }
+        if let Ok(text) = serde_json::to_string(&out) {
+            return text;
+        }
+    }
+    obligate_value(content, o, consent)
+}
+
+/// [`obligate`] on the whole parsed resource.
+fn obligate_value(content: &str, o: &Obligations, consent: Option<&(String, i64)>) -> String {
+    let mut v: Value = serde_json::from_str(content).unwrap_or(Value::Null);
+    if !v.is_object() {
+        // (Never stored: resources are objects.) Left as it is rather than made up.
+        return content.to_string();
+    }
+    obligate_in_place(&mut v, o, consent);
+    v.to_string()
+}
+
+fn obligate_in_place(content: &mut Value, o: &Obligations, consent: Option<&(String, i64)>) {
+    apply_obligations(content, o);
+    // Part 2 (2024 rule): each disclosure carries the consent it was made under.
+    if o.part2
+        && let (Some((cid, ver)), Some(list)) = (consent, content["extension"].as_array_mut())
+    {
+        list.retain(|e| e["url"] != PART2_CONSENT_EXTENSION);
+        list.push(json!({ "url": PART2_CONSENT_EXTENSION, "valueReference": { "reference": format!("Consent/{cid}/_history/{ver}") } }));
+    }
+}
+
 impl Parsed {
-    /// Parses the resources and finds what each is judged by.
+    /// Parses the decision elements of the resources and finds what each is judged by.
     pub fn new(resources: Vec<StoredResource>) -> Parsed {
-        let parsed: Vec<Value> = resources.iter().map(|r| serde_json::from_str(&r.content).unwrap_or(Value::Null)).collect();
+        let parsed: Vec<Value> = resources.iter().map(|r| parse_head(&r.content)).collect();
         let subjects: Vec<Subject> = resources.iter().zip(&parsed).map(|(r, c)| subject_of(r, c)).collect();
         Parsed { resources, parsed, subjects }
     }
@@ -389,23 +488,15 @@ impl Parsed {
         self.resources
             .into_iter()
             .zip(self.parsed)
-            .map(|(mut r, mut content)| {
+            .map(|(mut r, head)| {
                 if r.deleted {
                     return Judged { resource: r, verdict: Verdict::deny("not-disclosed", None) };
                 }
-                let (verdict, obligations) = ctx.judge_one(&r, &content);
+                let (verdict, obligations) = ctx.judge_one(&r, &head);
                 if verdict.permitted
                     && let Some(o) = obligations
                 {
-                    apply_obligations(&mut content, &o);
-                    // Part 2 (2024 rule): each disclosure carries the consent it was made under.
-                    if o.part2
-                        && let (Some((cid, ver)), Some(list)) = (&verdict.consent, content["extension"].as_array_mut())
-                    {
-                        list.retain(|e| e["url"] != PART2_CONSENT_EXTENSION);
-                        list.push(json!({ "url": PART2_CONSENT_EXTENSION, "valueReference": { "reference": format!("Consent/{cid}/_history/{ver}") } }));
-                    }
-                    r.content = content.to_string();
+                    r.content = obligate(&r.content, &o, verdict.consent.as_ref());
                 }
                 Judged { resource: r, verdict }
             })
@@ -552,4 +643,78 @@ pub async fn explain(store: &Store, rules: &ConsentRules, who: Partner<'_>, r: S
         "consent": verdict.consent.map(|(id, v)| format!("Consent/{id}/_history/{v}")),
         "sessions": per_session,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The official R4 examples (`WG_CORPORA_DIR`, else `../shared/corpora`), as stored text:
+    /// compact with sorted keys (as the gateway stores resources) and as published (pretty).
+    fn examples() -> Vec<(String, String)> {
+        let dir = std::env::var_os("WG_CORPORA_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora"))
+            .join("fhir-r4/examples");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("the FHIR R4 examples of the corpora") {
+            let path = entry.expect("a directory entry").path();
+            let text = std::fs::read_to_string(&path).expect("an example");
+            let v: Value = serde_json::from_str(&text).expect("example JSON");
+            out.push((v.to_string(), text));
+        }
+        assert!(out.len() > 100, "only {} examples found", out.len());
+        out
+    }
+
+    fn every_obligation() -> Vec<Obligations> {
+        let mut out = Vec::new();
+        for purpose in [PurposeOfUse::Treat, PurposeOfUse::Payment, PurposeOfUse::Operations] {
+            for bits in 0..8u8 {
+                out.push(Obligations { restricted: bits & 1 != 0, purpose, part2: bits & 2 != 0, minimum_necessary: bits & 4 != 0 });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn obligations_on_stored_text_equal_those_on_the_parsed_resource() {
+        let consent = ("c-1".to_string(), 3);
+        let mut cases = examples();
+        // Elements obligations change, absent, present or of an unexpected shape.
+        for extra in [
+            r#"{"resourceType":"Encounter","id":"e"}"#,
+            r#"{"resourceType":"Encounter","id":"e","meta":{"versionId":"2","lastUpdated":"2026-01-01T00:00:00Z"},"extension":[{"url":"x","valueString":"y"}],"text":{"status":"generated","div":"<div/>"},"note":[{"text":"n"}]}"#,
+            r#"{"resourceType":"Encounter","id":"e","meta":[],"extension":{"url":"x"},"zz":"\u00e9\"\\n"}"#,
+            r#"{"resourceType":"Encounter","id":"e","meta":{"security":[{"system":"http://terminology.hl7.org/CodeSystem/v3-Confidentiality","code":"R"}]}}"#,
+            "{\"resourceType\" : \"Encounter\",\r\n \"id\":\"e\"}",
+            r#"{"resourceType":"Encounter","id":"e","id":"dup"}"#,
+        ] {
+            let canonical = serde_json::from_str::<Value>(extra).expect("JSON").to_string();
+            cases.push((canonical, extra.to_string()));
+        }
+        for (compact, published) in &cases {
+            for o in every_obligation() {
+                let whole = obligate_value(compact, &o, Some(&consent));
+                assert_eq!(obligate(compact, &o, Some(&consent)), whole, "{o:?} on {compact}");
+                let from_published: Value = serde_json::from_str(&obligate(published, &o, Some(&consent))).expect("JSON out");
+                assert_eq!(from_published, serde_json::from_str::<Value>(&whole).expect("JSON"), "{o:?} on {published}");
+                assert!(!obligate(published, &o, None).contains('\n'), "one line");
+            }
+        }
+    }
+
+    #[test]
+    fn the_decision_elements_read_alone_are_those_of_the_whole_resource() {
+        for (compact, _) in examples() {
+            let whole: Value = serde_json::from_str(&compact).expect("JSON");
+            let head = parse_head(&compact);
+            for k in ["meta", "encounter", "context", "target", "beneficiary", "patient"] {
+                assert_eq!(head.get(k), whole.get(k), "{k} of {compact}");
+            }
+            assert_eq!(content_labels(&head).collect::<Vec<_>>(), content_labels(&whole).collect::<Vec<_>>(), "labels of {compact}");
+        }
+        assert_eq!(parse_head("[1]"), Value::Null);
+        assert_eq!(parse_head("not json"), Value::Null);
+    }
 }
