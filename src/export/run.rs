@@ -14,7 +14,7 @@ use super::{COMPARTMENT, Checkpoint, Level, Params};
 use crate::consent::ConsentRules;
 use crate::domain::PurposeOfUse;
 use crate::fhir::search::{Criterion, Cursor, DateCmp, Prefix, SearchRegistry, SearchRequest, Sort};
-use crate::serve::{Parsed, Partner, Prefetched};
+use crate::serve::{DecisionFacts, Parsed, Partner, Prefetched};
 use crate::settings::Settings;
 use crate::store::{ExportFileRow, ExportJobRow, Store, StoreError, StoredResource};
 
@@ -226,7 +226,8 @@ struct Job<'a> {
     recipient: Recipient,
     dir: PathBuf,
     last_renew: Instant,
-    /// Microseconds spent waiting for: a page, parsing, decision facts, deciding and writing.
+    /// Microseconds spent: waiting for a prepared page, parsing, reading decision facts (the
+    /// last two while the page before is decided), deciding and writing.
     timings: [std::sync::atomic::AtomicU64; 4],
 }
 
@@ -496,7 +497,7 @@ async fn run_pass(
         // The directory is the same for everyone: not part of a consent-changes pass.
         let skip = ck.phase == 1 && !by_student;
         let mut open: Option<OpenFile> = None;
-        let mut prefetched: Option<crate::store::SearchPage> = None;
+        let mut prefetched: Option<Prepared> = None;
         let mut base = match job.params.type_filters.get(&ty) {
             Some(q) => super::type_filter_search(&ty, q, &job.inner.registry)
                 .map_err(|_| RunError::Corrupt(format!("the stored _typeFilter of {ty} no longer parses")))?,
@@ -559,21 +560,20 @@ async fn run_pass(
             let t = Instant::now();
             let page = match prefetched.take() {
                 Some(p) => p,
-                None => job.inner.store.fhir_search(&req, None).await?,
+                None => prepare(job, &req).await?,
             };
             add_time(&job.timings[0], t);
             let more = page.next.is_some();
-            // The next page is read while this one is judged and written (two cores: the
-            // database's thread and the blocking pool's).
+            // The next page is read, parsed and its decision facts found while this one is
+            // decided and written (two cores: the database's thread and the blocking pool's).
             let next_req = page.next.clone().map(|c| SearchRequest { cursor: Some(c), ..req.clone() });
-            let store = job.inner.store.clone();
-            let fetch = async move {
-                match next_req {
-                    Some(r) => store.fhir_search(&r, None).await.map(Some),
+            let fetch = async {
+                match &next_req {
+                    Some(r) => prepare(job, r).await.map(Some),
                     None => Ok(None),
                 }
             };
-            let (out, next) = tokio::join!(judge_page(job, std::mem::take(ck), open.take(), page.matches, previously.clone()), fetch);
+            let (out, next) = tokio::join!(judge_page(job, std::mem::take(ck), open.take(), page, previously.clone()), fetch);
             let out = out?;
             prefetched = next?;
             *ck = out.ck;
@@ -623,15 +623,22 @@ async fn compartment(store: &Store, ty: &str, students: &[String]) -> Result<Opt
     }))
 }
 
-/// Judges a page and writes what is permitted (CPU-bound parts on the blocking pool).
-async fn judge_page(
-    job: &Job<'_>,
-    mut ck: Checkpoint,
-    open: Option<OpenFile>,
-    rows: Vec<StoredResource>,
-    previously: Arc<HashSet<String>>,
-) -> Result<PageOut, RunError> {
-    let blocking = |e: tokio::task::JoinError| RunError::Io(std::io::Error::other(e));
+/// A page of matches ready to be decided: parsed, with the facts its decisions need.
+struct Prepared {
+    parsed: Parsed,
+    facts: DecisionFacts,
+    /// Where the page after it starts.
+    next: Option<Cursor>,
+}
+
+fn blocking(e: tokio::task::JoinError) -> RunError {
+    RunError::Io(std::io::Error::other(e))
+}
+
+/// Reads a page of matches, parses them (on the blocking pool) and reads their decision facts.
+async fn prepare(job: &Job<'_>, req: &SearchRequest) -> Result<Prepared, RunError> {
+    let page = job.inner.store.fhir_search(req, None).await?;
+    let rows = page.matches;
     let t = Instant::now();
     let parsed = tokio::task::spawn_blocking(move || Parsed::new(rows)).await.map_err(blocking)?;
     add_time(&job.timings[1], t);
@@ -639,6 +646,18 @@ async fn judge_page(
     let facts = parsed.facts(&job.inner.store, Prefetched::default()).await?;
     tracing::trace!(facts_us = t.elapsed().as_micros() as u64, "export page facts");
     add_time(&job.timings[2], t);
+    Ok(Prepared { parsed, facts, next: page.next })
+}
+
+/// Decides a prepared page and writes what is permitted (on the blocking pool).
+async fn judge_page(
+    job: &Job<'_>,
+    mut ck: Checkpoint,
+    open: Option<OpenFile>,
+    page: Prepared,
+    previously: Arc<HashSet<String>>,
+) -> Result<PageOut, RunError> {
+    let Prepared { parsed, facts, .. } = page;
     let t = Instant::now();
     let rules = job.inner.rules.clone();
     let recipient = job.recipient.clone();
