@@ -227,8 +227,10 @@ struct Job<'a> {
     dir: PathBuf,
     last_renew: Instant,
     /// Microseconds spent: waiting for a prepared page, parsing, reading decision facts (the
-    /// last two while the page before is decided), deciding and writing.
-    timings: [std::sync::atomic::AtomicU64; 4],
+    /// last two while the page before is decided), deciding and writing, reading pages (also
+    /// while the page before is decided), the job's own bookkeeping (checkpoints, leases, closing
+    /// files) and the closing consent recheck ([`recheck_consent`]).
+    timings: [std::sync::atomic::AtomicU64; 7],
 }
 
 fn add_time(slot: &std::sync::atomic::AtomicU64, since: Instant) {
@@ -306,7 +308,9 @@ async fn run_job(inner: &Inner, row: ExportJobRow, owner: &str) -> Result<(), Ru
         ck.next_seq = 1;
         write_ignored(&mut job, &mut ck).await?;
     }
+    let t = Instant::now();
     let members = members(&job).await?;
+    add_time(&job.timings[5], t);
     while ck.phase < 2 {
         let pass = match ck.phase {
             0 => Some((members.clone(), job.params.since_us, job.row.transaction_us)),
@@ -339,7 +343,9 @@ async fn run_job(inner: &Inner, row: ExportJobRow, owner: &str) -> Result<(), Ru
         ck.chunk_end = None;
         job.record(None, &ck).await?;
     }
+    let t = Instant::now();
     let evaluated = recheck_consent(&mut job, &ck).await?;
+    add_time(&job.timings[6], t);
     let extension = (!ck.withdrawn_patients.is_empty()).then(|| {
         serde_json::json!({ "patients": ck.withdrawn_patients.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>() }).to_string()
     });
@@ -381,6 +387,9 @@ async fn run_job(inner: &Inner, row: ExportJobRow, owner: &str) -> Result<(), Ru
         parse_ms = ms(1),
         facts_ms = ms(2),
         decide_write_ms = ms(3),
+        read_ms = ms(4),
+        bookkeeping_ms = ms(5),
+        recheck_ms = ms(6),
         "export job figures"
     );
     Ok(())
@@ -578,10 +587,12 @@ async fn run_pass(
             prefetched = next?;
             *ck = out.ck;
             open = out.open;
+            let t = Instant::now();
             for (row, at) in &out.finished {
                 job.record(Some(row), at).await?;
             }
             job.keep_lease(ck).await?;
+            add_time(&job.timings[5], t);
             if !more {
                 if by_student {
                     ck.chunk_after = chunk_last;
@@ -599,7 +610,9 @@ async fn run_pass(
         if let Some(f) = &open {
             ck.next_seq = f.seq + 1;
         }
+        let t = Instant::now();
         job.close(open, ck).await?;
+        add_time(&job.timings[5], t);
     }
     Ok(())
 }
@@ -637,7 +650,9 @@ fn blocking(e: tokio::task::JoinError) -> RunError {
 
 /// Reads a page of matches, parses them (on the blocking pool) and reads their decision facts.
 async fn prepare(job: &Job<'_>, req: &SearchRequest) -> Result<Prepared, RunError> {
+    let t = Instant::now();
     let page = job.inner.store.fhir_search(req, None).await?;
+    add_time(&job.timings[4], t);
     let rows = page.matches;
     let t = Instant::now();
     let parsed = tokio::task::spawn_blocking(move || Parsed::new(rows)).await.map_err(blocking)?;
