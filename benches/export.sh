@@ -46,9 +46,6 @@ if [ $fresh = 1 ]; then
   # passed; NOW=1 kicks off at once (the job figures then show the recheck as recheck_ms).
   [ "${NOW:-0}" = 1 ] || sleep 61
 fi
-# What the import and the consents wrote is flushed to disk before the export is timed (the
-# kernel's writeback of a fresh import otherwise runs during it; see the README).
-[ "${SYNC:-1}" = 0 ] || sync
 export_once() { # $1 = query; prints seconds and the manifest to $work/manifest.json
   local token status start end
   token=$(load smart-token "$url" "$partner")
@@ -99,4 +96,3 @@ written=$(python3 -c "import json;m=json.load(open('$work/manifest.json'));print
 echo "_since export ($changed sessions changed): $written resources in ${part}s = $(echo "scale=1; 100 * $part / $full" | bc)% of the full export's time"
 echo "the jobs' own figures (full, then _since):"
 grep "export job figures" "$work/server.log" | sed 's/\x1b\[[0-9;]*m//g; s/.*export job figures //'
-
