@@ -225,6 +225,8 @@ struct Job<'a> {
     params: Params,
     recipient: Recipient,
     dir: PathBuf,
+    /// The job's reads (a connection of its own on SQLite: [`Store::dedicated_reader`]).
+    reader: Store,
     last_renew: Instant,
     /// Microseconds spent: waiting for a prepared page, parsing, reading decision facts (the
     /// last two while the page before is decided), deciding and writing, reading pages (also
@@ -282,7 +284,17 @@ impl Job<'_> {
     }
 }
 
+/// The page cache of a job's own SQLite connection, in KiB.
+const JOB_READ_CACHE_KIB: i64 = 8_192;
+
 async fn run_job(inner: &Inner, row: ExportJobRow, owner: &str) -> Result<(), RunError> {
+    let reader = inner.store.dedicated_reader(JOB_READ_CACHE_KIB).await?;
+    let out = run_job_with(inner, row, owner, reader.clone()).await;
+    reader.close_reader().await;
+    out
+}
+
+async fn run_job_with(inner: &Inner, row: ExportJobRow, owner: &str, reader: Store) -> Result<(), RunError> {
     let params: Params = serde_json::from_str(&row.params).map_err(|e| RunError::Corrupt(e.to_string()))?;
     let mut ck: Checkpoint = match &row.checkpoint {
         Some(c) => serde_json::from_str(c).map_err(|e| RunError::Corrupt(e.to_string()))?,
@@ -301,8 +313,17 @@ async fn run_job(inner: &Inner, row: ExportJobRow, owner: &str) -> Result<(), Ru
     }
     std::fs::create_dir_all(&dir)?;
     let recipient = Recipient { org: row.org_id.clone(), purpose };
-    let mut job =
-        Job { inner, owner: owner.to_string(), row, params, recipient, dir, last_renew: Instant::now(), timings: Default::default() };
+    let mut job = Job {
+        inner,
+        owner: owner.to_string(),
+        row,
+        params,
+        recipient,
+        dir,
+        reader,
+        last_renew: Instant::now(),
+        timings: Default::default(),
+    };
     let started = Instant::now();
     if ck.next_seq == 0 {
         ck.next_seq = 1;
@@ -651,14 +672,14 @@ fn blocking(e: tokio::task::JoinError) -> RunError {
 /// Reads a page of matches, parses them (on the blocking pool) and reads their decision facts.
 async fn prepare(job: &Job<'_>, req: &SearchRequest) -> Result<Prepared, RunError> {
     let t = Instant::now();
-    let page = job.inner.store.fhir_search(req, None).await?;
+    let page = job.reader.fhir_search(req, None).await?;
     add_time(&job.timings[4], t);
     let rows = page.matches;
     let t = Instant::now();
     let parsed = tokio::task::spawn_blocking(move || Parsed::new(rows)).await.map_err(blocking)?;
     add_time(&job.timings[1], t);
     let t = Instant::now();
-    let facts = parsed.facts(&job.inner.store, Prefetched::default()).await?;
+    let facts = parsed.facts(&job.reader, Prefetched::default()).await?;
     tracing::trace!(facts_us = t.elapsed().as_micros() as u64, "export page facts");
     add_time(&job.timings[2], t);
     Ok(Prepared { parsed, facts, next: page.next })

@@ -377,9 +377,11 @@ const OBLIGATED: [&str; 4] = ["meta", "extension", "text", "note"];
 fn obligate(content: &str, o: &Obligations, consent: Option<&(String, i64)>) -> String {
     // Copied text must be one line (NDJSON): a stored line break (whitespace between tokens)
     // takes the full path, which serialises compactly.
-    if memchr::memchr2(b'\n', b'\r', content.as_bytes()).is_none()
-        && let Ok(raw) = serde_json::from_str::<std::collections::BTreeMap<&str, &serde_json::value::RawValue>>(content)
-    {
+    let one_line = memchr::memchr2(b'\n', b'\r', content.as_bytes()).is_none();
+    if one_line && let Some(text) = obligate_meta_only(content, o, consent) {
+        return text;
+    }
+    if one_line && let Ok(raw) = serde_json::from_str::<std::collections::BTreeMap<&str, &serde_json::value::RawValue>>(content) {
         let mut part = serde_json::Map::new();
         for k in OBLIGATED {
             if let Some(v) = raw.get(k) {
@@ -407,6 +409,51 @@ fn obligate(content: &str, o: &Obligations, consent: Option<&(String, i64)>) -> 
         }
     }
     obligate_value(content, o, consent)
+}
+
+/// The obligated elements of a resource, as they are in its text.
+#[derive(serde::Deserialize)]
+struct ObligatedRaw<'a> {
+    #[serde(borrow)]
+    meta: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    text: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    note: Option<&'a serde_json::value::RawValue>,
+}
+
+/// [`obligate`] when the obligations change `meta` alone (the usual case: labels added, nothing
+/// removed, no Part 2 extension) and the resource has a `meta` object: the stored text with its
+/// `meta` value replaced in place, every other byte copied. `None`: another path is needed.
+fn obligate_meta_only(content: &str, o: &Obligations, consent: Option<&(String, i64)>) -> Option<String> {
+    if o.part2 {
+        return None;
+    }
+    // (A duplicated element is an error here, and takes another path.)
+    let raw: ObligatedRaw<'_> = serde_json::from_str(content).ok()?;
+    if o.minimum_necessary && (raw.text.is_some() || raw.note.is_some()) {
+        return None;
+    }
+    let stored = raw.meta?.get();
+    let meta: Value = serde_json::from_str(stored).ok()?;
+    if !meta.is_object() {
+        return None;
+    }
+    let mut part = Value::Object(serde_json::Map::from_iter([("meta".to_string(), meta)]));
+    obligate_in_place(&mut part, o, consent);
+    let obj = part.as_object()?;
+    if obj.len() != 1 {
+        return None;
+    }
+    // The borrowed value is a slice of `content`: where it starts there.
+    let start = (stored.as_ptr() as usize).checked_sub(content.as_ptr() as usize)?;
+    let (before, after) = (content.get(..start)?, content.get(start + stored.len()..)?);
+    let meta = serde_json::to_string(obj.get("meta")?).ok()?;
+    let mut out = String::with_capacity(content.len() + meta.len() - stored.len().min(meta.len()));
+    out.push_str(before);
+    out.push_str(&meta);
+    out.push_str(after);
+    Some(out)
 }
 
 /// [`obligate`] on the whole parsed resource.

@@ -326,18 +326,23 @@ impl Store {
             );
             match self.db() {
                 Db::Sqlite(pool) => {
+                    // The texts one after the other with their lengths (`json(directive)` in a
+                    // JSON array made SQLite parse and print every directive again).
                     let sql = format!(
-                        "SELECT json_group_array(json(directive)) FROM consent_directives WHERE patient_id IN ({})",
+                        "SELECT json_group_array(length(CAST(directive AS BLOB))), group_concat(directive, '') \
+                         FROM consent_directives WHERE patient_id IN ({})",
                         super::fhir::placeholders(1, chunk.len(), true)
                     );
-                    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+                    let mut q = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql));
                     for p in chunk {
                         q = q.bind(*p);
                     }
-                    let json = q.fetch_one(pool).await?;
-                    let list: Vec<Directive> = serde_json::from_str(&json)
-                        .map_err(|e| StoreError::Corrupt(format!("a stored consent directive is unreadable: {e}")))?;
-                    directives.extend(list);
+                    let (lengths, texts) = q.fetch_one(pool).await?;
+                    let lengths: Vec<usize> = serde_json::from_str(&lengths)
+                        .map_err(|e| StoreError::Corrupt(format!("consent directive lengths are unreadable: {e}")))?;
+                    for text in super::fhir::split_lengths(&lengths, texts.as_deref().unwrap_or_default())? {
+                        directives.push(parse_directive(text)?);
+                    }
                 }
                 Db::Postgres(pool) => {
                     let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone()));

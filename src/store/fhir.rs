@@ -514,6 +514,46 @@ pub type ReadScope<'a> = Option<&'a str>;
 const SELECT_RESOURCE: &str = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, v.content \
      FROM fhir_resources r JOIN fhir_resource_versions v ON v.rid = r.rid AND v.version_id = r.version_id";
 
+/// The resources of a page read as one row on SQLite ([`Store::fhir_search`]): `keys` is a JSON
+/// array of `[type, id, version, lastUpdated µs, deleted, content bytes]`, `contents` the contents
+/// one after the other.
+fn split_page(keys: &str, contents: &str) -> Result<Vec<StoredResource>, StoreError> {
+    let keys: Vec<(String, String, i64, i64, i64, usize)> =
+        serde_json::from_str(keys).map_err(|e| StoreError::Corrupt(format!("a page of resources is unreadable: {e}")))?;
+    let lengths: Vec<usize> = keys.iter().map(|k| k.5).collect();
+    let texts = split_lengths(&lengths, contents)?;
+    Ok(keys
+        .into_iter()
+        .zip(texts)
+        .map(|((resource_type, id, version_id, last_updated_us, deleted, _), content)| StoredResource {
+            resource_type,
+            id,
+            version_id,
+            last_updated_us,
+            deleted: deleted != 0,
+            content: content.to_string(),
+        })
+        .collect())
+}
+
+/// Texts concatenated by SQLite's `group_concat(x, '')`, cut at their lengths in bytes (from
+/// `length(CAST(x AS BLOB))` in the same row). A cut off a character boundary, or bytes left
+/// over, is an error.
+pub(crate) fn split_lengths<'a>(lengths: &[usize], mut rest: &'a str) -> Result<Vec<&'a str>, StoreError> {
+    let mut out = Vec::with_capacity(lengths.len());
+    for (i, &len) in lengths.iter().enumerate() {
+        let (Some(text), Some(after)) = (rest.get(..len), rest.get(len..)) else {
+            return Err(StoreError::Corrupt(format!("text {i} of a concatenated result does not end where its length says")));
+        };
+        out.push(text);
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(StoreError::Corrupt("a concatenated result holds more text than its lengths account for".into()));
+    }
+    Ok(out)
+}
+
 const IN_SCOPE: &str = "EXISTS (SELECT 1 FROM fhir_resource_leas l WHERE l.rid = r.rid AND l.lea_id = ";
 
 /// Builds the WHERE clause and binds of a search.
@@ -724,9 +764,32 @@ impl Store {
         };
         let limit = b.bind(Bind::Int(i64::try_from(req.count).unwrap_or(i64::MAX).saturating_add(1)));
         let sql = format!("{SELECT_RESOURCE} WHERE {} ORDER BY {order} LIMIT {limit}", b.sql);
-        let mut rows = with_db!(self.db(), pool => {
-            bind_all!(sqlx::query_as::<_, StoredResource>(sqlx::AssertSqlSafe(sql)), b.binds.iter()).fetch_all(pool).await?
-        });
+        let mut rows = match self.db() {
+            // SQLite: the page as one row (sqlx hands each row of a SQLite result from the
+            // connection's thread to the caller separately, copying it twice on the way, which
+            // cost as much as the query on a bulk export): the resources' keys as a JSON array
+            // with each content's length in bytes, and the contents one after the other.
+            super::Db::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT json_group_array(json_array(p.resource_type, p.id, p.version_id, p.last_updated_us, p.deleted, \
+                     length(CAST(p.content AS BLOB)))), group_concat(p.content, '') FROM ({sql}) p"
+                );
+                let (keys, contents): (String, Option<String>) =
+                    bind_all!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), b.binds.iter()).fetch_one(pool).await?;
+                let mut rows = split_page(&keys, contents.as_deref().unwrap_or_default())?;
+                // (An aggregate's input order is not promised: the page is put in order again,
+                // by the same byte-wise comparison as the query's.)
+                match req.sort {
+                    Sort::Id => rows.sort_by(|a, b| a.id.cmp(&b.id)),
+                    Sort::LastUpdated => rows.sort_by(|a, b| (a.last_updated_us, &a.id).cmp(&(b.last_updated_us, &b.id))),
+                    Sort::LastUpdatedDesc => rows.sort_by(|a, b| (b.last_updated_us, &b.id).cmp(&(a.last_updated_us, &a.id))),
+                }
+                rows
+            }
+            super::Db::Postgres(pool) => {
+                bind_all!(sqlx::query_as::<_, StoredResource>(sqlx::AssertSqlSafe(sql)), b.binds.iter()).fetch_all(pool).await?
+            }
+        };
         let next = if rows.len() > req.count {
             rows.truncate(req.count);
             rows.last().map(|r| Cursor { last_updated: (req.sort != Sort::Id).then_some(r.last_updated_us), id: r.id.clone() })
@@ -807,5 +870,36 @@ impl Store {
                 .await?
         });
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{split_lengths, split_page};
+
+    #[test]
+    fn concatenated_texts_are_cut_at_their_byte_lengths() {
+        // Multi-byte characters: lengths are bytes, as SQLite's length(CAST(x AS BLOB)).
+        let texts = ["{\"a\":\"é\"}", "", "{\"b\":\"€✓\"}"];
+        let joined = texts.concat();
+        let lengths: Vec<usize> = texts.iter().map(|t| t.len()).collect();
+        assert_eq!(split_lengths(&lengths, &joined).expect("cut"), texts);
+        assert!(split_lengths(&[5], "{\"a\":\"é\"}").is_err(), "bytes left over");
+        assert!(split_lengths(&[20], "{\"a\":1}").is_err(), "too short");
+        assert!(split_lengths(&[7], "{\"a\":\"é\"}").is_err(), "inside a character");
+        assert!(split_lengths(&[], "").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn a_page_read_as_one_row_gives_back_each_resource() {
+        let a = r#"{"resourceType":"Patient","id":"p1"}"#;
+        let b = r#"{"resourceType":"Patient","id":"p2","name":[{"family":"Ñúñez"}]}"#;
+        let keys = format!(r#"[["Patient","p1",1,10,0,{}],["Patient","p2",3,11,1,{}]]"#, a.len(), b.len());
+        let page = split_page(&keys, &format!("{a}{b}")).expect("page");
+        assert_eq!(page.len(), 2);
+        assert_eq!((page[0].id.as_str(), page[0].content.as_str(), page[0].deleted), ("p1", a, false));
+        assert_eq!((page[1].version_id, page[1].last_updated_us, page[1].deleted, page[1].content.as_str()), (3, 11, true, b));
+        assert!(split_page("not json", "").is_err());
+        assert!(split_page(&keys, a).is_err(), "content missing");
     }
 }

@@ -113,6 +113,8 @@ pub struct Store {
     db: Db,
     /// SQLite: the group-commit writer (one writer task, see `writer.rs`). `None` for PostgreSQL.
     writer: Option<writer::GroupWriter>,
+    /// A pool of its own made by [`Store::dedicated_reader`] (closed by [`Store::close_reader`]).
+    dedicated: bool,
 }
 
 /// Timestamps are stored with microsecond precision on both backends, so values round-trip
@@ -249,7 +251,37 @@ impl Store {
             writer = Some(writer::GroupWriter::spawn(writer_pool, reset_wanted));
             Db::Sqlite(pool)
         };
-        Ok(Store { db, writer })
+        Ok(Store { db, writer, dedicated: false })
+    }
+
+    /// A handle for one long reader (a bulk export job): on SQLite its reads go through a
+    /// connection of their own with a page cache of `cache_kib` KiB, so the pages one query
+    /// brought in are there for the next (spread over the shared pool, every connection's cache
+    /// would fill with the same pages); writes still go through the shared pool and the writer.
+    /// PostgreSQL: the same pool. Close it with [`Store::close_reader`].
+    pub async fn dedicated_reader(&self, cache_kib: i64) -> Result<Store, StoreError> {
+        match &self.db {
+            Db::Sqlite(pool) => {
+                let options = (*pool.connect_options()).clone().pragma("cache_size", format!("-{cache_kib}"));
+                let reader = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(0)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options)
+                    .await?;
+                Ok(Store { db: Db::Sqlite(reader), writer: self.writer.clone(), dedicated: true })
+            }
+            Db::Postgres(_) => Ok(self.clone()),
+        }
+    }
+
+    /// Closes a handle from [`Store::dedicated_reader`] (its own connection only).
+    pub async fn close_reader(&self) {
+        if self.dedicated
+            && let Db::Sqlite(pool) = &self.db
+        {
+            pool.close().await;
+        }
     }
 
     /// Which backend this store uses ("sqlite" or "postgres").
