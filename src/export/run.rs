@@ -284,11 +284,12 @@ impl Job<'_> {
     }
 }
 
-/// The page cache of a job's own SQLite connection, in KiB.
+/// The page cache of each of a job's own SQLite connections (two: pages are read on one while
+/// the decision facts of the page before are read on the other), in KiB.
 const JOB_READ_CACHE_KIB: i64 = 8_192;
 
 async fn run_job(inner: &Inner, row: ExportJobRow, owner: &str) -> Result<(), RunError> {
-    let reader = inner.store.dedicated_reader(JOB_READ_CACHE_KIB).await?;
+    let reader = inner.store.dedicated_reader(2, JOB_READ_CACHE_KIB).await?;
     let out = run_job_with(inner, row, owner, reader.clone()).await;
     reader.close_reader().await;
     out
@@ -528,6 +529,8 @@ async fn run_pass(
         let skip = ck.phase == 1 && !by_student;
         let mut open: Option<OpenFile> = None;
         let mut prefetched: Option<Prepared> = None;
+        // The page after `prefetched`, read but not yet prepared.
+        let mut read_ahead: Option<crate::store::SearchPage> = None;
         let mut base = match job.params.type_filters.get(&ty) {
             Some(q) => super::type_filter_search(&ty, q, &job.inner.registry)
                 .map_err(|_| RunError::Corrupt(format!("the stored _typeFilter of {ty} no longer parses")))?,
@@ -590,22 +593,39 @@ async fn run_pass(
             let t = Instant::now();
             let page = match prefetched.take() {
                 Some(p) => p,
-                None => prepare(job, &req).await?,
+                None => {
+                    let first = read(job, &req).await?;
+                    prepare(job, first).await?
+                }
+            };
+            let next = match (read_ahead.take(), &page.next) {
+                (Some(r), _) => Some(r),
+                (None, Some(c)) => Some(read(job, &SearchRequest { cursor: Some(c.clone()), ..req.clone() }).await?),
+                (None, None) => None,
             };
             add_time(&job.timings[0], t);
             let more = page.next.is_some();
-            // The next page is read, parsed and its decision facts found while this one is
-            // decided and written (two cores: the database's thread and the blocking pool's).
-            let next_req = page.next.clone().map(|c| SearchRequest { cursor: Some(c), ..req.clone() });
-            let fetch = async {
-                match &next_req {
-                    Some(r) => prepare(job, r).await.map(Some),
+            // Three pages at once: this one is decided and written (on the blocking pool) while
+            // the next one is parsed and its decision facts read (on one database connection)
+            // and the one after it is read (on the job's other connection).
+            let after = next.as_ref().and_then(|n| n.next.clone()).map(|c| SearchRequest { cursor: Some(c), ..req.clone() });
+            let prepare_next = async {
+                match next {
+                    Some(n) => prepare(job, n).await.map(Some),
                     None => Ok(None),
                 }
             };
-            let (out, next) = tokio::join!(judge_page(job, std::mem::take(ck), open.take(), page, previously.clone()), fetch);
+            let read_after = async {
+                match &after {
+                    Some(r) => read(job, r).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (out, next, after) =
+                tokio::join!(judge_page(job, std::mem::take(ck), open.take(), page, previously.clone()), prepare_next, read_after);
             let out = out?;
             prefetched = next?;
+            read_ahead = after?;
             *ck = out.ck;
             open = out.open;
             let t = Instant::now();
@@ -669,11 +689,16 @@ fn blocking(e: tokio::task::JoinError) -> RunError {
     RunError::Io(std::io::Error::other(e))
 }
 
-/// Reads a page of matches, parses them (on the blocking pool) and reads their decision facts.
-async fn prepare(job: &Job<'_>, req: &SearchRequest) -> Result<Prepared, RunError> {
+/// Reads a page of matches.
+async fn read(job: &Job<'_>, req: &SearchRequest) -> Result<crate::store::SearchPage, RunError> {
     let t = Instant::now();
     let page = job.reader.fhir_search(req, None).await?;
     add_time(&job.timings[4], t);
+    Ok(page)
+}
+
+/// Parses a page of matches (on the blocking pool) and reads their decision facts.
+async fn prepare(job: &Job<'_>, page: crate::store::SearchPage) -> Result<Prepared, RunError> {
     let rows = page.matches;
     let t = Instant::now();
     let parsed = tokio::task::spawn_blocking(move || Parsed::new(rows)).await.map_err(blocking)?;
