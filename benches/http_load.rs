@@ -394,7 +394,7 @@ fn gen_csv(path: &str, rows: usize, students: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match args.first().map(String::as_str) {
         Some("batch") => rt.block_on(batch(args[1].clone(), args[2].clone(), arg(&args, 3, 50), arg(&args, 4, 1000), arg(&args, 5, 2))),
         Some("single") => rt.block_on(single(args[1].clone(), args[2].clone(), arg(&args, 3, 20_000), arg(&args, 4, 32))),

@@ -65,7 +65,7 @@ fn tls_config(settings: &Settings) -> anyhow::Result<rustls::ServerConfig> {
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing certificates in {}", cert_path.display()))?;
     let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| format!("reading the private key in {}", key_path.display()))?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()

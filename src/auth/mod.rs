@@ -7,7 +7,6 @@
 //! - FQHC partners use SMART Backend Services ([`smart`]): they trade a JWT signed with their own
 //!   key for a short-lived access token limited to the scopes they were granted ([`scope`]).
 
-mod ring_verify;
 pub mod scope;
 pub mod smart;
 

@@ -182,10 +182,9 @@ impl SmartAuth {
         access_validation.set_audience(&[ISSUER]);
         access_validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         access_validation.leeway = 0;
-        // reqwest is built without a default crypto provider; the process uses ring, as the
-        // TLS listener does (a second install is a no-op).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        super::ring_verify::install();
+        // reqwest is built without a default crypto provider; the process uses aws-lc-rs, as the
+        // TLS listener and jsonwebtoken do (a second install is a no-op).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = crate::outbound::client(Duration::from_secs(5), "JWKS")?;
         Ok(SmartAuth {
             settings: settings.clone(),

@@ -27,7 +27,7 @@ static INIT: Once = Once::new();
 
 fn init_once() {
     INIT.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         if std::env::var("TEST_LOG").is_ok() {
             wellness_gateway::telemetry::init(&wellness_gateway::settings::LogSettings {
                 format: LogFormat::Pretty,
