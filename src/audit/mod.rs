@@ -114,11 +114,13 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
                 }
             }
         }
-        entities.push(json!({
+        let mut entity = json!({
             "what": { "reference": format!("{ty}/{rid}") },
             "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
-            "detail": details,
-        }));
+        });
+        // Moved in, not interpolated: `json!` serialises an interpolated value into a copy.
+        entity["detail"] = Value::Array(details);
+        entities.push(entity);
     }
     for (p, was_disclosed) in &patients {
         entities.push(patient_entity(p, *was_disclosed));
@@ -160,12 +162,13 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
 
 /// The entity naming a student an event is about.
 fn patient_entity(patient: &str, disclosed: bool) -> Value {
-    json!({
+    let mut entity = json!({
         "what": { "reference": format!("Patient/{patient}") },
         "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
         "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" },
-        "detail": [detail("disclosed", if disclosed { "true" } else { "false" })],
-    })
+    });
+    entity["detail"] = Value::Array(vec![detail("disclosed", if disclosed { "true" } else { "false" })]);
+    entity
 }
 
 /// What distinguishes one partner AuditEvent from another; [`rest_event`] adds the rest.
@@ -193,7 +196,7 @@ fn rest_event(e: RestEvent<'_>) -> Value {
     if let Some(t) = e.token_id {
         agent["policy"] = json!([format!("urn:wellness-gateway:access-token:{t}")]);
     }
-    json!({
+    let mut event = json!({
         "resourceType": "AuditEvent",
         "id": e.id,
         "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation" },
@@ -211,9 +214,11 @@ fn rest_event(e: RestEvent<'_>) -> Value {
             "observer": { "display": "wellness-gateway" },
             "type": [{ "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server" }],
         },
-        "entity": e.entities,
         "extension": [{ "url": "urn:wellness-gateway:fhir:extension:partner-organization", "valueString": e.org }],
-    })
+    });
+    // Moved in (a `json!` interpolation would serialise the entities into a copy).
+    event["entity"] = Value::Array(e.entities);
+    event
 }
 
 /// What one bulk export disclosed: a completed job (counts), or one downloaded file (the
@@ -254,12 +259,13 @@ pub fn bulk_event(d: &BulkDisclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
     for (k, n) in &d.counts {
         details.push(detail(k, &n.to_string()));
     }
-    entities.push(json!({
+    let mut query = json!({
         "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
         "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query" },
         "query": base64_encode(d.query.as_bytes()),
-        "detail": details,
-    }));
+    });
+    query["detail"] = Value::Array(details);
+    entities.push(query);
     let event = rest_event(RestEvent {
         id: &id,
         subtype: "operation",
