@@ -373,68 +373,88 @@ const OBLIGATED: [&str; 4] = ["meta", "extension", "text", "note"];
 
 /// Applies a permit's obligations ([`apply_obligations`] and the Part 2 consent reference) to
 /// stored content, as parsing, changing and serialising the whole resource would, but building
-/// only the elements obligations change: the others are copied from the stored text.
+/// only the elements obligations change: the others are copied from the stored text. The text is
+/// split into its top-level members once ([`Members`]); both shortcuts work from that split.
 fn obligate(content: &str, o: &Obligations, consent: Option<&(String, i64)>) -> String {
     // Copied text must be one line (NDJSON): a stored line break (whitespace between tokens)
-    // takes the full path, which serialises compactly.
+    // takes the full path, which serialises compactly. So does a duplicated member, or one whose
+    // name has escapes (neither is ever stored).
     let one_line = memchr::memchr2(b'\n', b'\r', content.as_bytes()).is_none();
-    if one_line && let Some(text) = obligate_meta_only(content, o, consent) {
+    let Some(members) = one_line.then(|| serde_json::from_str::<Members<'_>>(content).ok()).flatten().filter(Members::unique) else {
+        return obligate_value(content, o, consent);
+    };
+    if let Some(text) = obligate_meta_only(content, &members, o, consent) {
         return text;
     }
-    if one_line && let Ok(raw) = serde_json::from_str::<std::collections::BTreeMap<&str, &serde_json::value::RawValue>>(content) {
-        let mut part = serde_json::Map::new();
-        for k in OBLIGATED {
-            if let Some(v) = raw.get(k) {
-                match serde_json::from_str(v.get()) {
-                    Ok(v) => part.insert(k.to_string(), v),
-                    Err(_) => return obligate_value(content, o, consent),
-                };
-            }
-        }
-        let mut part = Value::Object(part);
-        obligate_in_place(&mut part, o, consent);
-        #[derive(serde::Serialize)]
-        #[serde(untagged)]
-        enum Element<'a> {
-            Stored(&'a serde_json::value::RawValue),
-            Changed(&'a Value),
-        }
-        let mut out: std::collections::BTreeMap<&str, Element<'_>> =
-            raw.iter().filter(|(k, _)| !OBLIGATED.contains(k)).map(|(k, v)| (*k, Element::Stored(v))).collect();
-        if let Some(obj) = part.as_object() {
-            out.extend(obj.iter().map(|(k, v)| (k.as_str(), Element::Changed(v))));
-        }
-        if let Ok(text) = serde_json::to_string(&out) {
-            return text;
+    let mut part = serde_json::Map::new();
+    for k in OBLIGATED {
+        if let Some(v) = members.get(k) {
+            match serde_json::from_str(v.get()) {
+                Ok(v) => part.insert(k.to_string(), v),
+                Err(_) => return obligate_value(content, o, consent),
+            };
         }
     }
-    obligate_value(content, o, consent)
+    let mut part = Value::Object(part);
+    obligate_in_place(&mut part, o, consent);
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Element<'a> {
+        Stored(&'a serde_json::value::RawValue),
+        Changed(&'a Value),
+    }
+    let mut out: std::collections::BTreeMap<&str, Element<'_>> =
+        members.0.iter().filter(|(k, _)| !OBLIGATED.contains(k)).map(|(k, v)| (*k, Element::Stored(v))).collect();
+    if let Some(obj) = part.as_object() {
+        out.extend(obj.iter().map(|(k, v)| (k.as_str(), Element::Changed(v))));
+    }
+    serde_json::to_string(&out).unwrap_or_else(|_| obligate_value(content, o, consent))
 }
 
-/// The obligated elements of a resource, as they are in its text.
-#[derive(serde::Deserialize)]
-struct ObligatedRaw<'a> {
-    #[serde(borrow)]
-    meta: Option<&'a serde_json::value::RawValue>,
-    #[serde(borrow)]
-    text: Option<&'a serde_json::value::RawValue>,
-    #[serde(borrow)]
-    note: Option<&'a serde_json::value::RawValue>,
+/// The top-level members of a stored JSON object, in text order, each value as its stored text.
+struct Members<'a>(Vec<(&'a str, &'a serde_json::value::RawValue)>);
+
+impl<'a> Members<'a> {
+    fn get(&self, name: &str) -> Option<&'a serde_json::value::RawValue> {
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    }
+
+    /// No member name twice.
+    fn unique(&self) -> bool {
+        let mut names: Vec<&str> = self.0.iter().map(|(k, _)| *k).collect();
+        names.sort_unstable();
+        names.windows(2).all(|w| w[0] != w[1])
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Members<'a>, M::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(member) = map.next_entry::<&'de str, &'de serde_json::value::RawValue>()? {
+                    out.push(member);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// [`obligate`] when the obligations change `meta` alone (the usual case: labels added, nothing
 /// removed, no Part 2 extension) and the resource has a `meta` object: the stored text with its
 /// `meta` value replaced in place, every other byte copied. `None`: another path is needed.
-fn obligate_meta_only(content: &str, o: &Obligations, consent: Option<&(String, i64)>) -> Option<String> {
-    if o.part2 {
+fn obligate_meta_only(content: &str, members: &Members<'_>, o: &Obligations, consent: Option<&(String, i64)>) -> Option<String> {
+    if o.part2 || (o.minimum_necessary && (members.get("text").is_some() || members.get("note").is_some())) {
         return None;
     }
-    // (A duplicated element is an error here, and takes another path.)
-    let raw: ObligatedRaw<'_> = serde_json::from_str(content).ok()?;
-    if o.minimum_necessary && (raw.text.is_some() || raw.note.is_some()) {
-        return None;
-    }
-    let stored = raw.meta?.get();
+    let stored = members.get("meta")?.get();
     let meta: Value = serde_json::from_str(stored).ok()?;
     if !meta.is_object() {
         return None;
@@ -736,6 +756,8 @@ mod tests {
             r#"{"resourceType":"Encounter","id":"e","meta":{"security":[{"system":"http://terminology.hl7.org/CodeSystem/v3-Confidentiality","code":"R"}]}}"#,
             "{\"resourceType\" : \"Encounter\",\r\n \"id\":\"e\"}",
             r#"{"resourceType":"Encounter","id":"e","id":"dup"}"#,
+            r#"{"resourceType":"Encounter","meta":{"versionId":"1"},"id":"e","meta":{"versionId":"2"}}"#,
+            r#"{"resourceType":"Encounter","id":"e","m\u0065ta":{"versionId":"1"},"te\u0078t":{"status":"generated","div":"<div/>"}}"#,
         ] {
             let canonical = serde_json::from_str::<Value>(extra).expect("JSON").to_string();
             cases.push((canonical, extra.to_string()));
