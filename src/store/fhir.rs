@@ -93,11 +93,13 @@ pub(crate) fn cache_statement(binds: usize) -> bool {
 }
 
 /// Whether a statement over one chunk of rows is kept prepared: small ones (see
-/// [`cache_statement`]) and full chunks, whose text is the same for every full chunk of that
-/// statement (one large prepared statement per call site; a batch's rows fill many full chunks and
-/// parsing each chunk's SQL text again cost ~6% of intake). Remainder chunks vary and are not kept.
-pub(crate) fn cache_chunk(rows: usize, full: usize, binds_per_row: usize) -> bool {
-    rows == full || cache_statement(rows * binds_per_row)
+/// [`cache_statement`]) and, on SQLite, full chunks, whose text is the same for every full chunk
+/// of that statement (one large prepared statement per call site on the writer's connection; a
+/// batch's rows fill many full chunks and parsing each chunk's SQL text again cost ~6% of
+/// intake). Remainder chunks vary and are not kept. PostgreSQL keeps them unnamed: every pool
+/// connection would hold a server-side copy of each.
+pub(crate) fn cache_chunk(rows: usize, full: usize, binds_per_row: usize, sqlite: bool) -> bool {
+    (sqlite && rows == full) || cache_statement(rows * binds_per_row)
 }
 
 /// How a backend numbers bound parameters in dynamically built SQL.
@@ -164,7 +166,7 @@ macro_rules! insert_rows {
                 $crate::store::fhir::values_sql(chunk.len(), $ncols, $crate::store::fhir::positional(&*$tx)),
                 $tail
             );
-            let cache = $crate::store::fhir::cache_chunk(chunk.len(), per, $ncols);
+            let cache = $crate::store::fhir::cache_chunk(chunk.len(), per, $ncols, $crate::store::fhir::positional(&*$tx));
             let q = $crate::store::fhir::bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(cache), chunk.iter().flatten());
             q.execute(&mut **$tx).await?;
         }
@@ -382,7 +384,7 @@ macro_rules! apply_fhir {
                     placeholders(1, chunk.len(), pos)
                 );
                 let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql))
-                    .persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1));
+                    .persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1, pos));
                 for s in chunk {
                     q = q.bind(*s);
                 }
@@ -409,7 +411,7 @@ macro_rules! apply_fhir {
                         placeholders(2, chunk.len(), pos)
                     );
                     let mut q = sqlx::query_as::<_, (i64, String, i64, String, bool)>(sqlx::AssertSqlSafe(sql))
-                        .persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1))
+                        .persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1, pos))
                         .bind(ty.as_str());
                     for id in chunk {
                         q = q.bind(id.as_str());
@@ -437,7 +439,8 @@ macro_rules! apply_fhir {
                     sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_chunk(
                         chunk.len(),
                         per,
-                        6
+                        6,
+                        pos
                     )),
                     chunk.iter().flatten()
                 );
@@ -457,7 +460,7 @@ macro_rules! apply_fhir {
             );
             for chunk in plan.reindex.chunks(500) {
                 let sql = format!("DELETE FROM fhir_search WHERE rid IN ({})", placeholders(1, chunk.len(), pos));
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1, pos));
                 for rid in chunk {
                     q = q.bind(*rid);
                 }
@@ -473,7 +476,7 @@ macro_rules! apply_fhir {
             $crate::store::fhir::insert_rows!($tx, "fhir_resource_leas (rid, lea_id)", 2, &links, "ON CONFLICT DO NOTHING");
             for chunk in plan.owned_sessions.chunks(500) {
                 let sql = format!("DELETE FROM fhir_session_resources WHERE session_id IN ({})", placeholders(1, chunk.len(), pos));
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1, pos));
                 for s in chunk {
                     q = q.bind(s.as_str());
                 }

@@ -265,7 +265,7 @@ macro_rules! apply_job {
                 $for_update
             );
             let mut q = sqlx::query_as::<_, $crate::store::sessions::CurrentRow>(sqlx::AssertSqlSafe(sql))
-                .persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1));
+                .persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1, pos));
             for (_, r) in chunk {
                 q = q.bind(r.session_id.as_str());
             }
