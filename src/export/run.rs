@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -228,14 +229,30 @@ struct Job<'a> {
     /// The job's reads (a connection of its own on SQLite: [`Store::dedicated_reader`]).
     reader: Store,
     last_renew: Instant,
-    /// Microseconds spent: waiting for a prepared page, parsing, reading decision facts (the
-    /// last two while the page before is decided), deciding and writing, reading pages (also
-    /// while the page before is decided), the job's own bookkeeping (checkpoints, leases, closing
-    /// files) and the closing consent recheck ([`recheck_consent`]).
-    timings: [std::sync::atomic::AtomicU64; 7],
+    /// Where the job's time goes (logged when it completes).
+    timings: Timings,
 }
 
-fn add_time(slot: &std::sync::atomic::AtomicU64, since: Instant) {
+/// Microseconds a job spent in each of its steps (added from the tasks that run them).
+#[derive(Default)]
+struct Timings {
+    /// Waiting for a prepared page.
+    page_wait: AtomicU64,
+    /// Parsing (while the page before is decided).
+    parse: AtomicU64,
+    /// Reading decision facts (while the page before is decided).
+    facts: AtomicU64,
+    /// Deciding and writing.
+    decide_write: AtomicU64,
+    /// Reading pages (also while the page before is decided).
+    read: AtomicU64,
+    /// The job's own bookkeeping: checkpoints, leases, closing files.
+    bookkeeping: AtomicU64,
+    /// The closing consent recheck ([`recheck_consent`]).
+    recheck: AtomicU64,
+}
+
+fn add_time(slot: &AtomicU64, since: Instant) {
     slot.fetch_add(u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -332,7 +349,7 @@ async fn run_job_with(inner: &Inner, row: ExportJobRow, owner: &str, reader: Sto
     }
     let t = Instant::now();
     let members = members(&job).await?;
-    add_time(&job.timings[5], t);
+    add_time(&job.timings.bookkeeping, t);
     while ck.phase < 2 {
         let pass = match ck.phase {
             0 => Some((members.clone(), job.params.since_us, job.row.transaction_us)),
@@ -367,7 +384,7 @@ async fn run_job_with(inner: &Inner, row: ExportJobRow, owner: &str, reader: Sto
     }
     let t = Instant::now();
     let evaluated = recheck_consent(&mut job, &ck).await?;
-    add_time(&job.timings[6], t);
+    add_time(&job.timings.recheck, t);
     let extension = (!ck.withdrawn_patients.is_empty()).then(|| {
         serde_json::json!({ "patients": ck.withdrawn_patients.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>() }).to_string()
     });
@@ -399,19 +416,20 @@ async fn run_job_with(inner: &Inner, row: ExportJobRow, owner: &str, reader: Sto
     if !done {
         return Err(RunError::Lost);
     }
-    let ms = |i: usize| job.timings[i].load(std::sync::atomic::Ordering::Relaxed) / 1000;
+    let ms = |slot: &AtomicU64| slot.load(std::sync::atomic::Ordering::Relaxed) / 1000;
+    let t = &job.timings;
     tracing::info!(
         job = %job.row.id,
         examined = ck.judged,
         written = ck.written.values().sum::<u64>(),
         seconds = started.elapsed().as_secs_f64(),
-        page_wait_ms = ms(0),
-        parse_ms = ms(1),
-        facts_ms = ms(2),
-        decide_write_ms = ms(3),
-        read_ms = ms(4),
-        bookkeeping_ms = ms(5),
-        recheck_ms = ms(6),
+        page_wait_ms = ms(&t.page_wait),
+        parse_ms = ms(&t.parse),
+        facts_ms = ms(&t.facts),
+        decide_write_ms = ms(&t.decide_write),
+        read_ms = ms(&t.read),
+        bookkeeping_ms = ms(&t.bookkeeping),
+        recheck_ms = ms(&t.recheck),
         "export job figures"
     );
     Ok(())
@@ -603,7 +621,7 @@ async fn run_pass(
                 (None, Some(c)) => Some(read(job, &SearchRequest { cursor: Some(c.clone()), ..req.clone() }).await?),
                 (None, None) => None,
             };
-            add_time(&job.timings[0], t);
+            add_time(&job.timings.page_wait, t);
             let more = page.next.is_some();
             // Three pages at once: this one is decided and written (on the blocking pool) while
             // the next one is parsed and its decision facts read (on one database connection)
@@ -633,7 +651,7 @@ async fn run_pass(
                 job.record(Some(row), at).await?;
             }
             job.keep_lease(ck).await?;
-            add_time(&job.timings[5], t);
+            add_time(&job.timings.bookkeeping, t);
             if !more {
                 if by_student {
                     ck.chunk_after = chunk_last;
@@ -653,7 +671,7 @@ async fn run_pass(
         }
         let t = Instant::now();
         job.close(open, ck).await?;
-        add_time(&job.timings[5], t);
+        add_time(&job.timings.bookkeeping, t);
     }
     Ok(())
 }
@@ -693,7 +711,7 @@ fn blocking(e: tokio::task::JoinError) -> RunError {
 async fn read(job: &Job<'_>, req: &SearchRequest) -> Result<crate::store::SearchPage, RunError> {
     let t = Instant::now();
     let page = job.reader.fhir_search(req, None).await?;
-    add_time(&job.timings[4], t);
+    add_time(&job.timings.read, t);
     Ok(page)
 }
 
@@ -702,11 +720,11 @@ async fn prepare(job: &Job<'_>, page: crate::store::SearchPage) -> Result<Prepar
     let rows = page.matches;
     let t = Instant::now();
     let parsed = tokio::task::spawn_blocking(move || Parsed::new(rows)).await.map_err(blocking)?;
-    add_time(&job.timings[1], t);
+    add_time(&job.timings.parse, t);
     let t = Instant::now();
     let facts = parsed.facts(&job.reader, Prefetched::default()).await?;
     tracing::trace!(facts_us = t.elapsed().as_micros() as u64, "export page facts");
-    add_time(&job.timings[2], t);
+    add_time(&job.timings.facts, t);
     Ok(Prepared { parsed, facts, next: page.next })
 }
 
@@ -774,7 +792,7 @@ async fn judge_page(
     })
     .await
     .map_err(blocking)?;
-    add_time(&job.timings[3], t);
+    add_time(&job.timings.decide_write, t);
     out
 }
 
