@@ -92,12 +92,16 @@ pub(crate) fn cache_statement(binds: usize) -> bool {
     binds <= 256
 }
 
+/// Rows (keys) per statement of the writer's `IN (...)` lookups and deletes.
+pub(crate) const IN_CHUNK: usize = 500;
+
 /// Whether a statement over one chunk of rows is kept prepared: small ones (see
 /// [`cache_statement`]) and, on SQLite, full chunks, whose text is the same for every full chunk
 /// of that statement (one large prepared statement per call site on the writer's connection; a
 /// batch's rows fill many full chunks and parsing each chunk's SQL text again cost ~6% of
 /// intake). Remainder chunks vary and are not kept. PostgreSQL keeps them unnamed: every pool
-/// connection would hold a server-side copy of each.
+/// connection would hold a server-side copy of each. `sqlite`: the transaction's backend is SQLite
+/// (see [`positional`]).
 pub(crate) fn cache_chunk(rows: usize, full: usize, binds_per_row: usize, sqlite: bool) -> bool {
     (sqlite && rows == full) || cache_statement(rows * binds_per_row)
 }
@@ -377,14 +381,14 @@ macro_rules! apply_fhir {
             amended.sort_unstable();
             amended.dedup();
             let mut prev_owned: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
-            for chunk in amended.chunks(500) {
+            for chunk in amended.chunks($crate::store::fhir::IN_CHUNK) {
                 let sql = format!(
                     "SELECT s.session_id, r.resource_type, r.id FROM fhir_session_resources s JOIN fhir_resources r ON r.rid = s.rid \
                      WHERE s.session_id IN ({})",
                     placeholders(1, chunk.len(), pos)
                 );
                 let mut q = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql))
-                    .persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1, pos));
+                    .persistent($crate::store::fhir::cache_chunk(chunk.len(), $crate::store::fhir::IN_CHUNK, 1, pos));
                 for s in chunk {
                     q = q.bind(*s);
                 }
@@ -404,14 +408,14 @@ macro_rules! apply_fhir {
             let mut state: std::collections::HashMap<(String, String), Current> = Default::default();
             for (ty, ids) in &wanted {
                 let ids: Vec<&String> = ids.iter().collect();
-                for chunk in ids.chunks(500) {
+                for chunk in ids.chunks($crate::store::fhir::IN_CHUNK) {
                     let sql = format!(
                         "SELECT rid, id, version_id, content_sha256, deleted FROM fhir_resources WHERE resource_type = {} AND id IN ({})",
                         placeholders(1, 1, pos),
                         placeholders(2, chunk.len(), pos)
                     );
                     let mut q = sqlx::query_as::<_, (i64, String, i64, String, bool)>(sqlx::AssertSqlSafe(sql))
-                        .persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1, pos))
+                        .persistent($crate::store::fhir::cache_chunk(chunk.len(), $crate::store::fhir::IN_CHUNK, 1, pos))
                         .bind(ty.as_str());
                     for id in chunk {
                         q = q.bind(id.as_str());
@@ -458,9 +462,14 @@ macro_rules! apply_fhir {
                 &versions,
                 ""
             );
-            for chunk in plan.reindex.chunks(500) {
+            for chunk in plan.reindex.chunks($crate::store::fhir::IN_CHUNK) {
                 let sql = format!("DELETE FROM fhir_search WHERE rid IN ({})", placeholders(1, chunk.len(), pos));
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1, pos));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_chunk(
+                    chunk.len(),
+                    $crate::store::fhir::IN_CHUNK,
+                    1,
+                    pos,
+                ));
                 for rid in chunk {
                     q = q.bind(*rid);
                 }
@@ -474,9 +483,14 @@ macro_rules! apply_fhir {
                 ""
             );
             $crate::store::fhir::insert_rows!($tx, "fhir_resource_leas (rid, lea_id)", 2, &links, "ON CONFLICT DO NOTHING");
-            for chunk in plan.owned_sessions.chunks(500) {
+            for chunk in plan.owned_sessions.chunks($crate::store::fhir::IN_CHUNK) {
                 let sql = format!("DELETE FROM fhir_session_resources WHERE session_id IN ({})", placeholders(1, chunk.len(), pos));
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1, pos));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_chunk(
+                    chunk.len(),
+                    $crate::store::fhir::IN_CHUNK,
+                    1,
+                    pos,
+                ));
                 for s in chunk {
                     q = q.bind(s.as_str());
                 }

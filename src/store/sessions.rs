@@ -258,14 +258,14 @@ macro_rules! apply_job {
         $crate::store::fhir::insert_rows!($tx, SESSION_COLUMNS, 13, &new_rows, "ON CONFLICT DO NOTHING");
         // 2. Their current versions.
         let mut current: std::collections::HashMap<String, $crate::store::sessions::CurrentRow> = Default::default();
-        for chunk in first.chunks(500) {
+        for chunk in first.chunks($crate::store::fhir::IN_CHUNK) {
             let sql = format!(
                 "SELECT id, current_version, current_content_sha256, updated_at FROM sessions WHERE id IN ({}){}",
                 $crate::store::fhir::placeholders(1, chunk.len(), pos),
                 $for_update
             );
             let mut q = sqlx::query_as::<_, $crate::store::sessions::CurrentRow>(sqlx::AssertSqlSafe(sql))
-                .persistent($crate::store::fhir::cache_chunk(chunk.len(), 500, 1, pos));
+                .persistent($crate::store::fhir::cache_chunk(chunk.len(), $crate::store::fhir::IN_CHUNK, 1, pos));
             for (_, r) in chunk {
                 q = q.bind(r.session_id.as_str());
             }
