@@ -22,9 +22,13 @@ port=${PORT:-18083}
 export WG__DATABASE__URL="sqlite://$work/bench.db" WG__SERVER__PORT=$port WG__LOG__LEVEL=info WG__EXPORT__DIR="$work/exports" \
   WG__BILLING__WORKER=false
 cargo build --release --quiet
-cargo bench --bench http_load --no-run --quiet 2>/dev/null || cargo bench --bench http_load --no-run
-gw=target/release/wellness-gateway
-load() { cargo bench --quiet --bench http_load -- "$@"; }
+# The binaries are copied into WORK: a rebuild while the benchmark runs (it takes half an hour
+# at the default size) does not change what is measured.
+load_exe=$(cargo bench --bench http_load --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -n1)
+mkdir -p "$work/bin"
+cp target/release/wellness-gateway "$load_exe" "$work/bin/"
+gw=$work/bin/wellness-gateway
+load() { "$work/bin/$(basename "$load_exe")" --bench "$@"; }
 url=http://127.0.0.1:$port
 fresh=0
 [ -f "$work/bench.db" ] || fresh=1
@@ -50,6 +54,7 @@ export_once() { # $1 = query; prints seconds and the manifest to $work/manifest.
   local token status start end
   token=$(load smart-token "$url" "$partner")
   echo 5 > /proc/$server/clear_refs
+  grep VmRSS /proc/$server/status | tr -s ' ' > "$work/rss-at-kickoff"
   start=$(date +%s.%N)
   status=$(curl -sfi "$url/fhir/\$export$1" -H "Authorization: Bearer $token" -H "Prefer: respond-async" | tr -d '\r' | sed -n 's/^content-location: //Ip')
   local issued=$SECONDS
@@ -66,7 +71,7 @@ export_once() { # $1 = query; prints seconds and the manifest to $work/manifest.
 }
 full=$(export_once "")
 written=$(python3 -c "import json;m=json.load(open('$work/manifest.json'));print(sum(o['count'] for o in m['output']))")
-echo "full export: $written resources in ${full}s = $(echo "$written / $full" | bc) resources/s; peak RSS during export: $(grep VmHWM /proc/$server/status | tr -s ' ')"
+echo "full export: $written resources in ${full}s = $(echo "$written / $full" | bc) resources/s; peak RSS during export: $(grep VmHWM /proc/$server/status | tr -s ' ') (at kick-off: $(cat "$work/rss-at-kickoff"))"
 since=$(python3 -c "import json;print(json.load(open('$work/manifest.json'))['transactionTime'])")
 # 1% of the sessions changed since: re-send them a little longer (a new Encounter version).
 changed=$((rows / 100))

@@ -112,6 +112,10 @@ pub struct Checkpoint {
     pub chunk_end: Option<String>,
     /// Keyset position within the type: (`_lastUpdated` µs, id) of the last resource judged.
     pub cursor: Option<(i64, String)>,
+    /// On a pass in storage order (a full export: every type at once), the storage key of the
+    /// last resource judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_after: Option<i64>,
     /// Sequence number of the next file.
     pub next_seq: i64,
     /// Resources judged.

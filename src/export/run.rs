@@ -2,7 +2,7 @@
 //! re-judge what consent changes touched, complete; and the cleanup of expired and cancelled
 //! jobs' files. See the module doc of [`crate::export`].
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -202,7 +202,7 @@ async fn cleanup(inner: &Inner) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The file being written.
+/// A file being written.
 struct OpenFile {
     file: NdjsonFile,
     seq: i64,
@@ -210,12 +210,18 @@ struct OpenFile {
     patients: BTreeSet<String>,
 }
 
-/// What the blocking part of a page returns: the state, and each file finished on the way
-/// with the checkpoint after its last resource.
+/// The files being written, by type: one at a time on a pass type by type, one per type on a
+/// pass in storage order. When one is full, all are finished together, so that a checkpoint
+/// never falls inside a file (a resumed job rewrites from its checkpoint, and files not
+/// recorded are removed).
+type OpenFiles = BTreeMap<String, OpenFile>;
+
+/// What the blocking part of a page returns: the state, and the files finished on the way
+/// with the checkpoint after their last resource.
 struct PageOut {
     ck: Checkpoint,
-    open: Option<OpenFile>,
-    finished: Vec<(ExportFileRow, Checkpoint)>,
+    open: OpenFiles,
+    finished: Vec<(Vec<ExportFileRow>, Checkpoint)>,
 }
 
 struct Job<'a> {
@@ -261,9 +267,9 @@ impl Job<'_> {
         crate::store::now_us() + i64::try_from(self.inner.settings.export.lease_seconds).unwrap_or(60) * 1_000_000
     }
 
-    async fn record(&mut self, file: Option<&ExportFileRow>, ck: &Checkpoint) -> Result<(), RunError> {
+    async fn record(&mut self, files: &[ExportFileRow], ck: &Checkpoint) -> Result<(), RunError> {
         let json = serde_json::to_string(ck).map_err(|e| RunError::Corrupt(e.to_string()))?;
-        if !self.inner.store.export_record_file(&self.row.id, &self.owner, file, &json, self.lease_until()).await? {
+        if !self.inner.store.export_record_files(&self.row.id, &self.owner, files, &json, self.lease_until()).await? {
             return Err(RunError::Lost);
         }
         Ok(())
@@ -276,13 +282,17 @@ impl Job<'_> {
         }
         let written: u64 = ck.written.values().sum();
         // (Written, never examined: how much was withheld is not the client's to know.)
-        let progress = format!(
-            "{}type {} of {}, {} resources written",
-            if ck.phase == 1 { "consent changes: " } else { "" },
-            (ck.type_index + 1).min(self.params.types.len()),
-            self.params.types.len(),
-            written
-        );
+        let progress = if ck.scan_after.is_some() {
+            format!("{written} resources written")
+        } else {
+            format!(
+                "{}type {} of {}, {} resources written",
+                if ck.phase == 1 { "consent changes: " } else { "" },
+                (ck.type_index + 1).min(self.params.types.len()),
+                self.params.types.len(),
+                written
+            )
+        };
         if !self.inner.store.export_renew(&self.row.id, &self.owner, self.lease_until(), &progress).await? {
             return Err(RunError::Lost);
         }
@@ -290,14 +300,16 @@ impl Job<'_> {
         Ok(())
     }
 
-    /// Finishes the open file (if any) and records it with `ck`.
-    async fn close(&mut self, open: Option<OpenFile>, ck: &Checkpoint) -> Result<(), RunError> {
-        let Some(f) = open else { return Ok(()) };
+    /// Finishes the open files (if any) and records them with `ck`.
+    async fn close(&mut self, open: OpenFiles, ck: &Checkpoint) -> Result<(), RunError> {
+        if open.is_empty() {
+            return Ok(());
+        }
         let (job_id, gzip) = (self.row.id.clone(), self.params.gzip);
-        let row = tokio::task::spawn_blocking(move || finish_file(f, &job_id, gzip))
+        let rows = tokio::task::spawn_blocking(move || finish_all(open, &job_id, gzip))
             .await
             .map_err(|e| RunError::Io(std::io::Error::other(e)))??;
-        self.record(Some(&row), ck).await
+        self.record(&rows, ck).await
     }
 }
 
@@ -378,9 +390,10 @@ async fn run_job_with(inner: &Inner, row: ExportJobRow, owner: &str, reader: Sto
         ck.phase += 1;
         ck.type_index = 0;
         ck.cursor = None;
+        ck.scan_after = None;
         ck.chunk_after = None;
         ck.chunk_end = None;
-        job.record(None, &ck).await?;
+        job.record(&[], &ck).await?;
     }
     let t = Instant::now();
     let evaluated = recheck_consent(&mut job, &ck).await?;
@@ -438,7 +451,7 @@ async fn run_job_with(inner: &Inner, row: ExportJobRow, owner: &str, reader: Sto
 /// The error file reporting parameters ignored under `Prefer: handling=lenient`.
 async fn write_ignored(job: &mut Job<'_>, ck: &mut Checkpoint) -> Result<(), RunError> {
     if job.params.ignored.is_empty() {
-        return job.record(None, ck).await;
+        return job.record(&[], ck).await;
     }
     let outcome = crate::fhir::OperationOutcome::new(
         job.params
@@ -479,7 +492,7 @@ async fn write_ignored(job: &mut Job<'_>, ck: &mut Checkpoint) -> Result<(), Run
         bytes: i64::try_from(bytes).unwrap_or(0),
         patients: "[]".into(),
     };
-    job.record(Some(&row), ck).await
+    job.record(&[row], ck).await
 }
 
 /// The students a Group or `patient` parameter limits the export to (sorted); `None`: all.
@@ -513,6 +526,11 @@ fn bounds(lo: Option<i64>, hi: i64) -> Vec<Criterion> {
     out
 }
 
+/// Finishes files (blocking) into their rows.
+fn finish_all(open: OpenFiles, job_id: &str, gzip: bool) -> std::io::Result<Vec<ExportFileRow>> {
+    open.into_values().map(|f| finish_file(f, job_id, gzip)).collect()
+}
+
 /// Finishes a file (blocking) into its row.
 fn finish_file(f: OpenFile, job_id: &str, gzip: bool) -> std::io::Result<ExportFileRow> {
     let lines = f.file.lines;
@@ -540,12 +558,22 @@ async fn run_pass(
     previously: Arc<HashSet<String>>,
 ) -> Result<(), RunError> {
     let batch = usize::try_from(job.inner.settings.export.batch_size).unwrap_or(1000);
+    // A full export goes through the tables once, in storage order; a job begun type by type
+    // (by an earlier version) goes on that way.
+    if ck.phase == 0
+        && students.is_none()
+        && lo.is_none()
+        && job.params.type_filters.is_empty()
+        && (ck.scan_after.is_some() || (ck.type_index == 0 && ck.cursor.is_none()))
+    {
+        return run_scan(job, ck, hi, batch).await;
+    }
     while ck.type_index < job.params.types.len() {
         let ty = job.params.types[ck.type_index].clone();
         let by_student = students.is_some() && COMPARTMENT.contains(&ty.as_str());
         // The directory is the same for everyone: not part of a consent-changes pass.
         let skip = ck.phase == 1 && !by_student;
-        let mut open: Option<OpenFile> = None;
+        let mut open = OpenFiles::new();
         let mut prefetched: Option<Prepared> = None;
         // The page after `prefetched`, read but not yet prepared.
         let mut read_ahead: Option<crate::store::SearchPage> = None;
@@ -613,7 +641,7 @@ async fn run_pass(
                 Some(p) => p,
                 None => {
                     let first = read(job, &req).await?;
-                    prepare(job, first).await?
+                    prepare(job, first.matches, Vec::new(), first.next).await?
                 }
             };
             let next = match (read_ahead.take(), &page.next) {
@@ -629,7 +657,7 @@ async fn run_pass(
             let after = next.as_ref().and_then(|n| n.next.clone()).map(|c| SearchRequest { cursor: Some(c), ..req.clone() });
             let prepare_next = async {
                 match next {
-                    Some(n) => prepare(job, n).await.map(Some),
+                    Some(n) => prepare(job, n.matches, Vec::new(), n.next).await.map(Some),
                     None => Ok(None),
                 }
             };
@@ -639,16 +667,19 @@ async fn run_pass(
                     None => Ok(None),
                 }
             };
-            let (out, next, after) =
-                tokio::join!(judge_page(job, std::mem::take(ck), open.take(), page, previously.clone()), prepare_next, read_after);
+            let (out, next, after) = tokio::join!(
+                judge_page(job, std::mem::take(ck), std::mem::take(&mut open), page, previously.clone()),
+                prepare_next,
+                read_after
+            );
             let out = out?;
             prefetched = next?;
             read_ahead = after?;
             *ck = out.ck;
             open = out.open;
             let t = Instant::now();
-            for (row, at) in &out.finished {
-                job.record(Some(row), at).await?;
+            for (rows, at) in &out.finished {
+                job.record(rows, at).await?;
             }
             job.keep_lease(ck).await?;
             add_time(&job.timings.bookkeeping, t);
@@ -666,13 +697,84 @@ async fn run_pass(
         ck.cursor = None;
         ck.chunk_after = None;
         ck.chunk_end = None;
-        if let Some(f) = &open {
-            ck.next_seq = f.seq + 1;
-        }
         let t = Instant::now();
         job.close(open, ck).await?;
         add_time(&job.timings.bookkeeping, t);
     }
+    Ok(())
+}
+
+/// A page of a pass in storage order.
+struct ScanPage {
+    rids: Vec<i64>,
+    resources: Vec<StoredResource>,
+    /// Another page follows.
+    more: bool,
+}
+
+/// Reads the page of a pass in storage order after storage key `after`.
+async fn read_scan(job: &Job<'_>, after: i64, hi: i64, batch: usize) -> Result<ScanPage, RunError> {
+    let t = Instant::now();
+    let (rows, more) = job.reader.fhir_scan(&job.params.types, after, hi, batch).await?;
+    add_time(&job.timings.read, t);
+    let (rids, resources) = rows.into_iter().unzip();
+    Ok(ScanPage { rids, resources, more })
+}
+
+/// The main pass of a full export (no `_since`, Group, `patient` or `_typeFilter`): every type
+/// at once, in storage order ([`Store::fhir_scan`]), one file open per type. The tables are
+/// read once, front to back, and a session's resources arrive together, so its decision facts
+/// are read once for all of them - a pass per type reads the tables and the facts once per
+/// type. Pages overlap as on a pass by type: one is decided and written while the next is
+/// parsed and its facts read, and the one after it read.
+async fn run_scan(job: &mut Job<'_>, ck: &mut Checkpoint, hi: i64, batch: usize) -> Result<(), RunError> {
+    let previously = Arc::new(HashSet::new());
+    let mut open = OpenFiles::new();
+    let first = read_scan(job, ck.scan_after.unwrap_or(0), hi, batch).await?;
+    let mut ahead = match (first.more, first.rids.last()) {
+        (true, Some(last)) => Some(read_scan(job, *last, hi, batch).await?),
+        _ => None,
+    };
+    let mut page = prepare(job, first.resources, first.rids, None).await?;
+    loop {
+        let after = ahead.as_ref().filter(|a| a.more).and_then(|a| a.rids.last().copied());
+        let prepare_next = async {
+            match ahead {
+                Some(a) => prepare(job, a.resources, a.rids, None).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let read_after = async {
+            match after {
+                Some(rid) => read_scan(job, rid, hi, batch).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (out, next, after) = tokio::join!(
+            judge_page(job, std::mem::take(ck), std::mem::take(&mut open), page, previously.clone()),
+            prepare_next,
+            read_after
+        );
+        let out = out?;
+        *ck = out.ck;
+        open = out.open;
+        let t = Instant::now();
+        for (rows, at) in &out.finished {
+            job.record(rows, at).await?;
+        }
+        job.keep_lease(ck).await?;
+        add_time(&job.timings.bookkeeping, t);
+        match next? {
+            Some(p) => {
+                page = p;
+                ahead = after?;
+            }
+            None => break,
+        }
+    }
+    let t = Instant::now();
+    job.close(open, ck).await?;
+    add_time(&job.timings.bookkeeping, t);
     Ok(())
 }
 
@@ -699,7 +801,9 @@ async fn compartment(store: &Store, ty: &str, students: &[String]) -> Result<Opt
 struct Prepared {
     parsed: Parsed,
     facts: DecisionFacts,
-    /// Where the page after it starts.
+    /// On a pass in storage order, each match's storage key (empty otherwise).
+    rids: Vec<i64>,
+    /// Where the page after it starts (a pass by type).
     next: Option<Cursor>,
 }
 
@@ -716,8 +820,7 @@ async fn read(job: &Job<'_>, req: &SearchRequest) -> Result<crate::store::Search
 }
 
 /// Parses a page of matches (on the blocking pool) and reads their decision facts.
-async fn prepare(job: &Job<'_>, page: crate::store::SearchPage) -> Result<Prepared, RunError> {
-    let rows = page.matches;
+async fn prepare(job: &Job<'_>, rows: Vec<StoredResource>, rids: Vec<i64>, next: Option<Cursor>) -> Result<Prepared, RunError> {
     let t = Instant::now();
     let parsed = tokio::task::spawn_blocking(move || Parsed::new(rows)).await.map_err(blocking)?;
     add_time(&job.timings.parse, t);
@@ -725,18 +828,18 @@ async fn prepare(job: &Job<'_>, page: crate::store::SearchPage) -> Result<Prepar
     let facts = parsed.facts(&job.reader, Prefetched::default()).await?;
     tracing::trace!(facts_us = t.elapsed().as_micros() as u64, "export page facts");
     add_time(&job.timings.facts, t);
-    Ok(Prepared { parsed, facts, next: page.next })
+    Ok(Prepared { parsed, facts, rids, next })
 }
 
 /// Decides a prepared page and writes what is permitted (on the blocking pool).
 async fn judge_page(
     job: &Job<'_>,
     mut ck: Checkpoint,
-    open: Option<OpenFile>,
+    open: OpenFiles,
     page: Prepared,
     previously: Arc<HashSet<String>>,
 ) -> Result<PageOut, RunError> {
-    let Prepared { parsed, facts, .. } = page;
+    let Prepared { parsed, facts, rids, .. } = page;
     let t = Instant::now();
     let rules = job.inner.rules.clone();
     let recipient = job.recipient.clone();
@@ -746,10 +849,13 @@ async fn judge_page(
         let judged = parsed.decide(facts, &rules, recipient.partner());
         let mut open = open;
         let mut finished = Vec::new();
-        for j in judged {
+        for (i, j) in judged.into_iter().enumerate() {
             let r = &j.resource;
             ck.judged += 1;
-            ck.cursor = Some((r.last_updated_us, r.id.clone()));
+            match rids.get(i) {
+                Some(rid) => ck.scan_after = Some(*rid),
+                None => ck.cursor = Some((r.last_updated_us, r.id.clone())),
+            }
             if !j.verdict.permitted {
                 *ck.withheld.entry(j.verdict.rule.to_string()).or_default() += 1;
                 // Only the student is listed, never the resource: a withheld resource may be one
@@ -764,28 +870,27 @@ async fn judge_page(
                 }
                 continue;
             }
-            if open.is_none() {
-                let seq = ck.next_seq;
-                let path = dir.join(file_name(seq, &r.resource_type, gzip));
-                open = Some(OpenFile {
-                    file: NdjsonFile::create(path, gzip)?,
-                    seq,
-                    resource_type: r.resource_type.clone(),
-                    patients: BTreeSet::new(),
-                });
-            }
-            let Some(f) = open.as_mut() else { continue };
+            let f = match open.entry(r.resource_type.clone()) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let seq = ck.next_seq;
+                    ck.next_seq += 1;
+                    let path = dir.join(file_name(seq, &r.resource_type, gzip));
+                    e.insert(OpenFile {
+                        file: NdjsonFile::create(path, gzip)?,
+                        seq,
+                        resource_type: r.resource_type.clone(),
+                        patients: BTreeSet::new(),
+                    })
+                }
+            };
             f.file.write_lines([r.content.as_str()])?;
             if let Some(p) = &j.verdict.patient {
                 f.patients.insert(p.clone());
             }
             *ck.written.entry(r.resource_type.clone()).or_default() += 1;
-            if (f.file.lines >= cfg.max_file_resources || f.file.raw_bytes >= cfg.max_file_bytes)
-                && let Some(f) = open.take()
-            {
-                ck.next_seq = f.seq + 1;
-                let row = finish_file(f, &job_id, gzip)?;
-                finished.push((row, ck.clone()));
+            if f.file.lines >= cfg.max_file_resources || f.file.raw_bytes >= cfg.max_file_bytes {
+                finished.push((finish_all(std::mem::take(&mut open), &job_id, gzip)?, ck.clone()));
             }
         }
         Ok(PageOut { ck, open, finished })
@@ -813,7 +918,7 @@ async fn recheck_consent(job: &mut Job<'_>, ck: &Checkpoint) -> Result<i64, RunE
                 continue;
             }
             let row = rejudge_file(&job.inner.store, &job.inner.rules, &job.recipient, &job.dir, job.params.gzip, f).await?;
-            job.record(Some(&row), ck).await?;
+            job.record(&[row], ck).await?;
         }
         from = at;
     }

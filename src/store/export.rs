@@ -173,13 +173,13 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Records a finished file (or rewrites a recorded one) with the checkpoint after it, in one
+    /// Records finished files (or rewrites recorded ones) with the checkpoint after them, in one
     /// transaction; `false` (and nothing written) when the job is no longer this runner's.
-    pub async fn export_record_file(
+    pub async fn export_record_files(
         &self,
         id: &str,
         owner: &str,
-        file: Option<&ExportFileRow>,
+        files: &[ExportFileRow],
         checkpoint: &str,
         lease_until_us: i64,
     ) -> Result<bool, StoreError> {
@@ -198,7 +198,7 @@ impl Store {
             if n != 1 {
                 return Ok(false);
             }
-            if let Some(f) = file {
+            for f in files {
                 sqlx::query(
                     "INSERT INTO export_files (job_id, seq, kind, resource_type, name, count, bytes, patients) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
