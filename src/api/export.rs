@@ -212,7 +212,7 @@ pub async fn export_status(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let job = own_job(&state, &who, &path).await?;
-    let files = if job.status == "completed" { state.store.export_files(&job.id).await? } else { Vec::new() };
+    let files = if job.status == "completed" { state.store.export_file_list(&job.id).await? } else { Vec::new() };
     let file_base = format!("{}/$export-file/{}", super::fhir::base_url(&req), job.id);
     match crate::export::status(&job, &files, &file_base) {
         Status::InProgress(p) => Ok(HttpResponse::Accepted()
@@ -272,7 +272,7 @@ pub async fn export_file(
     if job.status != "completed" {
         return Err(not_found());
     }
-    let mut file = state.store.export_files(&id).await?.into_iter().find(|f| f.name == name).ok_or_else(not_found)?;
+    let mut file = state.store.export_file(&id, &name).await?.ok_or_else(not_found)?;
     let purpose = crate::domain::PurposeOfUse::parse(&job.purpose).map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
     let dir = crate::export::files::job_dir(&state.exporter.root(), &id);
     // Consent changed since the output was evaluated for a student of this file: judge it again

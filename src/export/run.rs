@@ -15,7 +15,7 @@ use super::{COMPARTMENT, Checkpoint, Level, Params};
 use crate::consent::ConsentRules;
 use crate::domain::PurposeOfUse;
 use crate::fhir::search::{Criterion, Cursor, DateCmp, Prefix, SearchRegistry, SearchRequest, Sort};
-use crate::serve::{DecisionFacts, Parsed, Partner, Prefetched};
+use crate::serve::{DecisionFacts, FactsCache, Parsed, Partner, Prefetched};
 use crate::settings::Settings;
 use crate::store::{ExportFileRow, ExportJobRow, Store, StoreError, StoredResource};
 
@@ -333,7 +333,7 @@ async fn run_job_with(inner: &Inner, row: ExportJobRow, owner: &str, reader: Sto
     let purpose = PurposeOfUse::parse(&row.purpose).map_err(RunError::Corrupt)?;
     let dir = job_dir(&inner.settings.export.dir, &row.id);
     // A file of an interrupted run that was never recorded is written again from its checkpoint.
-    let recorded: HashSet<String> = inner.store.export_files(&row.id).await?.into_iter().map(|f| f.name).collect();
+    let recorded: HashSet<String> = inner.store.export_file_list(&row.id).await?.into_iter().map(|f| f.name).collect();
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.filter_map(|e| e.ok()) {
             if !e.file_name().to_str().is_some_and(|n| recorded.contains(n)) {
@@ -641,7 +641,7 @@ async fn run_pass(
                 Some(p) => p,
                 None => {
                     let first = read(job, &req).await?;
-                    prepare(job, first.matches, Vec::new(), first.next).await?
+                    prepare(job, first.matches, Vec::new(), first.next, None).await?
                 }
             };
             let next = match (read_ahead.take(), &page.next) {
@@ -657,7 +657,7 @@ async fn run_pass(
             let after = next.as_ref().and_then(|n| n.next.clone()).map(|c| SearchRequest { cursor: Some(c), ..req.clone() });
             let prepare_next = async {
                 match next {
-                    Some(n) => prepare(job, n.matches, Vec::new(), n.next).await.map(Some),
+                    Some(n) => prepare(job, n.matches, Vec::new(), n.next, None).await.map(Some),
                     None => Ok(None),
                 }
             };
@@ -712,6 +712,11 @@ struct ScanPage {
     more: bool,
 }
 
+/// Pages whose sessions' decision facts a pass in storage order keeps: intake writes a batch
+/// (up to 1,000 sessions) type by type, so a session's Encounter, Conditions, Provenance and
+/// notes lie a few pages apart.
+const FACTS_CACHE_PAGES: usize = 4;
+
 /// Reads the page of a pass in storage order after storage key `after`.
 async fn read_scan(job: &Job<'_>, after: i64, hi: i64, batch: usize) -> Result<ScanPage, RunError> {
     let t = Instant::now();
@@ -723,10 +728,10 @@ async fn read_scan(job: &Job<'_>, after: i64, hi: i64, batch: usize) -> Result<S
 
 /// The main pass of a full export (no `_since`, Group, `patient` or `_typeFilter`): every type
 /// at once, in storage order ([`Store::fhir_scan`]), one file open per type. The tables are
-/// read once, front to back, and a session's resources arrive together, so its decision facts
-/// are read once for all of them - a pass per type reads the tables and the facts once per
-/// type. Pages overlap as on a pass by type: one is decided and written while the next is
-/// parsed and its facts read, and the one after it read.
+/// read once, front to back (a pass per type reads them once per type), and a session's
+/// resources lie a few pages apart, so its decision facts are read once for all of them and
+/// kept for the pages after ([`FactsCache`]). Pages overlap as on a pass by type: one is
+/// decided and written while the next is parsed and its facts read, and the one after it read.
 async fn run_scan(job: &mut Job<'_>, ck: &mut Checkpoint, hi: i64, batch: usize) -> Result<(), RunError> {
     let previously = Arc::new(HashSet::new());
     let mut open = OpenFiles::new();
@@ -735,12 +740,13 @@ async fn run_scan(job: &mut Job<'_>, ck: &mut Checkpoint, hi: i64, batch: usize)
         (true, Some(last)) => Some(read_scan(job, *last, hi, batch).await?),
         _ => None,
     };
-    let mut page = prepare(job, first.resources, first.rids, None).await?;
+    let mut cache = FactsCache::new(FACTS_CACHE_PAGES * batch);
+    let mut page = prepare(job, first.resources, first.rids, None, Some(&mut cache)).await?;
     loop {
         let after = ahead.as_ref().filter(|a| a.more).and_then(|a| a.rids.last().copied());
         let prepare_next = async {
             match ahead {
-                Some(a) => prepare(job, a.resources, a.rids, None).await.map(Some),
+                Some(a) => prepare(job, a.resources, a.rids, None, Some(&mut cache)).await.map(Some),
                 None => Ok(None),
             }
         };
@@ -820,12 +826,21 @@ async fn read(job: &Job<'_>, req: &SearchRequest) -> Result<crate::store::Search
 }
 
 /// Parses a page of matches (on the blocking pool) and reads their decision facts.
-async fn prepare(job: &Job<'_>, rows: Vec<StoredResource>, rids: Vec<i64>, next: Option<Cursor>) -> Result<Prepared, RunError> {
+async fn prepare(
+    job: &Job<'_>,
+    rows: Vec<StoredResource>,
+    rids: Vec<i64>,
+    next: Option<Cursor>,
+    cache: Option<&mut FactsCache>,
+) -> Result<Prepared, RunError> {
     let t = Instant::now();
     let parsed = tokio::task::spawn_blocking(move || Parsed::new(rows)).await.map_err(blocking)?;
     add_time(&job.timings.parse, t);
     let t = Instant::now();
-    let facts = parsed.facts(&job.reader, Prefetched::default()).await?;
+    let facts = match cache {
+        Some(c) => parsed.facts_cached(&job.reader, c).await?,
+        None => parsed.facts(&job.reader, Prefetched::default()).await?,
+    };
     tracing::trace!(facts_us = t.elapsed().as_micros() as u64, "export page facts");
     add_time(&job.timings.facts, t);
     Ok(Prepared { parsed, facts, rids, next })

@@ -325,6 +325,35 @@ pub struct Parsed {
     subjects: Vec<Subject>,
 }
 
+/// Adds directives, compiled, to consents by student (each directive once).
+fn add_compiled(consents: &mut HashMap<String, Vec<Compiled>>, directives: Vec<crate::consent::Directive>) {
+    for d in directives {
+        let list = consents.entry(d.patient.clone()).or_default();
+        if !list.iter().any(|c| c.id == d.id) {
+            list.push(d.compile());
+        }
+    }
+}
+
+/// Sessions' decision facts and their students' consents kept from page to page by one bulk
+/// export job ([`Parsed::facts_cached`]); emptied when it would hold more than `capacity`
+/// sessions. A consent changed while the job runs is caught by the job's closing recheck, as
+/// for facts read page by page.
+#[derive(Default)]
+pub struct FactsCache {
+    sessions: HashMap<String, SessionFacts>,
+    /// By student: every consent of each student of a kept session.
+    consents: HashMap<String, Vec<Compiled>>,
+    capacity: usize,
+}
+
+impl FactsCache {
+    /// An empty cache of at most `capacity` sessions.
+    pub fn new(capacity: usize) -> FactsCache {
+        FactsCache { capacity, ..Default::default() }
+    }
+}
+
 /// The decision facts of a [`Parsed`] batch.
 #[derive(Default)]
 pub struct DecisionFacts {
@@ -506,13 +535,64 @@ impl Parsed {
         Parsed { resources, parsed, subjects }
     }
 
+    /// The sessions and the students the resources are judged by.
+    fn subject_keys(&self) -> (HashSet<&str>, HashSet<&str>) {
+        let session_ids =
+            self.subjects.iter().filter_map(|s| if let Subject::Session { id, .. } = s { Some(id.as_str()) } else { None }).collect();
+        let patient_ids = self.subjects.iter().filter_map(|s| if let Subject::Patient(p) = s { Some(p.as_str()) } else { None }).collect();
+        (session_ids, patient_ids)
+    }
+
+    /// As [`Parsed::facts`], keeping sessions' facts and their students' consents in `cache` for
+    /// the pages after this one (a bulk export reading in storage order meets a session's
+    /// resources on consecutive pages).
+    pub async fn facts_cached(&self, store: &Store, cache: &mut FactsCache) -> Result<DecisionFacts, StoreError> {
+        let (session_ids, patient_ids) = self.subject_keys();
+        if cache.sessions.len() + session_ids.len() > cache.capacity {
+            cache.sessions.clear();
+            cache.consents.clear();
+        }
+        let missing: Vec<&str> = session_ids.iter().copied().filter(|id| !cache.sessions.contains_key(*id)).collect();
+        if !missing.is_empty() {
+            let (facts, directives) = store.session_facts(&missing).await?;
+            // Every fetched session's student gets an entry: all its consents came with it.
+            for s in &facts {
+                if let Some(p) = &s.patient_id {
+                    cache.consents.entry(p.clone()).or_default();
+                }
+            }
+            add_compiled(&mut cache.consents, directives);
+            cache.sessions.extend(facts.into_iter().map(|s| (s.id.clone(), s)));
+        }
+        let mut sessions = HashMap::with_capacity(session_ids.len());
+        let mut consents: HashMap<String, Vec<Compiled>> = HashMap::new();
+        for id in session_ids {
+            let Some(s) = cache.sessions.get(id) else { continue };
+            if let Some(p) = &s.patient_id
+                && !consents.contains_key(p)
+                && let Some(c) = cache.consents.get(p)
+            {
+                consents.insert(p.clone(), c.clone());
+            }
+            sessions.insert(id.to_string(), s.clone());
+        }
+        let mut patient_sessions: HashMap<String, Vec<SessionFacts>> = HashMap::new();
+        if !patient_ids.is_empty() {
+            let (facts, directives) = store.patient_session_facts(&patient_ids.into_iter().collect::<Vec<_>>()).await?;
+            for s in facts {
+                if let Some(p) = s.patient_id.clone() {
+                    patient_sessions.entry(p).or_default().push(s);
+                }
+            }
+            add_compiled(&mut consents, directives);
+        }
+        Ok(DecisionFacts { sessions, consents, patient_sessions })
+    }
+
     /// Reads the facts every decision needs, in a few queries (each brings the sessions'
     /// students' consents along).
     pub async fn facts(&self, store: &Store, prefetched: Prefetched) -> Result<DecisionFacts, StoreError> {
-        let session_ids: HashSet<&str> =
-            self.subjects.iter().filter_map(|s| if let Subject::Session { id, .. } = s { Some(id.as_str()) } else { None }).collect();
-        let patient_ids: HashSet<&str> =
-            self.subjects.iter().filter_map(|s| if let Subject::Patient(p) = s { Some(p.as_str()) } else { None }).collect();
+        let (session_ids, patient_ids) = self.subject_keys();
         let mut consents: HashMap<String, Vec<Compiled>> = HashMap::new();
         let mut add_consents = |directives: Vec<crate::consent::Directive>| {
             for d in directives {

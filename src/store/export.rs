@@ -127,6 +127,31 @@ impl Store {
         Ok(row)
     }
 
+    /// The recorded files of a job, in manifest order, without their students: `patients` is
+    /// left empty (a full export's lists hold every student, megabytes per file, and a manifest
+    /// or a resumed job does not need them). Not for recording again.
+    pub async fn export_file_list(&self, job_id: &str) -> Result<Vec<ExportFileRow>, StoreError> {
+        let rows = with_db!(self.db(), pool => {
+            sqlx::query_as("SELECT job_id, seq, kind, resource_type, name, count, bytes, '' AS patients FROM export_files WHERE job_id = $1 ORDER BY seq")
+                .bind(job_id)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// One recorded file of a job, with its students.
+    pub async fn export_file(&self, job_id: &str, name: &str) -> Result<Option<ExportFileRow>, StoreError> {
+        let row = with_db!(self.db(), pool => {
+            sqlx::query_as("SELECT job_id, seq, kind, resource_type, name, count, bytes, patients FROM export_files WHERE job_id = $1 AND name = $2")
+                .bind(job_id)
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row)
+    }
+
     /// The recorded files of a job, in manifest order.
     pub async fn export_files(&self, job_id: &str) -> Result<Vec<ExportFileRow>, StoreError> {
         let rows = with_db!(self.db(), pool => {

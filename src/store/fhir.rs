@@ -838,8 +838,8 @@ impl Store {
     /// One page of a bulk export's pass in storage order: the current, non-deleted resources of
     /// `types` with a storage key (rid) above `after` and `_lastUpdated` at or before `until_us`,
     /// in rid order, each with its rid; and whether more follow. Rids are allocated in write
-    /// order, so a session's resources come together (their decision facts are read once) and
-    /// the tables are read front to back once, instead of once per type in `_lastUpdated` order.
+    /// order, so the tables are read front to back once (instead of once per type in
+    /// `_lastUpdated` order) and a session's resources lie close together.
     pub async fn fhir_scan(
         &self,
         types: &[String],
