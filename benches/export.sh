@@ -14,7 +14,9 @@ rows=${1:-1000000}
 students=${2:-$((rows / 10))}
 work=${WORK:-$(mktemp -d)}
 mkdir -p "$work"
-trap 'kill $server 2>/dev/null || true; [ -n "${WORK:-}" ] || rm -rf "$work"' EXIT
+# The export files go too (~5 GB per full export of 1,000,000 sessions; a kept WORK would fill
+# the disk after a few runs).
+trap 'kill $server 2>/dev/null || true; rm -rf "$work/exports"; [ -n "${WORK:-}" ] || rm -rf "$work"' EXIT
 port=${PORT:-18083}
 # The claim worker is off: after the import it would be settling the million new sessions (a
 # one-off catch-up, building their claims) while the export runs; the export is measured alone.
