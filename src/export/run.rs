@@ -275,6 +275,19 @@ impl Job<'_> {
         Ok(())
     }
 
+    /// Takes a decided page's state into `ck`, records the files it finished (each group with
+    /// its checkpoint) and renews the lease; returns the files still open.
+    async fn settle(&mut self, ck: &mut Checkpoint, out: PageOut) -> Result<OpenFiles, RunError> {
+        let t = Instant::now();
+        *ck = out.ck;
+        for (rows, at) in &out.finished {
+            self.record(rows, at).await?;
+        }
+        self.keep_lease(ck).await?;
+        add_time(&self.timings.bookkeeping, t);
+        Ok(out.open)
+    }
+
     /// Renews the lease and the progress text once a second (at most every third of the lease).
     async fn keep_lease(&mut self, ck: &Checkpoint) -> Result<(), RunError> {
         if self.last_renew.elapsed() < Duration::from_secs((self.inner.settings.export.lease_seconds / 3).min(1)) {
@@ -675,14 +688,7 @@ async fn run_pass(
             let out = out?;
             prefetched = next?;
             read_ahead = after?;
-            *ck = out.ck;
-            open = out.open;
-            let t = Instant::now();
-            for (rows, at) in &out.finished {
-                job.record(rows, at).await?;
-            }
-            job.keep_lease(ck).await?;
-            add_time(&job.timings.bookkeeping, t);
+            open = job.settle(ck, out).await?;
             if !more {
                 if by_student {
                     ck.chunk_after = chunk_last;
@@ -762,14 +768,7 @@ async fn run_scan(job: &mut Job<'_>, ck: &mut Checkpoint, hi: i64, batch: usize)
             read_after
         );
         let out = out?;
-        *ck = out.ck;
-        open = out.open;
-        let t = Instant::now();
-        for (rows, at) in &out.finished {
-            job.record(rows, at).await?;
-        }
-        job.keep_lease(ck).await?;
-        add_time(&job.timings.bookkeeping, t);
+        open = job.settle(ck, out).await?;
         match next? {
             Some(p) => {
                 page = p;
@@ -885,25 +884,32 @@ async fn judge_page(
                 }
                 continue;
             }
-            let f = match open.entry(r.resource_type.clone()) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let seq = ck.next_seq;
-                    ck.next_seq += 1;
-                    let path = dir.join(file_name(seq, &r.resource_type, gzip));
-                    e.insert(OpenFile {
-                        file: NdjsonFile::create(path, gzip)?,
-                        seq,
-                        resource_type: r.resource_type.clone(),
-                        patients: BTreeSet::new(),
-                    })
-                }
-            };
+            // (Keys are looked up before they are cloned: one type's file takes many lines.)
+            if !open.contains_key(&r.resource_type) {
+                let seq = ck.next_seq;
+                ck.next_seq += 1;
+                let path = dir.join(file_name(seq, &r.resource_type, gzip));
+                let file = OpenFile {
+                    file: NdjsonFile::create(path, gzip)?,
+                    seq,
+                    resource_type: r.resource_type.clone(),
+                    patients: BTreeSet::new(),
+                };
+                open.insert(r.resource_type.clone(), file);
+            }
+            let Some(f) = open.get_mut(&r.resource_type) else { continue };
             f.file.write_lines([r.content.as_str()])?;
-            if let Some(p) = &j.verdict.patient {
+            if let Some(p) = &j.verdict.patient
+                && !f.patients.contains(p)
+            {
                 f.patients.insert(p.clone());
             }
-            *ck.written.entry(r.resource_type.clone()).or_default() += 1;
+            match ck.written.get_mut(&r.resource_type) {
+                Some(n) => *n += 1,
+                None => {
+                    ck.written.insert(r.resource_type.clone(), 1);
+                }
+            }
             if f.file.lines >= cfg.max_file_resources || f.file.raw_bytes >= cfg.max_file_bytes {
                 finished.push((finish_all(std::mem::take(&mut open), &job_id, gzip)?, ck.clone()));
             }

@@ -325,6 +325,27 @@ pub struct Parsed {
     subjects: Vec<Subject>,
 }
 
+/// Every session of these students (their own resources are judged by all of them), by
+/// student; their consents are added to `consents`.
+async fn students_facts(
+    store: &Store,
+    patient_ids: HashSet<&str>,
+    consents: &mut HashMap<String, Vec<Compiled>>,
+) -> Result<HashMap<String, Vec<SessionFacts>>, StoreError> {
+    let mut out: HashMap<String, Vec<SessionFacts>> = HashMap::new();
+    if patient_ids.is_empty() {
+        return Ok(out);
+    }
+    let (facts, directives) = store.patient_session_facts(&patient_ids.into_iter().collect::<Vec<_>>()).await?;
+    for s in facts {
+        if let Some(p) = s.patient_id.clone() {
+            out.entry(p).or_default().push(s);
+        }
+    }
+    add_compiled(consents, directives);
+    Ok(out)
+}
+
 /// Adds directives, compiled, to consents by student (each directive once).
 fn add_compiled(consents: &mut HashMap<String, Vec<Compiled>>, directives: Vec<crate::consent::Directive>) {
     for d in directives {
@@ -545,7 +566,7 @@ impl Parsed {
 
     /// As [`Parsed::facts`], keeping sessions' facts and their students' consents in `cache` for
     /// the pages after this one (a bulk export reading in storage order meets a session's
-    /// resources on consecutive pages).
+    /// resources a few pages apart).
     pub async fn facts_cached(&self, store: &Store, cache: &mut FactsCache) -> Result<DecisionFacts, StoreError> {
         let (session_ids, patient_ids) = self.subject_keys();
         if cache.sessions.len() + session_ids.len() > cache.capacity {
@@ -576,16 +597,7 @@ impl Parsed {
             }
             sessions.insert(id.to_string(), s.clone());
         }
-        let mut patient_sessions: HashMap<String, Vec<SessionFacts>> = HashMap::new();
-        if !patient_ids.is_empty() {
-            let (facts, directives) = store.patient_session_facts(&patient_ids.into_iter().collect::<Vec<_>>()).await?;
-            for s in facts {
-                if let Some(p) = s.patient_id.clone() {
-                    patient_sessions.entry(p).or_default().push(s);
-                }
-            }
-            add_compiled(&mut consents, directives);
-        }
+        let patient_sessions = students_facts(store, patient_ids, &mut consents).await?;
         Ok(DecisionFacts { sessions, consents, patient_sessions })
     }
 
@@ -594,32 +606,15 @@ impl Parsed {
     pub async fn facts(&self, store: &Store, prefetched: Prefetched) -> Result<DecisionFacts, StoreError> {
         let (session_ids, patient_ids) = self.subject_keys();
         let mut consents: HashMap<String, Vec<Compiled>> = HashMap::new();
-        let mut add_consents = |directives: Vec<crate::consent::Directive>| {
-            for d in directives {
-                let list = consents.entry(d.patient.clone()).or_default();
-                if !list.iter().any(|c| c.id == d.id) {
-                    list.push(d.compile());
-                }
-            }
-        };
         let mut sessions: HashMap<String, SessionFacts> = prefetched.sessions.into_iter().map(|s| (s.id.clone(), s)).collect();
-        add_consents(prefetched.directives);
+        add_compiled(&mut consents, prefetched.directives);
         let missing: Vec<&str> = session_ids.into_iter().filter(|id| !sessions.contains_key(*id)).collect();
         if !missing.is_empty() {
             let (facts, directives) = store.session_facts(&missing).await?;
             sessions.extend(facts.into_iter().map(|s| (s.id.clone(), s)));
-            add_consents(directives);
+            add_compiled(&mut consents, directives);
         }
-        let mut patient_sessions: HashMap<String, Vec<SessionFacts>> = HashMap::new();
-        if !patient_ids.is_empty() {
-            let (facts, directives) = store.patient_session_facts(&patient_ids.into_iter().collect::<Vec<_>>()).await?;
-            for s in facts {
-                if let Some(p) = s.patient_id.clone() {
-                    patient_sessions.entry(p).or_default().push(s);
-                }
-            }
-            add_consents(directives);
-        }
+        let patient_sessions = students_facts(store, patient_ids, &mut consents).await?;
         Ok(DecisionFacts { sessions, consents, patient_sessions })
     }
 

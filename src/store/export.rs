@@ -91,6 +91,9 @@ pub struct ExportFileRow {
     pub patients: String,
 }
 
+/// The columns of an export file row but its students.
+const FILE_COLUMNS: &str = "job_id, seq, kind, resource_type, name, count, bytes";
+
 const JOB_COLUMNS: &str = "id, client_id, org_id, purpose, request, params, status, transaction_us, created_us, started_us, completed_us, \
      expires_us, consent_evaluated_us, checkpoint, progress, owner, lease_until_us, error, extension";
 
@@ -132,7 +135,7 @@ impl Store {
     /// or a resumed job does not need them). Not for recording again.
     pub async fn export_file_list(&self, job_id: &str) -> Result<Vec<ExportFileRow>, StoreError> {
         let rows = with_db!(self.db(), pool => {
-            sqlx::query_as("SELECT job_id, seq, kind, resource_type, name, count, bytes, '' AS patients FROM export_files WHERE job_id = $1 ORDER BY seq")
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS}, '' AS patients FROM export_files WHERE job_id = $1 ORDER BY seq")))
                 .bind(job_id)
                 .fetch_all(pool)
                 .await?
@@ -143,7 +146,7 @@ impl Store {
     /// One recorded file of a job, with its students.
     pub async fn export_file(&self, job_id: &str, name: &str) -> Result<Option<ExportFileRow>, StoreError> {
         let row = with_db!(self.db(), pool => {
-            sqlx::query_as("SELECT job_id, seq, kind, resource_type, name, count, bytes, patients FROM export_files WHERE job_id = $1 AND name = $2")
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS}, patients FROM export_files WHERE job_id = $1 AND name = $2")))
                 .bind(job_id)
                 .bind(name)
                 .fetch_optional(pool)
@@ -155,7 +158,7 @@ impl Store {
     /// The recorded files of a job, in manifest order.
     pub async fn export_files(&self, job_id: &str) -> Result<Vec<ExportFileRow>, StoreError> {
         let rows = with_db!(self.db(), pool => {
-            sqlx::query_as("SELECT job_id, seq, kind, resource_type, name, count, bytes, patients FROM export_files WHERE job_id = $1 ORDER BY seq")
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS}, patients FROM export_files WHERE job_id = $1 ORDER BY seq")))
                 .bind(job_id)
                 .fetch_all(pool)
                 .await?

@@ -851,9 +851,11 @@ impl Store {
         let mut rows = match self.db() {
             super::Db::Sqlite(pool) => {
                 // `+` keeps SQLite on the rid range: the type or time index would visit the rows
-                // in another order and sort them.
+                // in another order and sort them. The page is read as a search page is (see
+                // `fhir_search`), with the rids as a second array: the aggregates of one query
+                // take the rows in the same order.
                 let sql = format!(
-                    "SELECT json_group_array(json_array(p.rid, p.resource_type, p.id, p.version_id, p.last_updated_us, p.deleted, \
+                    "SELECT json_group_array(p.rid), json_group_array(json_array(p.resource_type, p.id, p.version_id, p.last_updated_us, p.deleted, \
                      length(CAST(p.content AS BLOB)))), group_concat(p.content, '') FROM (\
                      SELECT r.rid, r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, v.content \
                      FROM fhir_resources r JOIN fhir_resource_versions v ON v.rid = r.rid AND v.version_id = r.version_id \
@@ -861,32 +863,19 @@ impl Store {
                      ORDER BY r.rid LIMIT $3) p",
                     placeholders(4, types.len(), false)
                 );
-                let mut q = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql)).bind(after).bind(until_us).bind(limit);
+                let mut q =
+                    sqlx::query_as::<_, (String, String, Option<String>)>(sqlx::AssertSqlSafe(sql)).bind(after).bind(until_us).bind(limit);
                 for t in types {
                     q = q.bind(t.as_str());
                 }
-                let (keys, contents) = q.fetch_one(pool).await?;
-                let keys: Vec<(i64, String, String, i64, i64, i64, usize)> =
-                    serde_json::from_str(&keys).map_err(|e| StoreError::Corrupt(format!("a page of resources is unreadable: {e}")))?;
-                let lengths: Vec<usize> = keys.iter().map(|k| k.6).collect();
-                let texts = split_lengths(&lengths, contents.as_deref().unwrap_or_default())?;
-                let mut rows: Vec<(i64, StoredResource)> = keys
-                    .into_iter()
-                    .zip(texts)
-                    .map(|((rid, resource_type, id, version_id, last_updated_us, deleted, _), content)| {
-                        (
-                            rid,
-                            StoredResource {
-                                resource_type,
-                                id,
-                                version_id,
-                                last_updated_us,
-                                deleted: deleted != 0,
-                                content: content.to_string(),
-                            },
-                        )
-                    })
-                    .collect();
+                let (rids, keys, contents) = q.fetch_one(pool).await?;
+                let rids: Vec<i64> =
+                    serde_json::from_str(&rids).map_err(|e| StoreError::Corrupt(format!("a page of resources is unreadable: {e}")))?;
+                let resources = split_page(&keys, contents.as_deref().unwrap_or_default())?;
+                if rids.len() != resources.len() {
+                    return Err(StoreError::Corrupt("a page of resources has more keys than resources, or fewer".into()));
+                }
+                let mut rows: Vec<(i64, StoredResource)> = rids.into_iter().zip(resources).collect();
                 // (An aggregate's input order is not promised.)
                 rows.sort_by_key(|(rid, _)| *rid);
                 rows
