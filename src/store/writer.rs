@@ -57,7 +57,8 @@ impl GroupWriter {
 }
 
 async fn apply_group(pool: &SqlitePool, jobs: &[&WriteJob]) -> Result<Vec<Vec<WriteOutcome>>, StoreError> {
-    let mut tx = pool.begin().await?;
+    // IMMEDIATE: the write lock before the sessions' current versions are read (see `apply_job`).
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let all = apply_job!(&mut tx, jobs, SELECT_CURRENT);
     tx.commit().await?;
     Ok(all)
