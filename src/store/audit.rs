@@ -85,8 +85,8 @@ macro_rules! append {
                 patient_rows.push(vec![Bind::Text(patient), Bind::Int(seq), Bind::Bool(disclosed)]);
             }
         }
-        $crate::store::fhir::insert_rows!($tx, "audit_events (seq, id, recorded_us, client_id, event, prev_hash, hash)", 7, &rows, "");
-        $crate::store::fhir::insert_rows!($tx, "audit_event_patients (patient_id, seq, disclosed)", 3, &patient_rows, "ON CONFLICT DO NOTHING");
+        $crate::store::fhir::insert_rows!($tx, "audit_events (seq, id, recorded_us, client_id, event, prev_hash, hash)", 7, rows, "");
+        $crate::store::fhir::insert_rows!($tx, "audit_event_patients (patient_id, seq, disclosed)", 3, patient_rows, "ON CONFLICT DO NOTHING");
     }};
 }
 
@@ -95,9 +95,20 @@ impl Store {
     pub async fn append_audit(&self, events: Vec<PendingEvent>) -> Result<(), StoreError> {
         match self.db() {
             Db::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                append!(&mut tx, events);
-                tx.commit().await?;
+                let mut conn = pool.acquire().await?;
+                let result = async {
+                    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+                    append!(&mut tx, events);
+                    tx.commit().await?;
+                    Ok::<_, StoreError>(())
+                }
+                .await;
+                if result.is_err() {
+                    // See `store::fhir::insert_verb`: a failed `INSERT OR ROLLBACK` leaves sqlx's
+                    // transaction count wrong, so the connection is not reused.
+                    conn.close_on_drop();
+                }
+                result?;
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;

@@ -81,6 +81,40 @@ macro_rules! bind_all {
 }
 pub(crate) use bind_all;
 
+/// As [`bind_all!`] for owned values, which are moved into the statement's arguments: sqlx-sqlite
+/// copies a borrowed `&str` or `&[u8]` into an argument of its own, so binding a write's rows by
+/// reference copied every resource text once more than needed (SQLite copies it again on bind).
+macro_rules! bind_owned {
+    ($q:expr, $binds:expr) => {{
+        let mut q = $q;
+        for b in $binds {
+            q = match b {
+                $crate::store::fhir::Bind::Text(s) => q.bind(s),
+                $crate::store::fhir::Bind::OptText(s) => q.bind(s),
+                $crate::store::fhir::Bind::Int(i) => q.bind(i),
+                $crate::store::fhir::Bind::OptInt(i) => q.bind(i),
+                $crate::store::fhir::Bind::Bool(b) => q.bind(b),
+                $crate::store::fhir::Bind::Time(t) => q.bind(t),
+                $crate::store::fhir::Bind::Bytes(b) => q.bind(b),
+            };
+        }
+        q
+    }};
+}
+pub(crate) use bind_owned;
+
+/// The verb of a multi-row write: on SQLite `INSERT OR ROLLBACK`. With the default conflict
+/// action (ABORT) SQLite must be able to undo one statement inside the transaction, so every
+/// multi-row insert after the transaction's first copied each page it touched into a statement
+/// journal (16 KiB per page; the search-value index touches pages all over): 20% of the intake
+/// writer's time. ROLLBACK needs no statement journal, since a violation ends the whole
+/// transaction, which SQLite then rolls back itself; a connection that ran one is therefore
+/// closed after any failed write (see `store::writer`), because sqlx still counts it as inside
+/// the transaction. Foreign-key checks still abort the statement as before.
+pub(crate) fn insert_verb(positional: bool) -> &'static str {
+    if positional { "INSERT OR ROLLBACK INTO" } else { "INSERT INTO" }
+}
+
 /// Most bound values per statement (SQLite allows 32,766, PostgreSQL 65,535).
 pub(crate) const MAX_BINDS: usize = 8_000;
 
@@ -161,17 +195,24 @@ pub(crate) fn placeholders(first: usize, n: usize, positional: bool) -> String {
 /// Runs `INSERT INTO $table ($cols) VALUES ... $tail` over `$rows` (each a `Vec<Bind>`) in chunks.
 macro_rules! insert_rows {
     ($tx:expr, $table_cols:expr, $ncols:expr, $rows:expr, $tail:expr) => {{
-        let rows: &[Vec<$crate::store::fhir::Bind>] = $rows;
+        let rows: Vec<Vec<$crate::store::fhir::Bind>> = $rows;
+        let positional = $crate::store::fhir::positional(&*$tx);
         let per = ($crate::store::fhir::MAX_BINDS / $ncols).max(1);
-        for chunk in rows.chunks(per) {
+        let mut left = rows.len();
+        let mut rows = rows.into_iter();
+        while left > 0 {
+            let n = left.min(per);
+            left -= n;
             let sql = format!(
-                "INSERT INTO {} VALUES {} {}",
+                "{} {} VALUES {} {}",
+                $crate::store::fhir::insert_verb(positional),
                 $table_cols,
-                $crate::store::fhir::values_sql(chunk.len(), $ncols, $crate::store::fhir::positional(&*$tx)),
+                $crate::store::fhir::values_sql(n, $ncols, positional),
                 $tail
             );
-            let cache = $crate::store::fhir::cache_chunk(chunk.len(), per, $ncols, $crate::store::fhir::positional(&*$tx));
-            let q = $crate::store::fhir::bind_all!(sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(cache), chunk.iter().flatten());
+            let cache = $crate::store::fhir::cache_chunk(n, per, $ncols, positional);
+            let q =
+                $crate::store::fhir::bind_owned!(sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(cache), rows.by_ref().take(n).flatten());
             q.execute(&mut **$tx).await?;
         }
     }};
@@ -433,10 +474,11 @@ macro_rules! apply_fhir {
             let per = $crate::store::fhir::MAX_BINDS / 6;
             for chunk in plan.currents.chunks(per) {
                 let sql = format!(
-                    "INSERT INTO fhir_resources (resource_type, id, version_id, last_updated_us, content_sha256, deleted) VALUES {} \
+                    "{} fhir_resources (resource_type, id, version_id, last_updated_us, content_sha256, deleted) VALUES {} \
                      ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, \
                      last_updated_us = excluded.last_updated_us, content_sha256 = excluded.content_sha256, deleted = excluded.deleted \
                      RETURNING rid, resource_type, id",
+                    $crate::store::fhir::insert_verb(pos),
                     $crate::store::fhir::values_sql(chunk.len(), 6, pos)
                 );
                 let q = $crate::store::fhir::bind_all!(
@@ -454,12 +496,12 @@ macro_rules! apply_fhir {
             }
             let changes = plan.changes();
             let [versions, index, links, owned] = plan.rows(&rids);
-            $crate::store::fhir::insert_rows!($tx, "fhir_changes (resource_type, id, version_id, changed_us)", 4, &changes, "");
+            $crate::store::fhir::insert_rows!($tx, "fhir_changes (resource_type, id, version_id, changed_us)", 4, changes, "");
             $crate::store::fhir::insert_rows!(
                 $tx,
                 "fhir_resource_versions (rid, version_id, last_updated_us, deleted, session_id, session_version, content)",
                 7,
-                &versions,
+                versions,
                 ""
             );
             for chunk in plan.reindex.chunks($crate::store::fhir::IN_CHUNK) {
@@ -479,10 +521,10 @@ macro_rules! apply_fhir {
                 $tx,
                 "fhir_search (rid, param, seq, resource_type, system, value, lo_us, hi_us)",
                 8,
-                &index,
+                index,
                 ""
             );
-            $crate::store::fhir::insert_rows!($tx, "fhir_resource_leas (rid, lea_id)", 2, &links, "ON CONFLICT DO NOTHING");
+            $crate::store::fhir::insert_rows!($tx, "fhir_resource_leas (rid, lea_id)", 2, links, "ON CONFLICT DO NOTHING");
             for chunk in plan.owned_sessions.chunks($crate::store::fhir::IN_CHUNK) {
                 let sql = format!("DELETE FROM fhir_session_resources WHERE session_id IN ({})", placeholders(1, chunk.len(), pos));
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_chunk(
@@ -496,7 +538,7 @@ macro_rules! apply_fhir {
                 }
                 q.execute(&mut **$tx).await?;
             }
-            $crate::store::fhir::insert_rows!($tx, "fhir_session_resources (session_id, rid)", 2, &owned, "ON CONFLICT DO NOTHING");
+            $crate::store::fhir::insert_rows!($tx, "fhir_session_resources (session_id, rid)", 2, owned, "ON CONFLICT DO NOTHING");
         }
     }};
 }

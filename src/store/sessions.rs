@@ -265,7 +265,7 @@ macro_rules! apply_job {
         if lock_rows {
             let new_rows: Vec<Vec<Bind>> =
                 first.iter().map(|(who, r)| $crate::store::sessions::session_row(r, 0, "", who.received_at, who.received_at)).collect();
-            $crate::store::fhir::insert_rows!($tx, SESSION_COLUMNS, 13, &new_rows, "ON CONFLICT DO NOTHING");
+            $crate::store::fhir::insert_rows!($tx, SESSION_COLUMNS, 13, new_rows, "ON CONFLICT DO NOTHING");
         }
         // 2. Their current versions.
         let mut current: std::collections::HashMap<String, $crate::store::sessions::CurrentRow> = Default::default();
@@ -360,7 +360,7 @@ macro_rules! apply_job {
             $tx,
             SESSION_COLUMNS,
             13,
-            &updates,
+            updates,
             "ON CONFLICT (id) DO UPDATE SET current_version = excluded.current_version, \
              current_content_sha256 = excluded.current_content_sha256, site_id = excluded.site_id, \
              service_start = excluded.service_start, updated_at = excluded.updated_at, \
@@ -371,7 +371,7 @@ macro_rules! apply_job {
             "session_versions (session_id, version, content_sha256, raw_sha256, raw, raw_format, record, received_at, client_id, \
              request_id, batch_id)",
             11,
-            &versions,
+            versions,
             ""
         );
         $crate::store::fhir::apply_fhir!($tx, &fhir_writes);
@@ -419,10 +419,20 @@ impl Store {
                 Ok(outcomes.into_iter().next().unwrap_or_default())
             }
             (Db::Sqlite(pool), None) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let outcomes = apply_job!(&mut tx, &[&job], SELECT_CURRENT);
-                tx.commit().await?;
-                Ok(outcomes.into_iter().next().unwrap_or_default())
+                let mut conn = pool.acquire().await?;
+                let result = async {
+                    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+                    let outcomes = apply_job!(&mut tx, &[&job], SELECT_CURRENT);
+                    tx.commit().await?;
+                    Ok::<_, StoreError>(outcomes.into_iter().next().unwrap_or_default())
+                }
+                .await;
+                if result.is_err() {
+                    // See `store::fhir::insert_verb`: a failed `INSERT OR ROLLBACK` leaves sqlx's
+                    // transaction count wrong, so the connection is not reused.
+                    conn.close_on_drop();
+                }
+                result
             }
         }
     }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::SqlitePool;
+use sqlx::{Connection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sessions::{SELECT_CURRENT, apply_job};
@@ -57,11 +57,22 @@ impl GroupWriter {
 }
 
 async fn apply_group(pool: &SqlitePool, jobs: &[&WriteJob]) -> Result<Vec<Vec<WriteOutcome>>, StoreError> {
-    // IMMEDIATE: the write lock before the sessions' current versions are read (see `apply_job`).
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let all = apply_job!(&mut tx, jobs, SELECT_CURRENT);
-    tx.commit().await?;
-    Ok(all)
+    let mut conn = pool.acquire().await?;
+    let result = async {
+        // IMMEDIATE: the write lock before the sessions' current versions are read (see `apply_job`).
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let all = apply_job!(&mut tx, jobs, SELECT_CURRENT);
+        tx.commit().await?;
+        Ok::<_, StoreError>(all)
+    }
+    .await;
+    if result.is_err() {
+        // An `INSERT OR ROLLBACK` that failed has ended the transaction inside SQLite while sqlx
+        // still counts the connection as in it (see `store::fhir::insert_verb`): a fresh
+        // connection replaces it.
+        conn.close_on_drop();
+    }
+    result
 }
 
 /// Copies the rest of the WAL into the database and restarts the WAL from its beginning (the

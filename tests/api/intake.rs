@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, has_issue, outcome, session, session_with_id};
+use crate::helpers::{TestApp, exec_sql, has_issue, outcome, session, session_with_id};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -13,6 +13,7 @@ on_both_backends!(
     malformed_and_hostile_bodies_get_precise_outcomes,
     concurrent_identical_submissions_store_one_version,
     rejected_records_go_to_the_rejected_lane,
+    a_write_the_database_rolls_back_stores_nothing_and_intake_goes_on,
 );
 
 async fn happy_path_stores_and_reads_back(app: TestApp) {
@@ -243,4 +244,39 @@ async fn rejected_records_go_to_the_rejected_lane(app: TestApp) {
     bad["clinician"]["npi"] = json!("1234567890");
     outcome(app.post_json("/api/v1/sessions", &app.submitter_token, &bad).await, 422).await;
     assert_eq!(app.store.count_rejections(Some("lea-demo")).await.unwrap(), 1);
+}
+
+/// A write the database refuses midway and rolls back entirely (on SQLite the multi-row inserts
+/// are `INSERT OR ROLLBACK`, after which sqlx still counts the connection as inside the
+/// transaction): the request fails with an OperationOutcome, nothing of it is stored, and the
+/// next write goes through. A trigger stands in for the violation.
+async fn a_write_the_database_rolls_back_stores_nothing_and_intake_goes_on(app: TestApp) {
+    let url = app.db.url.clone();
+    if url.starts_with("sqlite") {
+        exec_sql(&url, "CREATE TRIGGER boom BEFORE INSERT ON fhir_changes BEGIN SELECT RAISE(ROLLBACK, 'boom'); END").await;
+    } else {
+        exec_sql(&url, "CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'boom'; END $$ LANGUAGE plpgsql").await;
+        exec_sql(&url, "CREATE TRIGGER boom BEFORE INSERT ON fhir_changes FOR EACH ROW EXECUTE FUNCTION boom()").await;
+    }
+    for _ in 0..2 {
+        let res = app.post_json("/api/v1/sessions", &app.submitter_token, &session()).await;
+        assert!(res.status().is_server_error(), "{}", res.status());
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["resourceType"], "OperationOutcome");
+    }
+    if url.starts_with("sqlite") {
+        exec_sql(&url, "DROP TRIGGER boom").await;
+    } else {
+        exec_sql(&url, "DROP TRIGGER boom ON fhir_changes").await;
+        exec_sql(&url, "DROP FUNCTION boom()").await;
+    }
+    // Nothing of the refused writes was kept: the same session is new now, on a working writer.
+    for (source_id, status) in [("S-1", "created"), ("S-1", "duplicate"), ("S-2", "created")] {
+        let s = if source_id == "S-1" { session() } else { session_with_id(source_id) };
+        let res = app.post_json("/api/v1/sessions", &app.submitter_token, &s).await;
+        assert!(res.status().is_success(), "{}", res.status());
+        let receipt: Value = res.json().await.unwrap();
+        assert_eq!(receipt["status"], status);
+        assert_eq!(receipt["version"], 1);
+    }
 }
