@@ -271,12 +271,10 @@ impl FhirPlan<'_> {
             .collect()
     }
 
-    /// The rows to insert once every resource's `rid` is known: versions, index, links, owned.
-    /// (The version contents move out.)
-    pub(crate) fn rows(&mut self, rids: &HashMap<Key, i64>) -> [Vec<Vec<Bind>>; 4] {
+    /// The version rows to insert once every resource's `rid` is known (their contents move out).
+    pub(crate) fn version_rows(&mut self, rids: &HashMap<Key, i64>) -> Vec<Vec<Bind>> {
         let rid = |k: &Key| Bind::Int(rids.get(k).copied().unwrap_or_default());
-        let versions = self
-            .versions
+        self.versions
             .iter_mut()
             .map(|v| {
                 vec![
@@ -289,7 +287,12 @@ impl FhirPlan<'_> {
                     Bind::Text(std::mem::take(&mut v.content)),
                 ]
             })
-            .collect();
+            .collect()
+    }
+
+    /// The other rows to insert once every resource's `rid` is known: index, links, owned.
+    pub(crate) fn rows(&self, rids: &HashMap<Key, i64>) -> [Vec<Vec<Bind>>; 3] {
+        let rid = |k: &Key| Bind::Int(rids.get(k).copied().unwrap_or_default());
         let index = self
             .index
             .iter()
@@ -308,7 +311,7 @@ impl FhirPlan<'_> {
             .collect();
         let links = self.links.iter().map(|(k, lea)| vec![rid(k), Bind::Text((*lea).to_string())]).collect();
         let owned = self.owned.iter().map(|(s, k)| vec![Bind::Text(s.clone()), rid(k)]).collect();
-        [versions, index, links, owned]
+        [index, links, owned]
     }
 }
 
@@ -495,15 +498,24 @@ macro_rules! apply_fhir {
                 }
             }
             let changes = plan.changes();
-            let [versions, index, links, owned] = plan.rows(&rids);
             $crate::store::fhir::insert_rows!($tx, "fhir_changes (resource_type, id, version_id, changed_us)", 4, changes, "");
-            $crate::store::fhir::insert_rows!(
-                $tx,
-                "fhir_resource_versions (rid, version_id, last_updated_us, deleted, session_id, session_version, content)",
-                7,
-                versions,
-                ""
+            let versions = plan.version_rows(&rids);
+            // The other rows are built while the database writes the versions (the writer's
+            // own work otherwise waits for each statement, and each statement for it).
+            let (written, [index, links, owned]) = tokio::join!(
+                async {
+                    $crate::store::fhir::insert_rows!(
+                        $tx,
+                        "fhir_resource_versions (rid, version_id, last_updated_us, deleted, session_id, session_version, content)",
+                        7,
+                        versions,
+                        ""
+                    );
+                    Ok::<(), $crate::store::StoreError>(())
+                },
+                async { plan.rows(&rids) }
             );
+            written?;
             for chunk in plan.reindex.chunks($crate::store::fhir::IN_CHUNK) {
                 let sql = format!("DELETE FROM fhir_search WHERE rid IN ({})", placeholders(1, chunk.len(), pos));
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent($crate::store::fhir::cache_chunk(
