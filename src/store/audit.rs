@@ -95,20 +95,11 @@ impl Store {
     pub async fn append_audit(&self, events: Vec<PendingEvent>) -> Result<(), StoreError> {
         match self.db() {
             Db::Sqlite(pool) => {
-                let mut conn = pool.acquire().await?;
-                let result = async {
-                    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
-                    append!(&mut tx, events);
-                    tx.commit().await?;
-                    Ok::<_, StoreError>(())
-                }
-                .await;
-                if result.is_err() {
-                    // See `store::fhir::insert_verb`: a failed `INSERT OR ROLLBACK` leaves sqlx's
-                    // transaction count wrong, so the connection is not reused.
-                    conn.close_on_drop();
-                }
-                result?;
+                super::sqlite_write(pool, async |tx| {
+                    append!(tx, events);
+                    Ok(())
+                })
+                .await?;
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;

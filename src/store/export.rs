@@ -134,13 +134,7 @@ impl Store {
     /// left empty (a full export's lists hold every student, megabytes per file, and a manifest
     /// or a resumed job does not need them). Not for recording again.
     pub async fn export_file_list(&self, job_id: &str) -> Result<Vec<ExportFileRow>, StoreError> {
-        let rows = with_db!(self.db(), pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS}, '' AS patients FROM export_files WHERE job_id = $1 ORDER BY seq")))
-                .bind(job_id)
-                .fetch_all(pool)
-                .await?
-        });
-        Ok(rows)
+        self.job_files(job_id, "'' AS patients").await
     }
 
     /// One recorded file of a job, with its students.
@@ -157,8 +151,13 @@ impl Store {
 
     /// The recorded files of a job, in manifest order.
     pub async fn export_files(&self, job_id: &str) -> Result<Vec<ExportFileRow>, StoreError> {
+        self.job_files(job_id, "patients").await
+    }
+
+    /// A job's files in manifest order, with `patients` the given column expression.
+    async fn job_files(&self, job_id: &str, patients: &str) -> Result<Vec<ExportFileRow>, StoreError> {
         let rows = with_db!(self.db(), pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS}, patients FROM export_files WHERE job_id = $1 ORDER BY seq")))
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS}, {patients} FROM export_files WHERE job_id = $1 ORDER BY seq")))
                 .bind(job_id)
                 .fetch_all(pool)
                 .await?

@@ -109,8 +109,8 @@ pub(crate) use bind_owned;
 /// journal (16 KiB per page; the search-value index touches pages all over): 20% of the intake
 /// writer's time. ROLLBACK needs no statement journal, since a violation ends the whole
 /// transaction, which SQLite then rolls back itself; a connection that ran one is therefore
-/// closed after any failed write (see `store::writer`), because sqlx still counts it as inside
-/// the transaction. Foreign-key checks still abort the statement as before.
+/// closed after any failed write (see [`super::sqlite_write`]), because sqlx still counts it as
+/// inside the transaction. Foreign-key checks still abort the statement as before.
 pub(crate) fn insert_verb(positional: bool) -> &'static str {
     if positional { "INSERT OR ROLLBACK INTO" } else { "INSERT INTO" }
 }
@@ -192,7 +192,8 @@ pub(crate) fn placeholders(first: usize, n: usize, positional: bool) -> String {
     (first..first + n).map(|i| if positional { "?".to_string() } else { format!("${i}") }).collect::<Vec<_>>().join(", ")
 }
 
-/// Runs `INSERT INTO $table ($cols) VALUES ... $tail` over `$rows` (each a `Vec<Bind>`) in chunks.
+/// Runs `INSERT INTO $table ($cols) VALUES ... $tail` (`INSERT OR ROLLBACK` on SQLite, see
+/// [`insert_verb`]) over `$rows` (each a `Vec<Bind>`, moved into the statements) in chunks.
 macro_rules! insert_rows {
     ($tx:expr, $table_cols:expr, $ncols:expr, $rows:expr, $tail:expr) => {{
         let rows: Vec<Vec<$crate::store::fhir::Bind>> = $rows;

@@ -137,6 +137,28 @@ const WAL_RESET_BYTES: i64 = 256 * 1024 * 1024;
 /// Checkpoints the SQLite WAL every second without blocking writers (PASSIVE copies what no
 /// reader still needs); ends when the pool closes.
 ///
+/// Runs `write` in a `BEGIN IMMEDIATE` transaction on one of `pool`'s SQLite connections and
+/// commits. After any failure the connection is closed instead of returned to the pool: a failed
+/// `INSERT OR ROLLBACK` (see [`fhir::insert_verb`]) has ended the transaction inside SQLite while
+/// sqlx still counts the connection as in it.
+pub(crate) async fn sqlite_write<T>(
+    pool: &SqlitePool,
+    write: impl AsyncFnOnce(&mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let result = async {
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+        let value = write(&mut tx).await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+    .await;
+    if result.is_err() {
+        conn.close_on_drop();
+    }
+    result
+}
+
 /// Under a continuous stream of writes a PASSIVE checkpoint never finds the WAL fully copied, so
 /// the WAL is never restarted and grows without bound (measured: 12 GB after 150,000 imported
 /// sessions, and every read slowed with it). When the WAL holds more than [`WAL_RESET_BYTES`],

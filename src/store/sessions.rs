@@ -419,20 +419,8 @@ impl Store {
                 Ok(outcomes.into_iter().next().unwrap_or_default())
             }
             (Db::Sqlite(pool), None) => {
-                let mut conn = pool.acquire().await?;
-                let result = async {
-                    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
-                    let outcomes = apply_job!(&mut tx, &[&job], SELECT_CURRENT);
-                    tx.commit().await?;
-                    Ok::<_, StoreError>(outcomes.into_iter().next().unwrap_or_default())
-                }
-                .await;
-                if result.is_err() {
-                    // See `store::fhir::insert_verb`: a failed `INSERT OR ROLLBACK` leaves sqlx's
-                    // transaction count wrong, so the connection is not reused.
-                    conn.close_on_drop();
-                }
-                result
+                let outcomes = super::sqlite_write(pool, async |tx| Ok(apply_job!(tx, &[&job], SELECT_CURRENT))).await?;
+                Ok(outcomes.into_iter().next().unwrap_or_default())
             }
         }
     }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::{Connection, SqlitePool};
+use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::sessions::{SELECT_CURRENT, apply_job};
@@ -57,22 +57,8 @@ impl GroupWriter {
 }
 
 async fn apply_group(pool: &SqlitePool, jobs: &[&WriteJob]) -> Result<Vec<Vec<WriteOutcome>>, StoreError> {
-    let mut conn = pool.acquire().await?;
-    let result = async {
-        // IMMEDIATE: the write lock before the sessions' current versions are read (see `apply_job`).
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let all = apply_job!(&mut tx, jobs, SELECT_CURRENT);
-        tx.commit().await?;
-        Ok::<_, StoreError>(all)
-    }
-    .await;
-    if result.is_err() {
-        // An `INSERT OR ROLLBACK` that failed has ended the transaction inside SQLite while sqlx
-        // still counts the connection as in it (see `store::fhir::insert_verb`): a fresh
-        // connection replaces it.
-        conn.close_on_drop();
-    }
-    result
+    // IMMEDIATE: the write lock before the sessions' current versions are read (see `apply_job`).
+    super::sqlite_write(pool, async |tx| Ok(apply_job!(tx, jobs, SELECT_CURRENT))).await
 }
 
 /// Copies the rest of the WAL into the database and restarts the WAL from its beginning (the
