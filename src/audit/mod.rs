@@ -7,8 +7,10 @@
 //! transaction (group commit: under load many requests share a commit) and answers each request
 //! once its event is durable. The chain and its verification live in `store::audit`.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::PurposeOfUse;
@@ -73,8 +75,125 @@ pub struct Disclosure<'a> {
     pub count: Option<i64>,
 }
 
-fn detail(kind: &str, value: &str) -> Value {
-    json!({ "type": kind, "valueString": value })
+/// A coding of fixed text.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Coding {
+    system: &'static str,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'static str>,
+}
+
+const fn coding(system: &'static str, code: &'static str, display: &'static str) -> Coding {
+    Coding { system, code, display: Some(display) }
+}
+
+const SYSTEM_OBJECT: Coding = coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object");
+const PERSON: Coding = coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "1", "Person");
+const PATIENT_ROLE: Coding = coding("http://terminology.hl7.org/CodeSystem/object-role", "1", "Patient");
+const QUERY_ROLE: Coding = coding("http://terminology.hl7.org/CodeSystem/object-role", "24", "Query");
+
+#[derive(Debug, Serialize)]
+struct Concept {
+    coding: [Coding; 1],
+}
+
+#[derive(Debug, Serialize)]
+struct Detail {
+    #[serde(rename = "type")]
+    kind: Cow<'static, str>,
+    #[serde(rename = "valueString")]
+    value: String,
+}
+
+fn detail(kind: &'static str, value: impl Into<String>) -> Detail {
+    Detail { kind: Cow::Borrowed(kind), value: value.into() }
+}
+
+#[derive(Debug, Serialize)]
+struct Reference {
+    reference: String,
+}
+
+/// An `AuditEvent.entity`.
+#[derive(Debug, Serialize)]
+struct Entity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    what: Option<Reference>,
+    #[serde(rename = "type")]
+    kind: Coding,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Coding>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    detail: Vec<Detail>,
+}
+
+#[derive(Debug, Serialize)]
+struct Identifier<'a> {
+    system: &'static str,
+    value: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Who<'a> {
+    Identifier { identifier: Identifier<'a> },
+    Display { display: &'static str },
+}
+
+#[derive(Debug, Serialize)]
+struct Agent<'a> {
+    #[serde(rename = "type")]
+    kind: Concept,
+    who: Who<'a>,
+    requestor: bool,
+    #[serde(rename = "purposeOfUse", skip_serializing_if = "Option::is_none")]
+    purpose_of_use: Option<[Concept; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<[String; 1]>,
+}
+
+#[derive(Debug, Serialize)]
+struct Observer {
+    display: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct Source {
+    observer: Observer,
+    #[serde(rename = "type")]
+    kind: [Coding; 1],
+}
+
+#[derive(Debug, Serialize)]
+struct Extension<'a> {
+    url: &'static str,
+    #[serde(rename = "valueString")]
+    value: &'a str,
+}
+
+/// A partner AuditEvent as it is serialised: typed, straight to text (no intermediate JSON
+/// tree). `extension` is the last member and never empty, so the store adds the chain's
+/// previous-hash extension to the text without parsing it again (see `store::audit`).
+#[derive(Debug, Serialize)]
+struct AuditEventDoc<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: Coding,
+    subtype: [Coding; 1],
+    action: &'static str,
+    recorded: String,
+    outcome: &'static str,
+    #[serde(rename = "purposeOfEvent")]
+    purpose_of_event: [Concept; 1],
+    agent: [Agent<'a>; 2],
+    source: Source,
+    entity: Vec<Entity>,
+    extension: [Extension<'a>; 1],
 }
 
 /// Builds the AuditEvent of a disclosure.
@@ -87,7 +206,7 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
     // Every disclosed resource is listed; withheld ones up to MAX_LISTED_WITHHELD, the rest
     // counted by rule (a search over many hidden matches must not write an event the size of
     // the database).
-    let mut entities: Vec<Value> = Vec::new();
+    let mut entities: Vec<Entity> = Vec::new();
     let mut listed_withheld = 0usize;
     let mut unlisted: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     let mut patients: Vec<(String, bool)> = Vec::new();
@@ -102,10 +221,10 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
         }
         let mut details = vec![detail("decision", if v.permitted { "permit" } else { "deny" }), detail("rule", v.rule)];
         if let Some((cid, ver)) = &v.consent {
-            details.push(detail("consent", &format!("Consent/{cid}/_history/{ver}")));
+            details.push(detail("consent", format!("Consent/{cid}/_history/{ver}")));
         }
         if let Some(p) = &v.patient {
-            details.push(detail("patient", &format!("Patient/{p}")));
+            details.push(detail("patient", format!("Patient/{p}")));
             match patient_at.get(p.as_str()) {
                 Some(&i) => patients[i].1 |= v.permitted,
                 None => {
@@ -114,36 +233,28 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
                 }
             }
         }
-        let mut entity = json!({
-            "what": { "reference": format!("{ty}/{rid}") },
-            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
+        entities.push(Entity {
+            what: Some(Reference { reference: format!("{ty}/{rid}") }),
+            kind: SYSTEM_OBJECT,
+            role: None,
+            query: None,
+            detail: details,
         });
-        // Moved in, not interpolated: `json!` serialises an interpolated value into a copy.
-        entity["detail"] = Value::Array(details);
-        entities.push(entity);
     }
     for (p, was_disclosed) in &patients {
         entities.push(patient_entity(p, *was_disclosed));
     }
     let mut query_details = Vec::new();
     if let Some(rid) = &d.request_id {
-        query_details.push(detail("request-id", rid));
+        query_details.push(detail("request-id", rid.as_str()));
     }
     if let Some(n) = d.count {
-        query_details.push(detail("count", &n.to_string()));
+        query_details.push(detail("count", n.to_string()));
     }
     for (rule, n) in &unlisted {
-        query_details.push(detail("withheld-not-listed", &format!("{rule}: {n}")));
+        query_details.push(detail("withheld-not-listed", format!("{rule}: {n}")));
     }
-    let mut query = json!({
-        "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
-        "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query" },
-        "query": base64_encode(d.query.as_bytes()),
-    });
-    if !query_details.is_empty() {
-        query["detail"] = query_details.into();
-    }
-    entities.push(query);
+    entities.push(query_entity(&d.query, query_details));
     let event = rest_event(RestEvent {
         id: &id,
         subtype: d.interaction.code(),
@@ -161,14 +272,19 @@ pub fn event(d: &Disclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
 }
 
 /// The entity naming a student an event is about.
-fn patient_entity(patient: &str, disclosed: bool) -> Value {
-    let mut entity = json!({
-        "what": { "reference": format!("Patient/{patient}") },
-        "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
-        "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" },
-    });
-    entity["detail"] = Value::Array(vec![detail("disclosed", if disclosed { "true" } else { "false" })]);
-    entity
+fn patient_entity(patient: &str, disclosed: bool) -> Entity {
+    Entity {
+        what: Some(Reference { reference: format!("Patient/{patient}") }),
+        kind: PERSON,
+        role: Some(PATIENT_ROLE),
+        query: None,
+        detail: vec![detail("disclosed", if disclosed { "true" } else { "false" })],
+    }
+}
+
+/// The entity carrying the request (base64, as FHIR's `entity.query` is).
+fn query_entity(query: &str, details: Vec<Detail>) -> Entity {
+    Entity { what: None, kind: SYSTEM_OBJECT, role: Some(QUERY_ROLE), query: Some(base64_encode(query.as_bytes())), detail: details }
 }
 
 /// What distinguishes one partner AuditEvent from another; [`rest_event`] adds the rest.
@@ -182,43 +298,49 @@ struct RestEvent<'a> {
     org: &'a str,
     purpose: PurposeOfUse,
     token_id: Option<&'a str>,
-    entities: Vec<Value>,
+    entities: Vec<Entity>,
 }
 
-/// A partner AuditEvent: the recipient client and its purpose, the gateway as source, the FQHC.
-fn rest_event(e: RestEvent<'_>) -> Value {
-    let mut agent = json!({
-        "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient" }] },
-        "who": { "identifier": { "system": "urn:wellness-gateway:client-id", "value": e.client_id } },
-        "requestor": true,
-        "purposeOfUse": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": e.purpose.code() }] }],
-    });
-    if let Some(t) = e.token_id {
-        agent["policy"] = json!([format!("urn:wellness-gateway:access-token:{t}")]);
-    }
-    let mut event = json!({
-        "resourceType": "AuditEvent",
-        "id": e.id,
-        "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation" },
-        "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": e.subtype }],
-        "action": e.action,
-        "recorded": e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "outcome": e.outcome,
-        "purposeOfEvent": [{ "coding": [{ "system": PurposeOfUse::SYSTEM, "code": e.purpose.code() }] }],
-        "agent": [agent, {
-            "type": { "coding": [{ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID" }] },
-            "who": { "display": "wellness-gateway" },
-            "requestor": false,
-        }],
-        "source": {
-            "observer": { "display": "wellness-gateway" },
-            "type": [{ "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server" }],
+/// A partner AuditEvent, serialised: the recipient client and its purpose, the gateway as
+/// source, the FQHC.
+fn rest_event(e: RestEvent<'_>) -> String {
+    let purpose = || [Concept { coding: [Coding { system: PurposeOfUse::SYSTEM, code: e.purpose.code(), display: None }] }];
+    let doc = AuditEventDoc {
+        resource_type: "AuditEvent",
+        id: e.id,
+        kind: coding("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "Restful Operation"),
+        subtype: [Coding { system: "http://hl7.org/fhir/restful-interaction", code: e.subtype, display: None }],
+        action: e.action,
+        recorded: e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        outcome: e.outcome,
+        purpose_of_event: purpose(),
+        agent: [
+            Agent {
+                kind: Concept {
+                    coding: [coding("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "IRCP", "information recipient")],
+                },
+                who: Who::Identifier { identifier: Identifier { system: "urn:wellness-gateway:client-id", value: e.client_id } },
+                requestor: true,
+                purpose_of_use: Some(purpose()),
+                policy: e.token_id.map(|t| [format!("urn:wellness-gateway:access-token:{t}")]),
+            },
+            Agent {
+                kind: Concept { coding: [coding("http://dicom.nema.org/resources/ontology/DCM", "110153", "Source Role ID")] },
+                who: Who::Display { display: "wellness-gateway" },
+                requestor: false,
+                purpose_of_use: None,
+                policy: None,
+            },
+        ],
+        source: Source {
+            observer: Observer { display: "wellness-gateway" },
+            kind: [coding("http://terminology.hl7.org/CodeSystem/security-source-type", "4", "Application Server")],
         },
-        "extension": [{ "url": "urn:wellness-gateway:fhir:extension:partner-organization", "valueString": e.org }],
-    });
-    // Moved in (a `json!` interpolation would serialise the entities into a copy).
-    event["entity"] = Value::Array(e.entities);
-    event
+        entity: e.entities,
+        extension: [Extension { url: "urn:wellness-gateway:fhir:extension:partner-organization", value: e.org }],
+    };
+    // Cannot fail: these types hold only strings, booleans and sequences of them.
+    serde_json::to_string(&doc).unwrap_or_default()
 }
 
 /// What one bulk export disclosed: a completed job (counts), or one downloaded file (the
@@ -248,24 +370,18 @@ pub struct BulkDisclosure<'a> {
 /// Builds the AuditEvent of a bulk export job or file download.
 pub fn bulk_event(d: &BulkDisclosure<'_>, at: DateTime<Utc>) -> PendingEvent {
     let id = uuid::Uuid::now_v7().to_string();
-    let mut entities: Vec<Value> = d.patients.iter().map(|p| patient_entity(p, true)).collect();
+    let mut entities: Vec<Entity> = d.patients.iter().map(|p| patient_entity(p, true)).collect();
     let mut details = vec![detail("export-job", d.job_id)];
     if let Some(f) = d.file {
         details.push(detail("export-file", f));
     }
     if let Some(rid) = &d.request_id {
-        details.push(detail("request-id", rid));
+        details.push(detail("request-id", rid.as_str()));
     }
     for (k, n) in &d.counts {
-        details.push(detail(k, &n.to_string()));
+        details.push(Detail { kind: Cow::Owned(k.clone()), value: n.to_string() });
     }
-    let mut query = json!({
-        "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
-        "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query" },
-        "query": base64_encode(d.query.as_bytes()),
-    });
-    query["detail"] = Value::Array(details);
-    entities.push(query);
+    entities.push(query_entity(&d.query, details));
     let event = rest_event(RestEvent {
         id: &id,
         subtype: "operation",
@@ -365,7 +481,7 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, crate::store::StoreEr
             if r.prev_hash != prev {
                 return broken("its previous-hash does not match the event before it (an event was removed or replaced)".into());
             }
-            let named = serde_json::from_str::<Value>(&r.event).ok().and_then(|e| {
+            let named = serde_json::from_str::<serde_json::Value>(&r.event).ok().and_then(|e| {
                 e["extension"].as_array()?.iter().find(|x| x["url"] == PREVIOUS_HASH_EXTENSION)?["valueString"].as_str().map(str::to_owned)
             });
             if named.as_deref() != Some(prev.as_str()) {
@@ -407,13 +523,14 @@ mod tests {
             count: None,
         };
         let e = event(&d, Utc::now());
-        let entities = e.event["entity"].as_array().ok_or("no entities")?;
+        let doc: serde_json::Value = serde_json::from_str(&e.event).map_err(|_| "not JSON")?;
+        let entities = doc["entity"].as_array().ok_or("no entities")?;
         let resources = entities.iter().filter(|x| x["what"]["reference"].as_str().is_some_and(|r| r.starts_with("Encounter/"))).count();
         assert_eq!(resources, MAX_LISTED_WITHHELD + 2);
         let query = entities.last().ok_or("no query entity")?;
         assert!(query["detail"].as_array().ok_or("no details")?.iter().any(|x| x["valueString"] == "no-consent: 50"), "{query}");
         assert_eq!(e.patients, vec![("p1".to_string(), true), ("p2".to_string(), true)]);
-        assert_eq!(e.event["outcome"], "0");
+        assert_eq!(doc["outcome"], "0");
         Ok(())
     }
 }

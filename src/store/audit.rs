@@ -27,8 +27,9 @@ pub struct PendingEvent {
     pub recorded_us: i64,
     /// The client.
     pub client_id: String,
-    /// The AuditEvent (an object; the chain extension is added when appended).
-    pub event: serde_json::Value,
+    /// The AuditEvent's JSON text, an object whose last member is a non-empty `extension`
+    /// array: appending adds the chain extension to that array, in the text.
+    pub event: String,
     /// (patient id, disclosed) of the students the event is about.
     pub patients: Vec<(String, bool)>,
 }
@@ -53,6 +54,21 @@ pub fn event_hash(event: &str) -> String {
     hex::encode(Sha256::digest(event.as_bytes()))
 }
 
+/// Adds the chain extension (`prev`, a hex hash) as the last element of the event's closing
+/// `extension` array: `…,"extension":[{…}]}` becomes `…,"extension":[{…},{"url":…}]}`.
+fn with_previous_hash(mut event: String, prev: &str) -> Result<String, StoreError> {
+    if !event.ends_with("}]}") || !event.contains(r#""extension":["#) {
+        return Err(StoreError::Corrupt("an AuditEvent to append does not end with its extension array (a bug)".into()));
+    }
+    event.truncate(event.len() - 2);
+    event.push_str(r#",{"url":""#);
+    event.push_str(PREVIOUS_HASH_EXTENSION);
+    event.push_str(r#"","valueString":""#);
+    event.push_str(prev);
+    event.push_str(r#""}]}"#);
+    Ok(event)
+}
+
 macro_rules! append {
     ($tx:expr, $events:expr) => {{
         use $crate::store::fhir::Bind;
@@ -62,14 +78,8 @@ macro_rules! append {
         let mut rows: Vec<Vec<Bind>> = Vec::new();
         let mut patient_rows: Vec<Vec<Bind>> = Vec::new();
         for e in $events {
-            let PendingEvent { id, recorded_us, client_id, mut event, patients } = e;
-            if let Some(obj) = event.as_object_mut() {
-                let ext = obj.entry("extension").or_insert_with(|| serde_json::json!([]));
-                if let Some(list) = ext.as_array_mut() {
-                    list.push(serde_json::json!({ "url": PREVIOUS_HASH_EXTENSION, "valueString": prev }));
-                }
-            }
-            let json = event.to_string();
+            let PendingEvent { id, recorded_us, client_id, event, patients } = e;
+            let json = with_previous_hash(event, &prev)?;
             let hash = event_hash(&json);
             seq += 1;
             rows.push(vec![
@@ -86,7 +96,13 @@ macro_rules! append {
             }
         }
         $crate::store::fhir::insert_rows!($tx, "audit_events (seq, id, recorded_us, client_id, event, prev_hash, hash)", 7, rows, "");
-        $crate::store::fhir::insert_rows!($tx, "audit_event_patients (patient_id, seq, disclosed)", 3, patient_rows, "ON CONFLICT DO NOTHING");
+        $crate::store::fhir::insert_rows!(
+            $tx,
+            "audit_event_patients (patient_id, seq, disclosed)",
+            3,
+            patient_rows,
+            "ON CONFLICT DO NOTHING"
+        );
     }};
 }
 
