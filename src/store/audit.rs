@@ -184,3 +184,28 @@ impl Store {
         Ok(rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_hash_becomes_the_last_extension_of_the_text() -> Result<(), String> {
+        let event = r#"{"resourceType":"AuditEvent","id":"a","extension":[{"url":"urn:x","valueString":"fqhc-demo"}]}"#;
+        let json = with_previous_hash(event.to_string(), GENESIS_HASH).map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+        let ext = v["extension"].as_array().ok_or("no extension array")?;
+        assert_eq!(ext.len(), 2, "{json}");
+        assert_eq!(ext[0]["valueString"], "fqhc-demo");
+        assert_eq!(ext[1]["url"], PREVIOUS_HASH_EXTENSION);
+        assert_eq!(ext[1]["valueString"], GENESIS_HASH);
+        Ok(())
+    }
+
+    #[test]
+    fn text_that_does_not_end_with_its_extension_array_is_refused() {
+        for event in ["", "{}", r#"{"extension":[],"id":"a"}"#, r#"{"entity":[{"a":1}]}"#] {
+            assert!(matches!(with_previous_hash(event.to_string(), GENESIS_HASH), Err(StoreError::Corrupt(_))), "{event}");
+        }
+    }
+}
