@@ -85,12 +85,12 @@ impl Pipeline {
             pipeline: self.clone(),
             set: self.mapper.for_site(valid.site()),
             valid,
-            record: value.clone(),
+            record: record.record.clone(),
             content_sha256: record.content_sha256.clone(),
             raw_sha256: record.raw_sha256.clone(),
             received_at: now,
         };
-        let (patient_id, security) = match job.map_with_facts(1) {
+        let (patient_id, security) = match job.map_with_facts(1, value) {
             Ok((_, facts)) => facts,
             Err(MapError::Missing(m)) => return Err(vec![missing_entry_issue(&m)]),
             Err(e) => return Err(vec![OutcomeIssue::error(IssueCode::BusinessRule, e.to_string())]),
@@ -206,7 +206,7 @@ pub fn prepare(pipeline: &Pipeline, who: &Submitter, records: Vec<RawRecord>, no
     let received_at = now.trunc_subsecs(6);
     let items = records
         .into_iter()
-        .map(|rec| {
+        .map(|mut rec| {
             let checked = match &rec.parsed {
                 Err(issue) => Checked::Rejected(vec![issue.clone()]),
                 Ok(value) => match check_one(&pipeline.validator, who, value, &rec, received_at) {
@@ -214,6 +214,11 @@ pub fn prepare(pipeline: &Pipeline, who: &Submitter, records: Vec<RawRecord>, no
                     Err(issues) => Checked::Rejected(issues),
                 },
             };
+            if matches!(checked, Checked::Valid(_)) {
+                // The accepted record carries its own copy of the bytes; until the write is
+                // done only the receipt's identity fields are read.
+                rec.keep_identity();
+            }
             (rec, checked)
         })
         .collect();
@@ -221,12 +226,14 @@ pub fn prepare(pipeline: &Pipeline, who: &Submitter, records: Vec<RawRecord>, no
 }
 
 /// Everything one session version's mapping reads, owned so the store can map it again for
-/// another version number.
+/// another version number. The record is kept as its canonical JSON text, parsed again only
+/// when the store does map again (an amendment): a parsed tree per record held until its
+/// write was ~5 KB each, and an import holds two chunks of records.
 struct MapJob {
     pipeline: Pipeline,
     set: Arc<MappingSet>,
     valid: ValidSession,
-    record: serde_json::Value,
+    record: String,
     content_sha256: String,
     raw_sha256: String,
     received_at: DateTime<Utc>,
@@ -246,15 +253,21 @@ fn disclosure_facts(resources: &[serde_json::Value]) -> (Option<String>, Option<
 
 impl MapJob {
     fn map(&self, version: i64) -> Result<Vec<PreparedResource>, MapError> {
-        self.map_with_facts(version).map(|(r, _)| r)
+        let record: serde_json::Value =
+            serde_json::from_str(&self.record).map_err(|e| MapError::Unconfigured(format!("the canonical record is unreadable: {e}")))?;
+        self.map_with_facts(version, &record).map(|(r, _)| r)
     }
 
-    /// The resources and the session's [`disclosure_facts`].
+    /// The resources of `record` (this job's record, parsed) and the session's [`disclosure_facts`].
     #[allow(clippy::type_complexity)]
-    fn map_with_facts(&self, version: i64) -> Result<(Vec<PreparedResource>, (Option<String>, Option<String>)), MapError> {
+    fn map_with_facts(
+        &self,
+        version: i64,
+        record: &serde_json::Value,
+    ) -> Result<(Vec<PreparedResource>, (Option<String>, Option<String>)), MapError> {
         let sv = SessionVersion {
             valid: &self.valid,
-            record: &self.record,
+            record,
             version,
             content_sha256: &self.content_sha256,
             raw_sha256: &self.raw_sha256,
@@ -285,13 +298,13 @@ fn with_resources(
         pipeline: pipeline.clone(),
         set: pipeline.mapper.for_site(valid.site()),
         valid,
-        record: value.clone(),
+        record: record.record.clone(),
         content_sha256: record.content_sha256.clone(),
         raw_sha256: record.raw_sha256.clone(),
         received_at,
     };
     // Mapped for version 1 (the common case); the store maps again if the session exists.
-    match job.map_with_facts(1) {
+    match job.map_with_facts(1, value) {
         Ok((resources, (patient_id, security))) => {
             record.patient_id = patient_id;
             record.security = security;

@@ -46,6 +46,16 @@ pub struct RawRecord {
 }
 
 impl RawRecord {
+    /// Drops what only validation needed of a record that was accepted: its bytes and its
+    /// parsed tree, keeping the top-level `lea` and `source_id` (receipts read them). An
+    /// import holds two chunks of records while their writes run.
+    pub fn keep_identity(&mut self) {
+        self.raw = Vec::new();
+        if let Ok(Value::Object(fields)) = &mut self.parsed {
+            fields.retain(|k, _| k == "lea" || k == "source_id");
+        }
+    }
+
     /// A record made from an already parsed JSON value (drafts evaluated without storing).
     pub fn from_value(value: &Value) -> RawRecord {
         RawRecord { index: 0, line: None, raw: value.to_string().into_bytes(), format: RawFormat::Json, parsed: Ok(value.clone()) }

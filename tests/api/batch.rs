@@ -38,6 +38,9 @@ async fn mixed_json_array_batch_reports_per_record(app: TestApp) {
     assert_eq!(bad["outcome"]["resourceType"], "OperationOutcome");
     assert_eq!(bad["outcome"]["issue"][0]["expression"][0], "clinician.npi");
     assert_eq!(r["results"][4]["version"], 2);
+    // Accepted records keep their identity in the receipt (their parsed tree is dropped before the write).
+    assert_eq!(r["results"][0]["source_id"], "BATCH-1");
+    assert_eq!(r["results"][4]["source_id"], "BATCH-1");
     assert_eq!(app.store.count_versions().await.unwrap(), 3);
     // Re-sending the current records changes nothing.
     let mut current = session_with_id("BATCH-1");
