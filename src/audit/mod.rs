@@ -533,4 +533,50 @@ mod tests {
         assert_eq!(doc["outcome"], "0");
         Ok(())
     }
+
+    /// The store splices the chain's previous hash into the text these builders write: both
+    /// kinds of event must keep `extension` last, or the append refuses them.
+    #[test]
+    fn every_event_kind_takes_the_previous_hash_as_its_last_extension() -> Result<(), String> {
+        let verdicts = vec![("Encounter".to_string(), "e1".to_string(), verdict(true, "p1"))];
+        let read = event(
+            &Disclosure {
+                client_id: "c",
+                org: "fqhc-demo",
+                token_id: Some("t"),
+                purpose: PurposeOfUse::Treat,
+                interaction: Interaction::Read,
+                request_id: Some(r#"x","extension":[{"url":"y"}]}"#.into()),
+                query: "/fhir/Encounter/e1".into(),
+                verdicts: &verdicts,
+                count: Some(1),
+            },
+            Utc::now(),
+        );
+        let patients = vec!["p1".to_string()];
+        let bulk = bulk_event(
+            &BulkDisclosure {
+                client_id: "c",
+                org: "fqhc-demo",
+                purpose: PurposeOfUse::Treat,
+                request_id: None,
+                query: "/fhir/$export".into(),
+                job_id: "j",
+                file: Some("00001.Encounter.ndjson"),
+                patients: &patients,
+                counts: vec![("written Encounter".into(), 1)],
+            },
+            Utc::now(),
+        );
+        for e in [read, bulk] {
+            let entities_before = serde_json::from_str::<serde_json::Value>(&e.event).map_err(|e| e.to_string())?["entity"].clone();
+            let json = crate::store::audit::with_previous_hash(e.event, crate::store::audit::GENESIS_HASH).map_err(|e| e.to_string())?;
+            let doc: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+            let ext = doc["extension"].as_array().ok_or("no extension")?;
+            assert_eq!(ext.first().map(|x| &x["valueString"]), Some(&serde_json::json!("fqhc-demo")), "{json}");
+            assert_eq!(ext.last().map(|x| &x["url"]), Some(&serde_json::json!(crate::store::audit::PREVIOUS_HASH_EXTENSION)), "{json}");
+            assert_eq!(doc["entity"], entities_before, "{json}");
+        }
+        Ok(())
+    }
 }

@@ -56,8 +56,17 @@ pub fn event_hash(event: &str) -> String {
 
 /// Adds the chain extension (`prev`, a hex hash) as the last element of the event's closing
 /// `extension` array: `…,"extension":[{…}]}` becomes `…,"extension":[{…},{"url":…}]}`.
-fn with_previous_hash(mut event: String, prev: &str) -> Result<String, StoreError> {
-    if !event.ends_with("}]}") || !event.contains(r#""extension":["#) {
+/// Text whose last member is anything else is refused: after the last `,"extension":[` only
+/// flat extension objects may follow (no member holding an array or object; escaped string
+/// content cannot end a member name, so it cannot fake one), and they must close the text.
+pub(crate) fn with_previous_hash(mut event: String, prev: &str) -> Result<String, StoreError> {
+    const MARK: &str = r#","extension":["#;
+    let last_member_is_extension = event.ends_with("}]}")
+        && event.rfind(MARK).is_some_and(|at| {
+            let tail = &event[at + MARK.len()..];
+            !tail.contains(r#"":["#) && !tail.contains(r#"":{"#)
+        });
+    if !last_member_is_extension {
         return Err(StoreError::Corrupt("an AuditEvent to append does not end with its extension array (a bug)".into()));
     }
     event.truncate(event.len() - 2);
@@ -204,7 +213,14 @@ mod tests {
 
     #[test]
     fn text_that_does_not_end_with_its_extension_array_is_refused() {
-        for event in ["", "{}", r#"{"extension":[],"id":"a"}"#, r#"{"entity":[{"a":1}]}"#] {
+        for event in [
+            "",
+            "{}",
+            r#"{"extension":[],"id":"a"}"#,
+            r#"{"entity":[{"a":1}]}"#,
+            r#"{"id":"a","extension":[{"url":"x"}],"entity":[{"a":1}]}"#,
+            r#"{"id":"a","extension":[{"url":"x"}],"source":{"observer":[{"a":1}]}}"#,
+        ] {
             assert!(matches!(with_previous_hash(event.to_string(), GENESIS_HASH), Err(StoreError::Corrupt(_))), "{event}");
         }
     }

@@ -7,7 +7,7 @@
 //! compile-time macros cannot check two dialects in one crate, so queries are runtime
 //! `query`/`query_as` and the shared test suite, run on both backends, is the query check.
 
-mod audit;
+pub(crate) mod audit;
 mod claims;
 mod clients;
 mod consents;
