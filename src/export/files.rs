@@ -1,6 +1,7 @@
 //! NDJSON export files: written one batch of lines at a time (the caller runs these blocking
 //! calls on the blocking pool), optionally gzip-compressed, and read back line by line.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,49 @@ pub fn job_dir(root: &Path, job_id: &str) -> PathBuf {
 /// A file's name: `<seq>.<Type>.ndjson[.gz]` (the sequence keeps names unique and sorted).
 pub fn file_name(seq: i64, resource_type: &str, gzip: bool) -> String {
     format!("{seq:05}.{resource_type}.ndjson{}", if gzip { ".gz" } else { "" })
+}
+
+/// The students whose resources an export file holds (for its AuditEvent and the closing consent
+/// recheck), kept compactly while the file is written: a file holds up to
+/// `export.max_file_resources` lines, and over a million sessions an open file per type listed
+/// tens of thousands of students each. Ids in the gateway's own form (lowercase hyphenated UUIDs,
+/// as mapping makes them) are kept as 16-byte numbers, any other id as text.
+#[derive(Debug, Default)]
+pub struct PatientSet {
+    uuids: BTreeSet<u128>,
+    other: BTreeSet<String>,
+}
+
+impl PatientSet {
+    /// Adds a student.
+    pub fn insert(&mut self, id: &str) {
+        match canonical_uuid(id) {
+            Some(n) => {
+                self.uuids.insert(n);
+            }
+            None => {
+                if !self.other.contains(id) {
+                    self.other.insert(id.to_string());
+                }
+            }
+        }
+    }
+
+    /// The students as a sorted JSON array of ids (as stored in `export_files.patients`).
+    pub fn to_json(&self) -> String {
+        let mut ids: Vec<String> =
+            self.uuids.iter().map(|n| uuid::Uuid::from_u128(*n).hyphenated().to_string()).chain(self.other.iter().cloned()).collect();
+        ids.sort_unstable();
+        serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())
+    }
+}
+
+/// The number an id stands for when it is a UUID written exactly as [`uuid::Uuid`] writes one
+/// (lowercase, hyphenated), so that it is written back unchanged.
+fn canonical_uuid(id: &str) -> Option<u128> {
+    let u = uuid::Uuid::try_parse(id).ok()?;
+    let mut buf = uuid::Uuid::encode_buffer();
+    (u.hyphenated().encode_lower(&mut buf) == id).then(|| u.as_u128())
 }
 
 enum Sink {
@@ -108,6 +152,37 @@ mod tests {
         remove_job_dir(dir.path(), "job")?;
         remove_job_dir(dir.path(), "job")?;
         assert!(!job_dir(dir.path(), "job").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn patient_sets_list_every_id_once_sorted_and_unchanged() -> Result<(), serde_json::Error> {
+        let mut set = PatientSet::default();
+        for id in [
+            "f47ac10b-58cc-4372-a567-0e02b2c3d479",
+            "pat-7",
+            "0012aa33-c368-5685-9ec1-72ef6fb0987c",
+            "F47AC10B-58CC-4372-A567-0E02B2C3D479",
+            "f47ac10b58cc4372a5670e02b2c3d479",
+            "f47ac10b-58cc-4372-a567-0e02b2c3d479",
+            "pat-7",
+            "",
+        ] {
+            set.insert(id);
+        }
+        let ids: Vec<String> = serde_json::from_str(&set.to_json())?;
+        assert_eq!(
+            ids,
+            [
+                "",
+                "0012aa33-c368-5685-9ec1-72ef6fb0987c",
+                "F47AC10B-58CC-4372-A567-0E02B2C3D479",
+                "f47ac10b-58cc-4372-a567-0e02b2c3d479",
+                "f47ac10b58cc4372a5670e02b2c3d479",
+                "pat-7"
+            ]
+        );
+        assert_eq!(PatientSet::default().to_json(), "[]");
         Ok(())
     }
 }
