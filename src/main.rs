@@ -141,10 +141,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long mimalloc keeps memory freed before giving it back to the system, in milliseconds
 /// (its default is 1,000). A bulk export frees each page of resources soon after writing it; with
-/// a second's delay several pages' worth stayed resident. Peak RSS of a 100,000-session export
-/// (`benches/export.sh`, 2026-12-07, interleaved runs): 181-188 MB at 1,000 ms, 160 MB at 10 ms,
-/// 148-159 MB at 0 ms; the export took ~5% longer at 10 ms and ~17% at 0 ms (every freed page
-/// returned and faulted in again).
+/// a second's delay several pages' worth stayed resident. A 100,000-session export
+/// (`benches/export.sh`, 2026-12-07, interleaved runs on a quiet machine): 1,000 ms 179-182 MB at
+/// 19,800-20,200 resources/s, 100 ms 167-170 MB at 18,500-18,700/s, 10 ms 152-155 MB at
+/// 15,300-17,200/s (freed pages are returned and faulted in again): memory first, at ~15% of the
+/// export's speed. On a loaded machine 0 ms gave 148-159 MB, ~17% slower than 1,000 ms.
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// Sets [`PURGE_DELAY_MS`], unless `MIMALLOC_PURGE_DELAY` in the environment says otherwise.
