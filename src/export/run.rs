@@ -334,7 +334,7 @@ impl Job<'_> {
 const JOB_READ_CACHE_KIB: i64 = 8_192;
 
 async fn run_job(inner: &Inner, row: ExportJobRow, owner: &str) -> Result<(), RunError> {
-    let reader = inner.store.dedicated_reader(1, JOB_READ_CACHE_KIB).await?;
+    let reader = inner.store.dedicated_reader(JOB_READ_CACHE_KIB).await?;
     let out = run_job_with(inner, row, owner, reader.clone()).await;
     reader.close_reader().await;
     out

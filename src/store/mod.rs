@@ -276,17 +276,17 @@ impl Store {
         Ok(Store { db, writer, dedicated: false })
     }
 
-    /// A handle for one long reader (a bulk export job): on SQLite its reads go through
-    /// `connections` connections of their own with a page cache of `cache_kib` KiB each, so the pages one query
-    /// brought in are there for the next (spread over the shared pool, every connection's cache
-    /// would fill with the same pages); writes still go through the shared pool and the writer.
+    /// A handle for one long reader (a bulk export job): on SQLite its reads go through one
+    /// connection of its own with a page cache of `cache_kib` KiB, so the pages one query brought
+    /// in are there for the next (spread over the shared pool, every connection's cache would
+    /// fill with the same pages); writes still go through the shared pool and the writer.
     /// PostgreSQL: the same pool. Close it with [`Store::close_reader`].
-    pub async fn dedicated_reader(&self, connections: u32, cache_kib: i64) -> Result<Store, StoreError> {
+    pub async fn dedicated_reader(&self, cache_kib: i64) -> Result<Store, StoreError> {
         match &self.db {
             Db::Sqlite(pool) => {
                 let options = (*pool.connect_options()).clone().pragma("cache_size", format!("-{cache_kib}"));
                 let reader = SqlitePoolOptions::new()
-                    .max_connections(connections.max(1))
+                    .max_connections(1)
                     .min_connections(0)
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
