@@ -185,7 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{line}");
                 }
             }
-            let app = Application::build_with(settings.clone(), store, pipeline)?;
+            let app = Application::build_with(settings.clone(), store, pipeline).await?;
             let scheme = if settings.server.tls.enabled { "https" } else { "http" };
             println!("wellness-gateway listening on {scheme}://{}:{}", settings.server.host, app.port());
             app.run_until_stopped().await?;

@@ -269,6 +269,9 @@ pub struct DatabaseSettings {
     pub sqlite_busy_timeout_ms: u64,
     /// Run migrations when the server starts.
     pub migrate_on_start: bool,
+    /// SQLite: how often the audit journal is loaded into the database, in milliseconds (see
+    /// `audit::journal`; readers of the trail load it first, so this only sets the batch size).
+    pub audit_journal_load_ms: u64,
 }
 
 /// Logging settings.
@@ -547,6 +550,7 @@ impl Default for DatabaseSettings {
             max_connections: 8,
             sqlite_busy_timeout_ms: 5_000,
             migrate_on_start: true,
+            audit_journal_load_ms: 1_000,
         }
     }
 }

@@ -43,6 +43,7 @@ pub struct Application {
     port: u16,
     server: Server,
     store: Store,
+    auditor: crate::audit::Auditor,
 }
 
 /// Connects the store, runs migrations when configured, and copies the organisation directory
@@ -94,11 +95,11 @@ impl Application {
         let settings = Arc::new(settings);
         let pipeline = Pipeline::from_settings(settings.clone())?;
         let store = open_store(&settings).await?;
-        Self::build_with(settings, store, pipeline)
+        Self::build_with(settings, store, pipeline).await
     }
 
     /// Builds from parts (used by `serve --demo` after seeding).
-    pub fn build_with(settings: Arc<Settings>, store: Store, pipeline: Pipeline) -> anyhow::Result<Application> {
+    pub async fn build_with(settings: Arc<Settings>, store: Store, pipeline: Pipeline) -> anyhow::Result<Application> {
         let openapi = Arc::new(crate::api::openapi::document(pipeline.validator.schemas().session_document()));
         let auth_cache = moka::sync::Cache::builder()
             .max_capacity(10_000)
@@ -106,7 +107,9 @@ impl Application {
             .build();
         let smart = crate::auth::smart::SmartAuth::new(&settings.auth)?;
         tokio::spawn(purge_jti_loop(store.clone()));
-        let auditor = crate::audit::Auditor::spawn(store.clone());
+        let auditor =
+            crate::audit::Auditor::start(store.clone(), std::time::Duration::from_millis(settings.database.audit_journal_load_ms.max(1)))
+                .await?;
         let exporter = crate::export::run::Exporter::spawn(
             store.clone(),
             pipeline.consent.clone(),
@@ -143,7 +146,7 @@ impl Application {
             openapi,
             auth_cache,
             smart,
-            auditor,
+            auditor: auditor.clone(),
             exporter,
             notifier,
         });
@@ -159,7 +162,7 @@ impl Application {
             server.listen(listener)?
         };
         tracing::info!(port, tls = settings.server.tls.enabled, database = store.backend(), "gateway listening");
-        Ok(Application { port, server: server.run(), store })
+        Ok(Application { port, server: server.run(), store, auditor })
     }
 
     /// The bound port (useful with port 0).
@@ -172,9 +175,11 @@ impl Application {
         self.server.handle()
     }
 
-    /// Runs until stopped (Ctrl-C or [`actix_web::dev::ServerHandle::stop`]), then closes the pool.
+    /// Runs until stopped (Ctrl-C or [`actix_web::dev::ServerHandle::stop`]), then loads the audit
+    /// journal and closes the pool.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        self.auditor.close().await;
         self.store.close().await;
         result
     }

@@ -3,11 +3,17 @@
 //! decision, rule and consent (id/version). The event is written before the response is sent;
 //! if it cannot be written, nothing is disclosed.
 //!
-//! Requests hand their event to one [`Auditor`] task, which appends whatever is queued in one
-//! transaction (group commit: under load many requests share a commit) and answers each request
-//! once its event is durable. The chain and its verification live in `store::audit`.
+//! On SQLite a request appends its event to the audit [`journal`] file on its own thread, and a
+//! loader moves the journal into the database in large batches (see that module for why). On
+//! PostgreSQL, where several gateway instances extend one chain, requests hand their event to
+//! one [`Auditor`] task, which appends whatever is queued in one transaction (group commit: under
+//! load many requests share a commit) and answers each request once its event is durable. The
+//! chain and its verification live in `store::audit`.
+
+pub mod journal;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -405,10 +411,17 @@ fn base64_encode(bytes: &[u8]) -> String {
 
 type Reply = oneshot::Sender<Result<(), String>>;
 
-/// The one task that appends audit events (group commit).
+/// Where partner requests' audit events go: the SQLite journal, or (PostgreSQL) one task that
+/// appends them in group commits.
 #[derive(Debug, Clone)]
 pub struct Auditor {
-    tx: mpsc::Sender<(PendingEvent, Reply)>,
+    mode: Mode,
+}
+
+#[derive(Debug, Clone)]
+enum Mode {
+    Journal(Arc<journal::Journal>),
+    Direct(mpsc::Sender<(PendingEvent, Reply)>),
 }
 
 /// The audit trail could not be written; nothing may be disclosed.
@@ -417,18 +430,48 @@ pub struct Auditor {
 pub struct AuditError(String);
 
 impl Auditor {
-    /// Starts the task on the current runtime.
-    pub fn spawn(store: Store) -> Auditor {
-        let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(store, rx));
-        Auditor { tx }
+    /// Starts the auditor on the current runtime: on a SQLite file, opens its journal (loading
+    /// what an earlier run left in it); otherwise starts the group-commit task.
+    pub async fn start(store: Store, load_every: std::time::Duration) -> Result<Auditor, AuditError> {
+        match store.sqlite_file() {
+            Some(db) => {
+                let journal = journal::Journal::open(store, journal::path_for(&db), load_every).await.map_err(AuditError)?;
+                Ok(Auditor { mode: Mode::Journal(journal) })
+            }
+            None => {
+                let (tx, rx) = mpsc::channel(4096);
+                tokio::spawn(run(store, rx));
+                Ok(Auditor { mode: Mode::Direct(tx) })
+            }
+        }
     }
 
     /// Appends one event; returns once it is durable.
     pub async fn record(&self, event: PendingEvent) -> Result<(), AuditError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx.send((event, reply)).await.map_err(|_| AuditError("the audit writer has stopped".into()))?;
-        wait.await.map_err(|_| AuditError("the audit writer has stopped".into()))?.map_err(AuditError)
+        match &self.mode {
+            Mode::Journal(j) => j.append(event).map_err(AuditError),
+            Mode::Direct(tx) => {
+                let (reply, wait) = oneshot::channel();
+                tx.send((event, reply)).await.map_err(|_| AuditError("the audit writer has stopped".into()))?;
+                wait.await.map_err(|_| AuditError("the audit writer has stopped".into()))?.map_err(AuditError)
+            }
+        }
+    }
+
+    /// Returns once every event recorded so far can be read from the database (call before
+    /// reading the trail).
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        match &self.mode {
+            Mode::Journal(j) => j.flush().await.map_err(AuditError),
+            Mode::Direct(_) => Ok(()),
+        }
+    }
+
+    /// Loads what is pending and lets go of the journal (at shutdown).
+    pub async fn close(&self) {
+        if let Mode::Journal(j) = &self.mode {
+            j.close().await;
+        }
     }
 }
 
@@ -464,14 +507,28 @@ pub struct VerifyReport {
 
 /// Checks the whole chain: positions without gaps, each event naming its predecessor's hash,
 /// each hash the SHA-256 of its event. Streams in pages (memory does not grow with the chain).
+/// On SQLite the events still in the journal (not yet loaded by a running gateway) are
+/// checked after the database's.
 pub async fn verify(store: &Store) -> Result<VerifyReport, crate::store::StoreError> {
+    let journaled = match store.sqlite_file() {
+        Some(db) => journal::pending(&db).map_err(crate::store::StoreError::Corrupt)?,
+        None => Vec::new(),
+    };
     let mut prev = GENESIS_HASH.to_string();
     let mut expected_seq = 1;
     let mut checked = 0;
+    let mut journaled = Some(journaled);
     loop {
-        let rows = store.audit_chain(expected_seq - 1, 1000).await?;
+        let mut rows = store.audit_chain(expected_seq - 1, 1000).await?;
         if rows.is_empty() {
-            return Ok(VerifyReport { events: checked, broken: None });
+            // The database's chain ends here; the journal's later events follow it.
+            match journaled.take() {
+                Some(j) => rows = j.into_iter().filter(|r| r.seq >= expected_seq).collect(),
+                None => return Ok(VerifyReport { events: checked, broken: None }),
+            }
+            if rows.is_empty() {
+                return Ok(VerifyReport { events: checked, broken: None });
+            }
         }
         for r in rows {
             let broken = |why: String| Ok(VerifyReport { events: checked, broken: Some((r.seq, why)) });

@@ -398,7 +398,11 @@ async fn run_job_with(inner: &Inner, row: ExportJobRow, owner: &str, reader: Sto
         };
         if let Some((students, lo, hi)) = pass {
             let previously = match (ck.phase, &students) {
-                (1, Some(s)) => inner.store.patients_disclosed_to(&job.row.client_id, s).await?.into_iter().collect(),
+                (1, Some(s)) => {
+                    // What was disclosed before is read from the audit trail: all of it.
+                    inner.auditor.flush().await?;
+                    inner.store.patients_disclosed_to(&job.row.client_id, s).await?.into_iter().collect()
+                }
                 _ => HashSet::new(),
             };
             run_pass(&mut job, &mut ck, students.as_deref(), lo, hi, Arc::new(previously)).await?;

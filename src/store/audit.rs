@@ -78,26 +78,64 @@ pub(crate) fn with_previous_hash(mut event: String, prev: &str) -> Result<String
     Ok(event)
 }
 
-macro_rules! append {
-    ($tx:expr, $events:expr) => {{
-        use $crate::store::fhir::Bind;
+/// An event with its place in the chain, ready to insert: `event` names `prev_hash` in its
+/// chain extension and `hash` is its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainedEvent {
+    /// Position in the chain (1, 2, ...).
+    pub seq: i64,
+    /// AuditEvent id.
+    pub id: String,
+    /// Recorded time, µs since the epoch.
+    pub recorded_us: i64,
+    /// The client.
+    pub client_id: String,
+    /// Hash of the event before.
+    pub prev_hash: String,
+    /// SHA-256 of `event`.
+    pub hash: String,
+    /// (patient id, disclosed) of the students the event is about.
+    pub patients: Vec<(String, bool)>,
+    /// The stored JSON.
+    pub event: String,
+}
+
+/// Gives an event the next place in the chain after `head` (position and hash of the last
+/// event), and moves `head` on to it.
+pub fn chain_event(e: PendingEvent, head: &mut (i64, String)) -> Result<ChainedEvent, StoreError> {
+    let PendingEvent { id, recorded_us, client_id, event, patients } = e;
+    let json = with_previous_hash(event, &head.1)?;
+    let hash = event_hash(&json);
+    let seq = head.0 + 1;
+    let prev_hash = std::mem::replace(&mut head.1, hash.clone());
+    head.0 = seq;
+    Ok(ChainedEvent { seq, id, recorded_us, client_id, prev_hash, hash, patients, event: json })
+}
+
+/// The last event's position and hash (`(0, GENESIS_HASH)` for an empty chain), read in `$tx`.
+macro_rules! chain_head {
+    ($tx:expr) => {{
         let head: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetch_optional(&mut **$tx).await?;
-        let (mut seq, mut prev) = head.unwrap_or((0, GENESIS_HASH.to_string()));
+        head.unwrap_or((0, GENESIS_HASH.to_string()))
+    }};
+}
+
+/// Inserts chained events (two multi-row inserts).
+macro_rules! insert_chained {
+    ($tx:expr, $events:expr) => {{
+        use $crate::store::fhir::Bind;
         let mut rows: Vec<Vec<Bind>> = Vec::new();
         let mut patient_rows: Vec<Vec<Bind>> = Vec::new();
         for e in $events {
-            let PendingEvent { id, recorded_us, client_id, event, patients } = e;
-            let json = with_previous_hash(event, &prev)?;
-            let hash = event_hash(&json);
-            seq += 1;
+            let ChainedEvent { seq, id, recorded_us, client_id, prev_hash, hash, patients, event } = e;
             rows.push(vec![
                 Bind::Int(seq),
                 Bind::Text(id),
                 Bind::Int(recorded_us),
                 Bind::Text(client_id),
-                Bind::Text(json),
-                Bind::Text(std::mem::replace(&mut prev, hash.clone())),
+                Bind::Text(event),
+                Bind::Text(prev_hash),
                 Bind::Text(hash),
             ]);
             for (patient, disclosed) in patients {
@@ -112,6 +150,14 @@ macro_rules! append {
             patient_rows,
             "ON CONFLICT DO NOTHING"
         );
+    }};
+}
+
+macro_rules! append {
+    ($tx:expr, $events:expr) => {{
+        let mut head = chain_head!($tx);
+        let chained = $events.into_iter().map(|e| chain_event(e, &mut head)).collect::<Result<Vec<_>, StoreError>>()?;
+        insert_chained!($tx, chained);
     }};
 }
 
@@ -134,6 +180,54 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Inserts events already chained elsewhere (the SQLite audit journal, `audit::journal`),
+    /// in one transaction. Events at or before the stored head are skipped (loaded before a
+    /// crash that kept them in the journal); the first new one must follow the head, or
+    /// nothing is written and the chain is reported broken.
+    pub async fn load_audit(&self, events: Vec<ChainedEvent>) -> Result<(), StoreError> {
+        match self.db() {
+            Db::Sqlite(pool) => {
+                super::sqlite_write(pool, async |tx| {
+                    let head = chain_head!(tx);
+                    let fresh: Vec<ChainedEvent> = events.into_iter().filter(|e| e.seq > head.0).collect();
+                    if let Some(first) = fresh.first()
+                        && (first.seq != head.0 + 1 || first.prev_hash != head.1)
+                    {
+                        return Err(StoreError::Corrupt(format!(
+                            "the audit journal's event {} does not follow the stored chain's last event {}",
+                            first.seq, head.0
+                        )));
+                    }
+                    insert_chained!(tx, fresh);
+                    Ok(())
+                })
+                .await
+            }
+            Db::Postgres(_) => Err(StoreError::Corrupt("the audit journal is used with SQLite only (a bug)".into())),
+        }
+    }
+
+    /// The stored chain's last position and hash (`(0, GENESIS_HASH)` when empty).
+    pub async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        let head: Option<(i64, String)> = with_db!(self.db(), pool => {
+            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetch_optional(pool).await?
+        });
+        Ok(head.unwrap_or((0, GENESIS_HASH.to_string())))
+    }
+
+    /// The SQLite database file, when the store is a SQLite file (not in memory).
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        match self.db() {
+            Db::Sqlite(pool) => {
+                let options = pool.connect_options();
+                let name = options.get_filename();
+                let text = name.to_string_lossy();
+                (!text.is_empty() && text != ":memory:" && !text.starts_with("file:")).then(|| name.to_path_buf())
+            }
+            Db::Postgres(_) => None,
+        }
     }
 
     /// Up to `limit` events after position `after`, in chain order.

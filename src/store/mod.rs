@@ -29,7 +29,7 @@ use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-pub use audit::{ChainRow, GENESIS_HASH, PREVIOUS_HASH_EXTENSION, PendingEvent, event_hash};
+pub use audit::{ChainRow, ChainedEvent, GENESIS_HASH, PREVIOUS_HASH_EXTENSION, PendingEvent, chain_event, event_hash};
 pub use claims::{
     BatchRow, ClaimEventRow, ClaimFilter, ClaimLineRow, ClaimRow, ClaimedLine, ClaimedVisit, NewClaim, SettleGuard, Settled, Settlement,
     UnbilledSession,

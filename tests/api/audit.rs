@@ -7,6 +7,8 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, outcome, repo_path, session_with_id, spawn_app_with};
+use wellness_gateway::audit::Auditor;
+use wellness_gateway::store::Store;
 
 fn verify(url: &str) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_wellness-gateway"))
@@ -20,7 +22,14 @@ fn verify(url: &str) -> (bool, String) {
 }
 
 async fn audit_trail(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |s| s.server.auth_cache_seconds = 0).await else { return };
+    let Some(app) = spawn_app_with(backend, |s| {
+        s.server.auth_cache_seconds = 0;
+        s.database.audit_journal_load_ms = 50;
+    })
+    .await
+    else {
+        return;
+    };
     let session: Value = app.post_json("/api/v1/sessions", &app.submitter_token, &session_with_id("AUD-1")).await.json().await.unwrap();
     let enc = session["id"].as_str().unwrap().to_owned();
     let patient = wellness_gateway::mapping::engine::patient_id("lea-demo", "S1002345");
@@ -99,12 +108,43 @@ async fn audit_trail(backend: Backend) {
     let (ok, text) = verify(&url);
     assert!(!ok && text.contains("broken at event 3"), "{text}");
 
-    // If the audit trail cannot be written, nothing is disclosed.
+    // If the audit trail cannot be written, nothing is disclosed. (On SQLite a read is
+    // journaled first and refused once the journal cannot be loaded: at the next round.)
     crate::helpers::exec_sql(&url, "DROP TABLE audit_event_patients").await;
-    let res = app.get(&format!("/fhir/Encounter/{enc}"), &app.partner_token).await;
-    assert_eq!(res.status(), 503);
-    let body = res.text().await.unwrap();
+    let mut served_meanwhile = 0;
+    let refused = loop {
+        let res = app.get(&format!("/fhir/Encounter/{enc}"), &app.partner_token).await;
+        if res.status() == 503 {
+            break res;
+        }
+        assert_eq!(res.status(), 200);
+        served_meanwhile += 1;
+        assert!(backend == Backend::Sqlite && served_meanwhile < 200, "reads go on while the audit trail cannot be written");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let body = refused.text().await.unwrap();
     assert!(!body.contains(&enc), "no data in the refusal");
+    // Nothing journaled is lost: once the table is back, the reads served meanwhile are in
+    // the trail and disclosures resume.
+    crate::helpers::exec_sql(
+        &url,
+        "CREATE TABLE audit_event_patients (patient_id TEXT NOT NULL, seq BIGINT NOT NULL, disclosed BOOLEAN NOT NULL, PRIMARY KEY (patient_id, seq))",
+    )
+    .await;
+    let mut status = 503;
+    for _ in 0..250 {
+        status = app.get(&format!("/fhir/Encounter/{enc}"), &app.partner_token).await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200, "disclosures resume once the trail can be written");
+    // Reads in the trail: the first refusal (the disclosing read was removed above), those
+    // served meanwhile, the last one; the refused one is not there (it was never disclosed).
+    let b: Value = app.get("/fhir/AuditEvent?_count=1000", &app.admin_token).await.json().await.unwrap();
+    let reads = b["entry"].as_array().unwrap().iter().filter(|e| e["resource"]["subtype"][0]["code"] == "read").count();
+    assert_eq!(reads, 1 + served_meanwhile + 1, "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,4 +155,81 @@ async fn audit_trail_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_trail_postgres() {
     audit_trail(Backend::Postgres).await;
+}
+
+fn pending_read(n: usize) -> wellness_gateway::store::PendingEvent {
+    let verdicts = vec![(
+        "Encounter".to_string(),
+        format!("e{n}"),
+        wellness_gateway::serve::Verdict { permitted: true, rule: "consent", consent: None, patient: Some("p1".into()) },
+    )];
+    let d = wellness_gateway::audit::Disclosure {
+        client_id: "c",
+        org: "fqhc-demo",
+        token_id: None,
+        purpose: wellness_gateway::domain::PurposeOfUse::Treat,
+        interaction: wellness_gateway::audit::Interaction::Read,
+        request_id: None,
+        query: format!("/fhir/Encounter/e{n}"),
+        verdicts: &verdicts,
+        count: None,
+    };
+    wellness_gateway::audit::event(&d, chrono::Utc::now())
+}
+
+async fn sqlite_store(url: &str) -> Store {
+    let settings = wellness_gateway::settings::DatabaseSettings { url: secrecy::SecretString::from(url.to_string()), ..Default::default() };
+    let store = Store::connect(&settings).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// SQLite: events journaled by a gateway that stops without loading them (a crash: its runtime
+/// is dropped) are loaded by the next one at start, after the chain's stored events; a line cut
+/// short by the crash is dropped; the journal is emptied and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_journal_is_loaded_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+    let journal = wellness_gateway::audit::journal::path_for(&dir.path().join("gateway.db"));
+    let never = std::time::Duration::from_secs(3600);
+    let first = url.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = sqlite_store(&first).await;
+            let auditor = Auditor::start(store.clone(), never).await.unwrap();
+            auditor.record(pending_read(1)).await.unwrap();
+            auditor.flush().await.unwrap();
+            for n in 2..=4 {
+                auditor.record(pending_read(n)).await.unwrap();
+            }
+            // Three events are in the journal only.
+            assert_eq!(store.audit_head().await.unwrap().0, 1);
+        });
+    })
+    .join()
+    .unwrap();
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert_eq!(text.lines().count(), 4, "all four lines (the first loaded, not yet emptied)");
+    // A write the crash cut short.
+    let mut torn = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
+    std::io::Write::write_all(&mut torn, br#"{"seq":5,"id":"x","#).unwrap();
+    drop(torn);
+
+    let store = sqlite_store(&url).await;
+    let auditor = Auditor::start(store.clone(), never).await.unwrap();
+    assert_eq!(store.audit_head().await.unwrap().0, 4);
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0, "emptied once loaded");
+    let report = wellness_gateway::audit::verify(&store).await.unwrap();
+    assert_eq!((report.events, report.broken), (4, None));
+    // The chain goes on from there.
+    auditor.record(pending_read(5)).await.unwrap();
+    assert_eq!(wellness_gateway::audit::verify(&store).await.unwrap().events, 5, "verify reads the journal's pending events");
+    auditor.flush().await.unwrap();
+    let rows = store.audit_chain(0, 10).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert!(rows[4].event.contains(r#""Encounter/e5""#), "the fifth is the new read");
+    auditor.close().await;
+    assert!(auditor.record(pending_read(6)).await.is_err(), "a closed journal takes nothing more");
 }

@@ -1,0 +1,379 @@
+//! The audit journal (SQLite): where a partner request's AuditEvent becomes durable before the
+//! response is sent, and from which a loader moves events into the database in large batches.
+//!
+//! Appending each request's event to the SQLite database cost more than the read it audited:
+//! every small commit writes whole 16 KiB pages of the per-student index to the WAL, makes every
+//! reading connection drop its page cache, and hands each statement to a connection thread and
+//! back (partner reads ran at 40-59% of an admin's throughput; `benches/consent.sh`). Here:
+//! - the journal is a file beside the database (`<database>-audit`), one JSON line per event
+//!   holding the event with its place in the chain (position, previous hash, hash). A request
+//!   appends its line with one `write(2)` on its own thread, under a mutex that also keeps the
+//!   chain's head, and answers once the write returned: as durable as a commit with the
+//!   database's `synchronous = NORMAL` (it survives a crash of the gateway; an OS crash or power
+//!   loss can lose the last lines, as it can the last commits);
+//! - a loader task inserts the new lines into `audit_events` every `database.audit_journal_load_ms` (1 s), or at once
+//!   when [`Journal::flush`] asks (every reader of the trail does first, so what was disclosed is
+//!   always visible to them), in one transaction per round; once everything written is loaded
+//!   and the file is past [`EMPTY_AT_BYTES`], it is emptied;
+//! - it fails closed: while the loader cannot write the database, appends are refused and so
+//!   nothing is disclosed; events already journaled stay in the file until they are loaded;
+//! - at start every whole line not yet in the database is loaded (a line cut short by a crash
+//!   mid-write was never acknowledged and is dropped), then the file is emptied;
+//! - one process: the journal file is locked exclusively while a gateway uses it.
+//!
+//! PostgreSQL keeps appending in the database (the chain is shared by every instance; see
+//! `Auditor`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::store::{ChainRow, ChainedEvent, PendingEvent, Store, StoreError, chain_event};
+
+/// Most bytes of the journal read and loaded in one transaction.
+const MAX_LOAD_BYTES: u64 = 4 << 20;
+/// The journal is emptied once everything in it is loaded and it holds at least this much.
+pub const EMPTY_AT_BYTES: u64 = 16 << 20;
+/// How long a starting gateway waits for a stopping one to let go of the journal.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long [`Journal::flush`] waits for the loader.
+const FLUSH_WAIT: Duration = Duration::from_secs(30);
+
+/// The journal of a SQLite database file.
+pub fn path_for(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-audit");
+    PathBuf::from(name)
+}
+
+struct State {
+    /// The locked journal, opened for appending; `None` once closed.
+    file: Option<File>,
+    /// Bytes of whole lines in the file.
+    len: u64,
+    /// Position and hash of the last event written.
+    head: (i64, String),
+    /// Why the loader cannot write the database (appends are refused meanwhile).
+    failed: Option<String>,
+}
+
+/// What the loader has done: the last position loaded, and why it is failing, if it is.
+type Progress = (i64, Option<String>);
+
+/// The journal and its loader (see the module doc).
+pub struct Journal {
+    path: PathBuf,
+    state: Mutex<State>,
+    progress: watch::Sender<Progress>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn io(context: &str, path: &Path, e: std::io::Error) -> String {
+    format!("{context} {}: {e}", path.display())
+}
+
+/// Bytes of whole lines in the first `len` bytes of `file` (a last line without its newline is
+/// one whose write never finished).
+fn whole_lines_len(file: &mut File, len: u64) -> std::io::Result<u64> {
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let n = usize::try_from(end - start).unwrap_or(block.len());
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block[..n])?;
+        if let Some(i) = block[..n].iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// A journal line's head: the event's place in the chain and index rows (the event text
+/// follows it on the line).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LineHead<'a> {
+    seq: i64,
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    recorded_us: i64,
+    #[serde(borrow)]
+    client_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    prev_hash: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    hash: std::borrow::Cow<'a, str>,
+    patients: Vec<(String, bool)>,
+}
+
+/// One journal line: the head as JSON, a tab, the AuditEvent's stored JSON text as it is (JSON
+/// text written by serde_json holds no raw tab or newline, so neither needs escaping), a newline.
+fn write_line(e: &ChainedEvent, out: &mut Vec<u8>) -> Result<(), String> {
+    let head = LineHead {
+        seq: e.seq,
+        id: e.id.as_str().into(),
+        recorded_us: e.recorded_us,
+        client_id: e.client_id.as_str().into(),
+        prev_hash: e.prev_hash.as_str().into(),
+        hash: e.hash.as_str().into(),
+        patients: e.patients.clone(),
+    };
+    if e.event.contains(['\t', '\n']) {
+        return Err("an AuditEvent's text holds a raw tab or newline (a bug)".into());
+    }
+    serde_json::to_writer(&mut *out, &head).map_err(|e| e.to_string())?;
+    out.push(b'\t');
+    out.extend_from_slice(e.event.as_bytes());
+    out.push(b'\n');
+    Ok(())
+}
+
+/// The event of one journal line (without its newline).
+fn read_line(line: &[u8]) -> Result<ChainedEvent, String> {
+    let bad = |why: String| format!("an audit journal line is not an event: {why}");
+    let tab = line.iter().position(|b| *b == b'\t').ok_or_else(|| bad("no tab".into()))?;
+    let head: LineHead<'_> = serde_json::from_slice(&line[..tab]).map_err(|e| bad(e.to_string()))?;
+    let event = std::str::from_utf8(&line[tab + 1..]).map_err(|e| bad(e.to_string()))?.to_string();
+    Ok(ChainedEvent {
+        seq: head.seq,
+        id: head.id.into_owned(),
+        recorded_us: head.recorded_us,
+        client_id: head.client_id.into_owned(),
+        prev_hash: head.prev_hash.into_owned(),
+        hash: head.hash.into_owned(),
+        patients: head.patients,
+        event,
+    })
+}
+
+/// The events of whole journal lines (`bytes` ends with a newline).
+fn parse_lines(bytes: &[u8]) -> Result<Vec<ChainedEvent>, String> {
+    bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(read_line).collect()
+}
+
+/// Reads whole lines of `file` from `offset`: about [`MAX_LOAD_BYTES`] (one longer line whole),
+/// never past `end` (which ends a line).
+fn read_from(file: &mut File, offset: u64, end: u64) -> std::io::Result<Vec<u8>> {
+    let mut want = (end - offset).min(MAX_LOAD_BYTES);
+    loop {
+        let mut bytes = vec![0u8; usize::try_from(want).map_err(std::io::Error::other)?];
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(&mut bytes)?;
+        if let Some(i) = bytes.iter().rposition(|b| *b == b'\n') {
+            bytes.truncate(i + 1);
+            return Ok(bytes);
+        }
+        if offset + want >= end {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the journal's last line has no end"));
+        }
+        want = (want * 2).min(end - offset);
+    }
+}
+
+impl Journal {
+    /// Opens (creating) the journal at `path`, loads what it holds into the database and empties
+    /// it, and starts the loader on the current runtime. Waits up to [`LOCK_WAIT`] for another
+    /// gateway process (one stopping) to let go of it.
+    pub async fn open(store: Store, path: PathBuf, interval: Duration) -> Result<Arc<Journal>, String> {
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(|e| io("opening", &path, e))?;
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(format!(
+                        "another gateway process uses the audit journal {} (a SQLite database serves one gateway process)",
+                        path.display()
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io("locking", &path, e)),
+            }
+        }
+        let len = file.metadata().map_err(|e| io("reading", &path, e))?.len();
+        let whole = whole_lines_len(&mut file, len).map_err(|e| io("reading", &path, e))?;
+        let journal = Arc::new(Journal {
+            path: path.clone(),
+            state: Mutex::new(State { file: Some(file), len: whole, head: (0, String::new()), failed: None }),
+            progress: watch::Sender::new((0, None)),
+            wake: Notify::new(),
+        });
+        let mut reader = File::open(&path).map_err(|e| io("opening", &path, e))?;
+        let mut offset = 0;
+        journal.load(&store, &mut reader, &mut offset).await.map_err(|e| format!("loading the audit journal {}: {e}", path.display()))?;
+        let head = store.audit_head().await.map_err(|e| e.to_string())?;
+        {
+            let mut st = journal.lock()?;
+            if let Some(f) = &st.file {
+                // Also drops a line cut short by a crash.
+                f.set_len(0).map_err(|e| io("emptying", &path, e))?;
+            }
+            st.len = 0;
+            st.head = head.clone();
+        }
+        if whole > 0 || len > whole {
+            tracing::info!(bytes = whole, dropped_bytes = len - whole, last = head.0, "audit journal loaded at start");
+        }
+        journal.progress.send_replace((head.0, None));
+        tokio::spawn(journal.clone().run(store, reader, interval));
+        Ok(journal)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, String> {
+        self.state.lock().map_err(|_| "the audit journal's lock was poisoned".to_string())
+    }
+
+    /// Appends an event: gives it the next place in the chain and writes its line. Once this
+    /// returns `Ok`, the event is durable (see the module doc).
+    pub fn append(&self, event: PendingEvent) -> Result<(), String> {
+        let mut st = self.lock()?;
+        if let Some(why) = &st.failed {
+            return Err(format!("the audit trail cannot be written to the database: {why}"));
+        }
+        let mut head = st.head.clone();
+        let chained = chain_event(event, &mut head).map_err(|e| e.to_string())?;
+        let mut line = Vec::with_capacity(chained.event.len() + 512);
+        write_line(&chained, &mut line)?;
+        let st = &mut *st;
+        let Some(file) = st.file.as_mut() else { return Err("the audit journal is closed".into()) };
+        if let Err(e) = file.write_all(&line) {
+            // Take back a partly written line, or refuse everything after it.
+            if file.set_len(st.len).is_err() {
+                st.failed = Some("the audit journal could not be repaired after a failed write".into());
+            }
+            return Err(io("writing", &self.path, e));
+        }
+        st.len += line.len() as u64;
+        st.head = head;
+        Ok(())
+    }
+
+    /// Waits until every event written so far is in the database (readers of the audit trail
+    /// call this first).
+    pub async fn flush(&self) -> Result<(), String> {
+        let target = {
+            let st = self.lock()?;
+            if let Some(why) = &st.failed {
+                return Err(format!("the audit trail cannot be written to the database: {why}"));
+            }
+            st.head.0
+        };
+        let mut progress = self.progress.subscribe();
+        self.wake.notify_one();
+        let reached = tokio::time::timeout(FLUSH_WAIT, progress.wait_for(|(loaded, failed)| *loaded >= target || failed.is_some()))
+            .await
+            .map_err(|_| "the audit journal's loader did not catch up in time".to_string())?
+            .map_err(|_| "the audit journal's loader has stopped".to_string())?;
+        match &reached.1 {
+            Some(why) if reached.0 < target => Err(format!("the audit trail cannot be written to the database: {why}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads what is left and lets go of the file (the next gateway on this database may open
+    /// it at once). Later appends are refused.
+    pub async fn close(&self) {
+        let _ = self.flush().await;
+        if let Ok(mut st) = self.lock() {
+            st.file = None;
+        }
+        self.wake.notify_one();
+    }
+
+    /// The loader: every `interval` or when woken, until the store or the journal closes.
+    async fn run(self: Arc<Self>, store: Store, mut reader: File, interval: Duration) {
+        let mut offset = 0;
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(interval) => {}
+            }
+            let open = self.lock().map(|st| st.file.is_some()).unwrap_or(false);
+            if store.is_closed() || !open {
+                // Let go of the file so that a gateway started next can lock it.
+                if let Ok(mut st) = self.lock() {
+                    st.file = None;
+                }
+                break;
+            }
+            match self.load(&store, &mut reader, &mut offset).await {
+                Ok(()) => {
+                    if let Ok(mut st) = self.lock()
+                        && st.failed.take().is_some()
+                    {
+                        tracing::warn!("the audit journal loads again; disclosures resume");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the audit journal cannot be loaded into the database; disclosures are refused");
+                    if let Ok(mut st) = self.lock() {
+                        st.failed = Some(e.clone());
+                    }
+                    self.progress.send_modify(|p| p.1 = Some(e));
+                }
+            }
+        }
+    }
+
+    /// Loads every whole line after `offset` into the database, round by round, and empties the
+    /// file once all is loaded and it has grown past [`EMPTY_AT_BYTES`].
+    async fn load(&self, store: &Store, reader: &mut File, offset: &mut u64) -> Result<(), String> {
+        loop {
+            let end = self.lock()?.len;
+            if end <= *offset {
+                let mut st = self.lock()?;
+                if st.len == *offset && *offset >= EMPTY_AT_BYTES {
+                    if let Some(f) = &st.file {
+                        f.set_len(0).map_err(|e| io("emptying", &self.path, e))?;
+                    }
+                    st.len = 0;
+                    *offset = 0;
+                }
+                return Ok(());
+            }
+            let bytes = read_from(reader, *offset, end).map_err(|e| io("reading", &self.path, e))?;
+            let taken = bytes.len() as u64;
+            let events = parse_lines(&bytes)?;
+            drop(bytes);
+            let last = events.last().map(|e| e.seq);
+            store.load_audit(events).await.map_err(|e: StoreError| e.to_string())?;
+            *offset += taken;
+            if let Some(last) = last {
+                self.progress.send_replace((last, None));
+            }
+        }
+    }
+}
+
+/// The events in the journal of a SQLite database file that may not be in the database yet,
+/// for `audit verify` (read-only: a running gateway may be writing it). Read before the
+/// database, so that whatever the loader moves meanwhile is found in one or the other.
+pub fn pending(database: &Path) -> Result<Vec<ChainRow>, String> {
+    let path = path_for(database);
+    let mut file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("opening", &path, e)),
+    };
+    let len = file.metadata().map_err(|e| io("reading", &path, e))?.len();
+    let whole = whole_lines_len(&mut file, len).map_err(|e| io("reading", &path, e))?;
+    let mut bytes = vec![0u8; usize::try_from(whole).map_err(|e| e.to_string())?];
+    file.seek(SeekFrom::Start(0)).and_then(|_| file.read_exact(&mut bytes)).map_err(|e| io("reading", &path, e))?;
+    Ok(parse_lines(&bytes)?
+        .into_iter()
+        .map(|e| ChainRow { seq: e.seq, id: e.id, event: e.event, prev_hash: e.prev_hash, hash: e.hash })
+        .collect())
+}
