@@ -328,11 +328,13 @@ impl Journal {
         }
     }
 
-    /// Loads every whole line after `offset` into the database, round by round, and empties the
-    /// file once all is loaded and it has grown past [`EMPTY_AT_BYTES`].
+    /// Loads the whole lines written after `offset` by now into the database, in transactions of
+    /// about [`MAX_LOAD_BYTES`], and empties the file once all is loaded and it has grown past
+    /// [`EMPTY_AT_BYTES`]. Lines written meanwhile wait for the next round (chasing them would
+    /// turn the batches back into many small commits).
     async fn load(&self, store: &Store, reader: &mut File, offset: &mut u64) -> Result<(), String> {
+        let end = self.lock()?.len;
         loop {
-            let end = self.lock()?.len;
             if end <= *offset {
                 let mut st = self.lock()?;
                 if st.len == *offset && *offset >= EMPTY_AT_BYTES {
@@ -349,7 +351,9 @@ impl Journal {
             let events = parse_lines(&bytes)?;
             drop(bytes);
             let last = events.last().map(|e| e.seq);
+            let (n, started) = (events.len(), std::time::Instant::now());
             store.load_audit(events).await.map_err(|e: StoreError| e.to_string())?;
+            tracing::debug!(events = n, bytes = taken, ms = started.elapsed().as_millis() as u64, "audit journal loaded");
             *offset += taken;
             if let Some(last) = last {
                 self.progress.send_replace((last, None));
