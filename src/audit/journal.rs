@@ -21,6 +21,9 @@
 //!   mid-write was never acknowledged and is dropped), then the file is emptied;
 //! - one process: the journal file is locked exclusively while a gateway uses it.
 //!
+//! The loader reads the file with blocking calls on the runtime's thread: at most about
+//! `MAX_LOAD_BYTES` (4 MiB) a round, just written and so in the OS page cache (~1 ms).
+//!
 //! PostgreSQL keeps appending in the database (the chain is shared by every instance; see
 //! `Auditor`).
 
@@ -183,7 +186,7 @@ fn read_from(file: &mut File, offset: u64, end: u64) -> std::io::Result<Vec<u8>>
 
 impl Journal {
     /// Opens (creating) the journal at `path`, loads what it holds into the database and empties
-    /// it, and starts the loader on the current runtime. Waits up to [`LOCK_WAIT`] for another
+    /// it, and starts the loader on the current runtime. Waits up to 10 s for another
     /// gateway process (one stopping) to let go of it.
     pub async fn open(store: Store, path: PathBuf, interval: Duration) -> Result<Arc<Journal>, String> {
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(|e| io("opening", &path, e))?;
@@ -314,6 +317,7 @@ impl Journal {
                     if let Ok(mut st) = self.lock()
                         && st.failed.take().is_some()
                     {
+                        self.progress.send_modify(|p| p.1 = None);
                         tracing::warn!("the audit journal loads again; disclosures resume");
                     }
                 }
