@@ -5,20 +5,24 @@
 //! every small commit writes whole 16 KiB pages of the per-student index to the WAL, makes every
 //! reading connection drop its page cache, and hands each statement to a connection thread and
 //! back (partner reads ran at 40-59% of an admin's throughput; `benches/consent.sh`). Here:
-//! - the journal is a file beside the database (`<database>-audit`), one JSON line per event
-//!   holding the event with its place in the chain (position, previous hash, hash). A request
+//! - the journal is a file beside the database (`<database>-audit`), one line per event: a JSON
+//!   head with its place in the chain (position, previous hash, hash), a tab, the event. A request
 //!   appends its line with one `write(2)` on its own thread, under a mutex that also keeps the
 //!   chain's head, and answers once the write returned: as durable as a commit with the
 //!   database's `synchronous = NORMAL` (it survives a crash of the gateway; an OS crash or power
 //!   loss can lose the last lines, as it can the last commits);
-//! - a loader task inserts the new lines into `audit_events` every `database.audit_journal_load_ms` (1 s), or at once
-//!   when [`Journal::flush`] asks (every reader of the trail does first, so what was disclosed is
-//!   always visible to them), in one transaction per round; once everything written is loaded
-//!   and the file is past [`EMPTY_AT_BYTES`], it is emptied;
+//! - a loader task inserts the new lines into `audit_events` every
+//!   `database.audit_journal_load_ms` (1 s), or at once when [`Journal::flush`] asks (every reader
+//!   of the trail does first, so what was disclosed is always visible to them), in transactions of
+//!   about 4 MiB; once the loaded part is past [`EMPTY_AT_BYTES`], the database is synced to disk and the
+//!   journal replaced by a file holding only the lines not yet loaded (written beside it, then
+//!   renamed over it: no line is ever in neither file);
 //! - it fails closed: while the loader cannot write the database, appends are refused and so
 //!   nothing is disclosed; events already journaled stay in the file until they are loaded;
 //! - at start every whole line not yet in the database is loaded (a line cut short by a crash
-//!   mid-write was never acknowledged and is dropped), then the file is emptied;
+//!   mid-write was never acknowledged and is dropped), the database is synced, then the file is
+//!   emptied; a write that fails half-way and cannot be taken back closes the journal until a
+//!   restart (nothing may follow a broken line);
 //! - one process: the journal file is locked exclusively while a gateway uses it.
 //!
 //! The loader reads the file with blocking calls on the runtime's thread: at most about
@@ -70,6 +74,9 @@ type Progress = (i64, Option<String>);
 /// The journal and its loader (see the module doc).
 pub struct Journal {
     path: PathBuf,
+    database: PathBuf,
+    /// Replace the journal once this many of its bytes are loaded ([`EMPTY_AT_BYTES`]).
+    replace_at: u64,
     state: Mutex<State>,
     progress: watch::Sender<Progress>,
     wake: Notify,
@@ -188,12 +195,23 @@ impl Journal {
     /// Opens (creating) the journal at `path`, loads what it holds into the database and empties
     /// it, and starts the loader on the current runtime. Waits up to 10 s for another
     /// gateway process (one stopping) to let go of it.
-    pub async fn open(store: Store, path: PathBuf, interval: Duration) -> Result<Arc<Journal>, String> {
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(|e| io("opening", &path, e))?;
+    pub async fn open(store: Store, database: &Path, interval: Duration) -> Result<Arc<Journal>, String> {
+        Self::open_with(store, database, interval, EMPTY_AT_BYTES).await
+    }
+
+    /// As [`Journal::open`], replacing the journal once `replace_at` bytes of it are loaded (tests).
+    #[doc(hidden)]
+    pub async fn open_with(store: Store, database: &Path, interval: Duration, replace_at: u64) -> Result<Arc<Journal>, String> {
+        let path = path_for(database);
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-        loop {
+        let mut file = loop {
+            let file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(|e| io("opening", &path, e))?;
             match file.try_lock() {
-                Ok(()) => break,
+                // Locked the file that is still the journal (not one a running gateway has just
+                // replaced)?
+                Ok(()) if same_file(&file, &path) => break file,
+                Ok(()) if tokio::time::Instant::now() < deadline => continue,
+                Ok(()) => return Err(format!("the audit journal {} keeps being replaced", path.display())),
                 Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -205,11 +223,18 @@ impl Journal {
                 }
                 Err(std::fs::TryLockError::Error(e)) => return Err(io("locking", &path, e)),
             }
+        };
+        // A copy a crash left mid-replacement holds only lines the journal holds too.
+        match std::fs::remove_file(next_path(&path)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", &next_path(&path), e)),
+            _ => {}
         }
         let len = file.metadata().map_err(|e| io("reading", &path, e))?.len();
         let whole = whole_lines_len(&mut file, len).map_err(|e| io("reading", &path, e))?;
         let journal = Arc::new(Journal {
             path: path.clone(),
+            database: database.to_path_buf(),
+            replace_at,
             state: Mutex::new(State { file: Some(file), len: whole, head: (0, String::new()), failed: None }),
             progress: watch::Sender::new((0, None)),
             wake: Notify::new(),
@@ -218,6 +243,9 @@ impl Journal {
         let mut offset = 0;
         journal.load(&store, &mut reader, &mut offset).await.map_err(|e| format!("loading the audit journal {}: {e}", path.display()))?;
         let head = store.audit_head().await.map_err(|e| e.to_string())?;
+        if whole > 0 {
+            sync_database(database.to_path_buf()).await?;
+        }
         {
             let mut st = journal.lock()?;
             if let Some(f) = &st.file {
@@ -255,7 +283,10 @@ impl Journal {
         if let Err(e) = file.write_all(&line) {
             // Take back a partly written line, or refuse everything after it.
             if file.set_len(st.len).is_err() {
-                st.failed = Some("the audit journal could not be repaired after a failed write".into());
+                // Nothing may follow the broken line: the journal takes no more lines until a
+                // restart (which drops it).
+                st.file = None;
+                tracing::error!("the audit journal could not be repaired after a failed write; disclosures are refused until a restart");
             }
             return Err(io("writing", &self.path, e));
         }
@@ -271,6 +302,9 @@ impl Journal {
             let st = self.lock()?;
             if let Some(why) = &st.failed {
                 return Err(format!("the audit trail cannot be written to the database: {why}"));
+            }
+            if st.file.is_none() {
+                return Err("the audit journal is closed".into());
             }
             st.head.0
         };
@@ -340,13 +374,8 @@ impl Journal {
         let end = self.lock()?.len;
         loop {
             if end <= *offset {
-                let mut st = self.lock()?;
-                if st.len == *offset && *offset >= EMPTY_AT_BYTES {
-                    if let Some(f) = &st.file {
-                        f.set_len(0).map_err(|e| io("emptying", &self.path, e))?;
-                    }
-                    st.len = 0;
-                    *offset = 0;
+                if *offset >= self.replace_at {
+                    self.replace(reader, offset).await?;
                 }
                 return Ok(());
             }
@@ -366,6 +395,77 @@ impl Journal {
     }
 }
 
+/// Where a replacement journal is written before it is renamed over the journal.
+fn next_path(journal: &Path) -> PathBuf {
+    let mut name = journal.as_os_str().to_owned();
+    name.push(".next");
+    PathBuf::from(name)
+}
+
+/// Whether `file` is (still) the file at `path`.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Flushes the database's WAL and file to disk: what it committed survives an OS crash, so the
+/// journal may let go of those events.
+async fn sync_database(database: PathBuf) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || {
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        for p in [PathBuf::from(wal), database] {
+            match File::open(&p) {
+                Ok(f) => f.sync_all().map_err(|e| io("syncing", &p, e))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("syncing", &p, e)),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+impl Journal {
+    /// Replaces the journal by a file holding only the lines after `offset` (all before it are
+    /// loaded): the database is synced first, the copy is written beside the journal, locked and
+    /// renamed over it. Appends wait for the lock meanwhile (the copy is the few lines written
+    /// during the last round).
+    async fn replace(&self, reader: &mut File, offset: &mut u64) -> Result<(), String> {
+        sync_database(self.database.clone()).await?;
+        let next = next_path(&self.path);
+        let mut st = self.lock()?;
+        if st.file.is_none() {
+            return Ok(());
+        }
+        let mut tail = vec![0u8; usize::try_from(st.len - *offset).map_err(|e| e.to_string())?];
+        reader.seek(SeekFrom::Start(*offset)).and_then(|_| reader.read_exact(&mut tail)).map_err(|e| io("reading", &self.path, e))?;
+        let written = (|| -> std::io::Result<File> {
+            let mut file = OpenOptions::new().create_new(true).read(true).append(true).open(&next)?;
+            file.try_lock().map_err(std::io::Error::other)?;
+            file.write_all(&tail)?;
+            std::fs::rename(&next, &self.path)?;
+            Ok(file)
+        })();
+        let file = match written {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&next);
+                return Err(io("replacing", &self.path, e));
+            }
+        };
+        *reader = File::open(&self.path).map_err(|e| io("opening", &self.path, e))?;
+        st.file = Some(file);
+        st.len = tail.len() as u64;
+        *offset = 0;
+        Ok(())
+    }
+}
+
 /// The events in the journal of a SQLite database file that may not be in the database yet,
 /// for `audit verify` (read-only: a running gateway may be writing it). Read before the
 /// database, so that whatever the loader moves meanwhile is found in one or the other.
@@ -376,10 +476,10 @@ pub fn pending(database: &Path) -> Result<Vec<ChainRow>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io("opening", &path, e)),
     };
-    let len = file.metadata().map_err(|e| io("reading", &path, e))?.len();
-    let whole = whole_lines_len(&mut file, len).map_err(|e| io("reading", &path, e))?;
-    let mut bytes = vec![0u8; usize::try_from(whole).map_err(|e| e.to_string())?];
-    file.seek(SeekFrom::Start(0)).and_then(|_| file.read_exact(&mut bytes)).map_err(|e| io("reading", &path, e))?;
+    // One read: the journal may be replaced meanwhile (the open file stays whole).
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| io("reading", &path, e))?;
+    bytes.truncate(bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1));
     Ok(parse_lines(&bytes)?
         .into_iter()
         .map(|e| ChainRow { seq: e.seq, id: e.id, event: e.event, prev_hash: e.prev_hash, hash: e.hash })

@@ -435,7 +435,7 @@ impl Auditor {
     pub async fn start(store: Store, load_every: std::time::Duration) -> Result<Auditor, AuditError> {
         match store.sqlite_file() {
             Some(db) => {
-                let journal = journal::Journal::open(store, journal::path_for(&db), load_every).await.map_err(AuditError)?;
+                let journal = journal::Journal::open(store, &db, load_every).await.map_err(AuditError)?;
                 Ok(Auditor { mode: Mode::Journal(journal) })
             }
             None => {

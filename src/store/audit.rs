@@ -191,6 +191,20 @@ impl Store {
             Db::Sqlite(pool) => {
                 super::sqlite_write(pool, async |tx| {
                     let head = chain_head!(tx);
+                    // Events loaded before must be the stored ones (the last of them is checked:
+                    // the chain links it to all before it).
+                    if let Some(seen) = events.iter().rfind(|e| e.seq <= head.0) {
+                        let stored: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = $1")
+                            .bind(seen.seq)
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                        if stored.as_deref() != Some(seen.hash.as_str()) {
+                            return Err(StoreError::Corrupt(format!(
+                                "the audit journal's event {} is not the stored event at that position",
+                                seen.seq
+                            )));
+                        }
+                    }
                     let fresh: Vec<ChainedEvent> = events.into_iter().filter(|e| e.seq > head.0).collect();
                     if let Some(first) = fresh.first()
                         && (first.seq != head.0 + 1 || first.prev_hash != head.1)

@@ -233,3 +233,54 @@ async fn the_audit_journal_is_loaded_after_a_crash() {
     auditor.close().await;
     assert!(auditor.record(pending_read(6)).await.is_err(), "a closed journal takes nothing more");
 }
+
+/// SQLite: once enough of the journal is loaded, it is replaced by a file holding only the lines
+/// not loaded yet, while requests keep appending; no event is lost or loaded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_journal_is_replaced_while_requests_append() {
+    use wellness_gateway::audit::journal::{Journal, path_for};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gateway.db");
+    let store = sqlite_store(&format!("sqlite://{}", db.display())).await;
+    // Replaced after every round that loaded anything; rounds only when flushed.
+    let journal = Journal::open_with(store.clone(), &db, std::time::Duration::from_secs(3600), 1).await.unwrap();
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path_for(&db)).unwrap());
+    let first = inode();
+    for n in 1..=3 {
+        journal.append(pending_read(n)).unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(path_for(&db)).unwrap().lines().count(), 3);
+    journal.flush().await.unwrap();
+    // (The replacement follows the load that flush waited for.)
+    for _ in 0..500 {
+        if inode() != first {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(std::fs::metadata(path_for(&db)).unwrap().len(), 0, "loaded lines are gone");
+    assert_ne!(inode(), first, "a new file");
+    // Appends racing the loads and replacements.
+    let writer = {
+        let journal = journal.clone();
+        tokio::task::spawn_blocking(move || {
+            for n in 4..=400 {
+                journal.append(pending_read(n)).unwrap();
+                if n % 50 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        })
+    };
+    for _ in 0..20 {
+        journal.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    writer.await.unwrap();
+    journal.flush().await.unwrap();
+    let report = wellness_gateway::audit::verify(&store).await.unwrap();
+    assert_eq!((report.events, report.broken), (400, None));
+    assert_eq!(store.audit_head().await.unwrap().0, 400);
+    let rows = store.audit_chain(0, 1000).await.unwrap();
+    assert_eq!(rows.len(), 400, "each event once");
+}
