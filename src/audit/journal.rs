@@ -444,21 +444,23 @@ impl Journal {
         }
         let mut tail = vec![0u8; usize::try_from(st.len - *offset).map_err(|e| e.to_string())?];
         reader.seek(SeekFrom::Start(*offset)).and_then(|_| reader.read_exact(&mut tail)).map_err(|e| io("reading", &self.path, e))?;
-        let written = (|| -> std::io::Result<File> {
+        // Everything that can fail happens before the rename; after it, only moves.
+        let written = (|| -> std::io::Result<(File, File)> {
             let mut file = OpenOptions::new().create_new(true).read(true).append(true).open(&next)?;
             file.try_lock().map_err(std::io::Error::other)?;
             file.write_all(&tail)?;
+            let new_reader = File::open(&next)?;
             std::fs::rename(&next, &self.path)?;
-            Ok(file)
+            Ok((file, new_reader))
         })();
-        let file = match written {
+        let (file, new_reader) = match written {
             Ok(f) => f,
             Err(e) => {
                 let _ = std::fs::remove_file(&next);
                 return Err(io("replacing", &self.path, e));
             }
         };
-        *reader = File::open(&self.path).map_err(|e| io("opening", &self.path, e))?;
+        *reader = new_reader;
         st.file = Some(file);
         st.len = tail.len() as u64;
         *offset = 0;
