@@ -332,6 +332,20 @@ impl Journal {
 
     /// The loader: every `interval` or when woken, until the store or the journal closes.
     async fn run(self: Arc<Self>, store: Store, mut reader: File, interval: Duration) {
+        /// If the loader panics, appends must stop: nothing would load them (fail closed).
+        struct Watch<'a>(&'a Journal);
+        impl Drop for Watch<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let why = "the audit journal's loader stopped".to_string();
+                    if let Ok(mut st) = self.0.state.lock() {
+                        st.failed = Some(why.clone());
+                    }
+                    self.0.progress.send_modify(|p| p.1 = Some(why));
+                }
+            }
+        }
+        let _watch = Watch(&self);
         let mut offset = 0;
         loop {
             tokio::select! {
