@@ -116,6 +116,13 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// The audit trail could not be written (or loaded for reading): 503, nothing disclosed.
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        ApiError::Unavailable(e.into())
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {

@@ -81,7 +81,7 @@ pub async fn disclosures(
     };
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let patient = crate::mapping::engine::patient_id(&lea, &path);
-    state.auditor.flush().await.map_err(|e| ApiError::Unavailable(e.into()))?;
+    state.auditor.flush().await?;
     let rows = state.store.audit_events(Some(&patient), true, query.before, limit + 1).await?;
     let patient_ref = format!("Patient/{patient}");
     let mut items = Vec::new();
@@ -101,7 +101,7 @@ fn admin_only(who: &Principal) -> Result<(), ApiError> {
 #[get("/fhir/AuditEvent/{id}")]
 pub async fn read_event(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     admin_only(&who)?;
-    state.auditor.flush().await.map_err(|e| ApiError::Unavailable(e.into()))?;
+    state.auditor.flush().await?;
     let row = state.store.audit_event(&path).await?.ok_or_else(|| ApiError::NotFound(format!("AuditEvent/{path} is not known")))?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(row.event))
 }
@@ -134,7 +134,7 @@ pub async fn search_events(state: web::Data<AppState>, who: Principal, req: Http
             }
         }
     }
-    state.auditor.flush().await.map_err(|e| ApiError::Unavailable(e.into()))?;
+    state.auditor.flush().await?;
     let rows = state.store.audit_events(patient.as_deref(), false, before, count + 1).await?;
     let info = req.connection_info();
     let base = format!("{}://{}/fhir", info.scheme(), info.host());

@@ -311,7 +311,7 @@ pub async fn export_file(
         },
         chrono::Utc::now(),
     );
-    state.auditor.record(event).await.map_err(|e| ApiError::Unavailable(e.into()))?;
+    state.auditor.record(event).await?;
     let gz = name.ends_with(".gz");
     let accepts_gzip = req
         .headers()

@@ -104,7 +104,7 @@ async fn audit(
         verdicts,
         count,
     };
-    state.auditor.record(crate::audit::event(&d, chrono::Utc::now())).await.map_err(|e| ApiError::Unavailable(e.into()))
+    Ok(state.auditor.record(crate::audit::event(&d, chrono::Utc::now())).await?)
 }
 
 fn served_type(ty: &str) -> Result<&'static str, ApiError> {

@@ -124,7 +124,7 @@ struct LineHead<'a> {
     prev_hash: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     hash: std::borrow::Cow<'a, str>,
-    patients: Vec<(String, bool)>,
+    patients: std::borrow::Cow<'a, [(String, bool)]>,
 }
 
 /// One journal line: the head as JSON, a tab, the AuditEvent's stored JSON text as it is (JSON
@@ -137,7 +137,7 @@ fn write_line(e: &ChainedEvent, out: &mut Vec<u8>) -> Result<(), String> {
         client_id: e.client_id.as_str().into(),
         prev_hash: e.prev_hash.as_str().into(),
         hash: e.hash.as_str().into(),
-        patients: e.patients.clone(),
+        patients: e.patients.as_slice().into(),
     };
     if e.event.contains(['\t', '\n']) {
         return Err("an AuditEvent's text holds a raw tab or newline (a bug)".into());
@@ -162,7 +162,7 @@ fn read_line(line: &[u8]) -> Result<ChainedEvent, String> {
         client_id: head.client_id.into_owned(),
         prev_hash: head.prev_hash.into_owned(),
         hash: head.hash.into_owned(),
-        patients: head.patients,
+        patients: head.patients.into_owned(),
         event,
     })
 }

@@ -112,11 +112,13 @@ pub fn chain_event(e: PendingEvent, head: &mut (i64, String)) -> Result<ChainedE
     Ok(ChainedEvent { seq, id, recorded_us, client_id, prev_hash, hash, patients, event: json })
 }
 
+/// The chain's last position and hash.
+const HEAD_SQL: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
+
 /// The last event's position and hash (`(0, GENESIS_HASH)` for an empty chain), read in `$tx`.
 macro_rules! chain_head {
     ($tx:expr) => {{
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetch_optional(&mut **$tx).await?;
+        let head: Option<(i64, String)> = sqlx::query_as(HEAD_SQL).fetch_optional(&mut **$tx).await?;
         head.unwrap_or((0, GENESIS_HASH.to_string()))
     }};
 }
@@ -226,7 +228,7 @@ impl Store {
     /// The stored chain's last position and hash (`(0, GENESIS_HASH)` when empty).
     pub async fn audit_head(&self) -> Result<(i64, String), StoreError> {
         let head: Option<(i64, String)> = with_db!(self.db(), pool => {
-            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetch_optional(pool).await?
+            sqlx::query_as(HEAD_SQL).fetch_optional(pool).await?
         });
         Ok(head.unwrap_or((0, GENESIS_HASH.to_string())))
     }
