@@ -442,8 +442,8 @@ pub async fn read(
     let (kept, verdicts) = match &access {
         // A partner's read brings the decision facts along (one query, like anyone's read).
         Access::Partner(_) => match state.store.fhir_read_with_facts(ty, &id).await? {
-            Some((r, sessions, directives)) => {
-                disclose_with(&state, &access, vec![r], crate::serve::Prefetched { sessions, directives }).await?
+            Some((r, sessions, consents)) => {
+                disclose_with(&state, &access, vec![r], crate::serve::Prefetched { sessions, consents }).await?
             }
             None => (Vec::new(), Vec::new()),
         },

@@ -297,8 +297,8 @@ pub async fn judge(
 pub struct Prefetched {
     /// Sessions.
     pub sessions: Vec<SessionFacts>,
-    /// Their students' consents.
-    pub directives: Vec<crate::consent::Directive>,
+    /// By student: every consent of theirs, compiled.
+    pub consents: HashMap<String, Vec<Compiled>>,
 }
 
 /// As [`judge`], with some sessions' facts already at hand (only the others are queried).
@@ -605,9 +605,8 @@ impl Parsed {
     /// students' consents along).
     pub async fn facts(&self, store: &Store, prefetched: Prefetched) -> Result<DecisionFacts, StoreError> {
         let (session_ids, patient_ids) = self.subject_keys();
-        let mut consents: HashMap<String, Vec<Compiled>> = HashMap::new();
+        let mut consents = prefetched.consents;
         let mut sessions: HashMap<String, SessionFacts> = prefetched.sessions.into_iter().map(|s| (s.id.clone(), s)).collect();
-        add_compiled(&mut consents, prefetched.directives);
         let missing: Vec<&str> = session_ids.into_iter().filter(|id| !sessions.contains_key(*id)).collect();
         if !missing.is_empty() {
             let (facts, directives) = store.session_facts(&missing).await?;

@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 
 use super::fhir::FhirWrite;
 use super::{Db, Store, StoreError, with_db};
-use crate::consent::Directive;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::consent::{Compiled, Directive};
 use crate::fhir::resource::PreparedResource;
 
 /// What a consent write did.
@@ -206,14 +209,45 @@ impl Store {
     }
 
     /// A resource's current version together with the decision facts of the session it is (an
-    /// Encounter or DocumentReference has its session's id) and its student's consents, in one
-    /// query: a partner's read of an encounter costs the round trips of anyone's read. Other
-    /// types come back without facts (the caller queries them).
-    pub async fn fhir_read_with_facts(
-        &self,
-        resource_type: &str,
-        id: &str,
-    ) -> Result<Option<(super::StoredResource, Vec<SessionFacts>, Vec<Directive>)>, StoreError> {
+    /// Encounter or DocumentReference has its session's id) and its student's consents, compiled.
+    /// Other types come back without facts (the caller queries them).
+    ///
+    /// SQLite: one query reads the resource and the facts' generation; the facts come from the
+    /// [`memo`](super::memo) while nothing they were read from has changed, else from two more
+    /// queries (and are kept). PostgreSQL: one query joins the facts to the resource.
+    pub async fn fhir_read_with_facts(&self, resource_type: &str, id: &str) -> Result<Option<ReadWithFacts>, StoreError> {
+        match (self.db(), &self.memo) {
+            (Db::Sqlite(pool), Some(memo)) => {
+                let sql = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, v.content, \
+                     (SELECT generation FROM facts_generation WHERE id = 1) AS generation \
+                     FROM fhir_resources r JOIN fhir_resource_versions v ON v.rid = r.rid AND v.version_id = r.version_id \
+                     WHERE r.resource_type = $1 AND r.id = $2";
+                let row: Option<ReadGenerationRow> = sqlx::query_as(sql).bind(resource_type).bind(id).fetch_optional(pool).await?;
+                let Some((resource_type, id, version_id, last_updated_us, deleted, content, generation)) = row else { return Ok(None) };
+                let resource = super::StoredResource { resource_type, id, version_id, last_updated_us, deleted, content };
+                if !matches!(resource.resource_type.as_str(), "Encounter" | "DocumentReference") {
+                    return Ok(Some((resource, Vec::new(), HashMap::new())));
+                }
+                let generation = generation.ok_or_else(|| StoreError::Corrupt("the facts generation row is missing".into()))?;
+                if let Some((session, consents)) = memo.get(generation, &resource.id) {
+                    let consents = session.patient_id.clone().map(|p| (p, consents.to_vec())).into_iter().collect();
+                    return Ok(Some((resource, vec![session], consents)));
+                }
+                let (sessions, directives) = self.session_facts(&[resource.id.as_str()]).await?;
+                let mut by_patient: HashMap<String, Vec<Compiled>> = HashMap::new();
+                for d in &directives {
+                    by_patient.entry(d.patient.clone()).or_default().push(d.compile());
+                }
+                let kept: HashMap<String, Arc<[Compiled]>> = by_patient.iter().map(|(p, l)| (p.clone(), Arc::from(l.as_slice()))).collect();
+                memo.put(generation, &sessions, &kept);
+                Ok(Some((resource, sessions, by_patient)))
+            }
+            _ => self.fhir_read_joined(resource_type, id).await,
+        }
+    }
+
+    /// [`Store::fhir_read_with_facts`] in one query joining the facts to the resource.
+    async fn fhir_read_joined(&self, resource_type: &str, id: &str) -> Result<Option<ReadWithFacts>, StoreError> {
         let sql = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, v.content, \
              s.id AS session_id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, s.adult_from, c.id AS consent_id, c.directive \
              FROM fhir_resources r JOIN fhir_resource_versions v ON v.rid = r.rid AND v.version_id = r.version_id \
@@ -225,17 +259,16 @@ impl Store {
         });
         let mut rows = rows.into_iter();
         let Some(first) = rows.next() else { return Ok(None) };
-        let mut directives = Vec::new();
-        let mut sessions = Vec::new();
-        let push = |r: &ReadFactsRow, directives: &mut Vec<Directive>| -> Result<(), StoreError> {
+        let mut consents = Vec::new();
+        let push = |r: &ReadFactsRow, consents: &mut Vec<Compiled>| -> Result<(), StoreError> {
             if let (Some(_), Some(json)) = (&r.consent_id, &r.directive) {
-                directives.push(parse_directive(json)?);
+                consents.push(parse_directive(json)?.compile());
             }
             Ok(())
         };
-        push(&first, &mut directives)?;
+        push(&first, &mut consents)?;
         for r in rows {
-            push(&r, &mut directives)?;
+            push(&r, &mut consents)?;
         }
         let resource = super::StoredResource {
             resource_type: first.resource_type,
@@ -245,6 +278,11 @@ impl Store {
             deleted: first.deleted,
             content: first.content,
         };
+        let mut sessions = Vec::new();
+        let mut by_patient = HashMap::new();
+        if let Some(p) = &first.patient_id {
+            by_patient.insert(p.clone(), consents);
+        }
         if let (Some(sid), Some(lea_id), Some(site_id), Some(service_start)) =
             (first.session_id, first.lea_id, first.site_id, first.service_start)
         {
@@ -259,7 +297,7 @@ impl Store {
                 adult_from: first.adult_from,
             });
         }
-        Ok(Some((resource, sessions, directives)))
+        Ok(Some((resource, sessions, by_patient)))
     }
 
     /// The sessions whose `column` is one of `keys`, and their students' consents (two queries:
@@ -358,6 +396,13 @@ impl Store {
         Ok(directives)
     }
 }
+
+/// A resource, the decision facts of the session it is (if any), and by student, every consent of
+/// that session's student, compiled ([`Store::fhir_read_with_facts`]).
+pub type ReadWithFacts = (super::StoredResource, Vec<SessionFacts>, HashMap<String, Vec<Compiled>>);
+
+/// A resource's current version and the facts generation ([`Store::fhir_read_with_facts`], SQLite).
+type ReadGenerationRow = (String, String, i64, i64, bool, String, Option<i64>);
 
 #[derive(sqlx::FromRow)]
 struct ReadFactsRow {

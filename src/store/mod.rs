@@ -13,6 +13,7 @@ mod clients;
 mod consents;
 mod export;
 pub(crate) mod fhir;
+mod memo;
 pub(crate) mod remit;
 mod sessions;
 mod subscriptions;
@@ -35,7 +36,7 @@ pub use claims::{
     UnbilledSession,
 };
 pub use clients::{NewSmartClient, SmartClientRow};
-pub use consents::{ConsentOutcome, ConsentWrite, SessionFacts, StoredDirective};
+pub use consents::{ConsentOutcome, ConsentWrite, ReadWithFacts, SessionFacts, StoredDirective};
 pub use export::{ExportFileRow, ExportJobRow, NewExportJob};
 pub use fhir::{ReadScope, Remap, SearchPage, SessionResources, StoredResource};
 pub use remit::{
@@ -115,6 +116,8 @@ pub struct Store {
     writer: Option<writer::GroupWriter>,
     /// A pool of its own made by [`Store::dedicated_reader`] (closed by [`Store::close_reader`]).
     dedicated: bool,
+    /// SQLite: decision facts kept between partner reads (see `memo.rs`). `None` for PostgreSQL.
+    memo: Option<Arc<memo::FactsMemo>>,
 }
 
 /// Timestamps are stored with microsecond precision on both backends, so values round-trip
@@ -273,7 +276,8 @@ impl Store {
             writer = Some(writer::GroupWriter::spawn(writer_pool, reset_wanted));
             Db::Sqlite(pool)
         };
-        Ok(Store { db, writer, dedicated: false })
+        let memo = matches!(db, Db::Sqlite(_)).then(Arc::default);
+        Ok(Store { db, writer, dedicated: false, memo })
     }
 
     /// A handle for one long reader (a bulk export job): on SQLite its reads go through one
@@ -291,7 +295,7 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
                     .await?;
-                Ok(Store { db: Db::Sqlite(reader), writer: self.writer.clone(), dedicated: true })
+                Ok(Store { db: Db::Sqlite(reader), writer: self.writer.clone(), dedicated: true, memo: self.memo.clone() })
             }
             Db::Postgres(_) => Ok(self.clone()),
         }

@@ -523,3 +523,42 @@ async fn a_guardians_consent_lapses_when_the_student_turns_18() {
     app.record_consent(&own).await;
     assert_eq!(app.get_as(&format!("/fhir/Encounter/{enc}"), &app.partner_token, None).await.status(), 200);
 }
+
+/// A partner's read uses decision facts kept in memory on SQLite (`store::memo`): they must follow
+/// every write at once, also writes that never pass through the gateway's code (another
+/// connection, another process). Both backends must answer alike.
+async fn remembered_facts_follow_every_write(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, with_second_fqhc).await else { return };
+    let enc = app.submit(&session_with_id("MEMO-1")).await;
+    let other = app.submit(&session_with_id("MEMO-2")).await;
+    let read = |id: String| {
+        let app = &app;
+        async move { app.get_as(&format!("/fhir/Encounter/{id}"), &app.partner_token, None).await.status().as_u16() }
+    };
+    assert_eq!(read(enc.clone()).await, 404, "no consent yet");
+    app.record_consent(&consent_form()).await;
+    // Read twice: the second read is answered from what the first kept.
+    assert_eq!((read(enc.clone()).await, read(enc.clone()).await, read(other.clone()).await), (200, 200, 200));
+    // A session moved to a site of another FQHC, by another connection.
+    crate::helpers::exec_sql(&app.db.url, &format!("UPDATE sessions SET site_id = 'site-other-es' WHERE id = '{enc}'")).await;
+    assert_eq!(read(enc.clone()).await, 404, "the partner no longer serves the session's site");
+    assert_eq!(read(other.clone()).await, 200, "the other session is unchanged");
+    // Every consent gone, by another connection.
+    crate::helpers::exec_sql(&app.db.url, "DELETE FROM consent_directives").await;
+    assert_eq!(read(other.clone()).await, 404, "no consent, no disclosure");
+    // A new consent, through the API.
+    let mut form = consent_form();
+    form["source_id"] = json!("CONSENT-MEMO-2");
+    app.record_consent(&form).await;
+    assert_eq!(read(other).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_facts_follow_every_write_sqlite() {
+    remembered_facts_follow_every_write(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_facts_follow_every_write_postgres() {
+    remembered_facts_follow_every_write(Backend::Postgres).await;
+}
