@@ -36,6 +36,8 @@ pub struct AppState {
     pub exporter: crate::export::run::Exporter,
     /// Subscription notifications.
     pub notifier: crate::notify::Notifier,
+    /// Parsed and obligated resource versions kept between partner reads.
+    pub read_memo: crate::serve::ReadMemo,
 }
 
 /// A built, bound, not yet running server.
@@ -149,6 +151,8 @@ impl Application {
             auditor: auditor.clone(),
             exporter,
             notifier,
+            // 16 MiB of obligated text: the current version of ~20,000 encounters.
+            read_memo: crate::serve::ReadMemo::new(16 << 20),
         });
         let mut server = HttpServer::new(move || {
             App::new().wrap(from_fn(crate::telemetry::request_span)).app_data(state.clone()).configure(crate::api::configure)

@@ -443,7 +443,13 @@ pub async fn read(
         // A partner's read brings the decision facts along (one query, like anyone's read).
         Access::Partner(_) => match state.store.fhir_read_with_facts(ty, &id).await? {
             Some((r, sessions, consents)) => {
-                disclose_with(&state, &access, vec![r], crate::serve::Prefetched { sessions, consents }).await?
+                disclose_with(
+                    &state,
+                    &access,
+                    vec![r],
+                    crate::serve::Prefetched { sessions, consents, memo: Some(state.read_memo.clone()) },
+                )
+                .await?
             }
             None => (Vec::new(), Vec::new()),
         },

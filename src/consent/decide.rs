@@ -89,7 +89,7 @@ impl Rule {
 }
 
 /// What a permit obliges the discloser to do to the record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Obligations {
     /// Add confidentiality `R` (restricted) to `meta.security` if absent.
     pub restricted: bool,

@@ -17,6 +17,7 @@
 //! - Consent and anything else: never (rule `not-disclosed`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use serde_json::{Value, json};
@@ -299,6 +300,8 @@ pub struct Prefetched {
     pub sessions: Vec<SessionFacts>,
     /// By student: every consent of theirs, compiled.
     pub consents: HashMap<String, Vec<Compiled>>,
+    /// Where parsed and obligated versions are kept between reads ([`ReadMemo`]).
+    pub memo: Option<ReadMemo>,
 }
 
 /// As [`judge`], with some sessions' facts already at hand (only the others are queried).
@@ -309,7 +312,7 @@ pub async fn judge_with(
     resources: Vec<StoredResource>,
     prefetched: Prefetched,
 ) -> Result<Vec<Judged>, StoreError> {
-    let parsed = Parsed::new(resources);
+    let parsed = Parsed::with_memo(resources, prefetched.memo.clone());
     let facts = parsed.facts(store, prefetched).await?;
     Ok(parsed.decide(facts, rules, who))
 }
@@ -321,8 +324,49 @@ pub async fn judge_with(
 pub struct Parsed {
     resources: Vec<StoredResource>,
     /// The decision elements of each ([`parse_head`]).
-    parsed: Vec<Value>,
+    parsed: Vec<Arc<Value>>,
     subjects: Vec<Subject>,
+    memo: Option<ReadMemo>,
+}
+
+/// A stored version: (type, id, version, last updated). Versions are never rewritten, so what is
+/// derived from one version's content stays true of it.
+type VersionKey = (String, String, i64, i64);
+
+/// A version's text under a permit: its obligations and the consent it names (Part 2).
+type ContentKey = (VersionKey, Obligations, Option<(String, i64)>);
+
+fn version_key(r: &StoredResource) -> VersionKey {
+    (r.resource_type.clone(), r.id.clone(), r.version_id, r.last_updated_us)
+}
+
+/// What partner reads derive from a resource version's content, kept between reads: its decision
+/// elements ([`parse_head`]) and its text under each set of obligations ([`obligate`]). Both depend
+/// on the stored version alone (and the obligations), never on consent, which is judged afresh
+/// with every read. Bounded by weight (bytes of text kept); cheap to clone (one cache).
+#[derive(Clone)]
+pub struct ReadMemo {
+    heads: moka::sync::Cache<VersionKey, Arc<Value>>,
+    contents: moka::sync::Cache<ContentKey, Arc<str>>,
+}
+
+impl ReadMemo {
+    /// A memo of at most about `max_bytes` of obligated text (and as many heads as resources).
+    pub fn new(max_bytes: u64) -> ReadMemo {
+        ReadMemo {
+            heads: moka::sync::Cache::builder().max_capacity(max_bytes / 1024 + 1).build(),
+            contents: moka::sync::Cache::builder()
+                .weigher(|_, v: &Arc<str>| u32::try_from(v.len()).unwrap_or(u32::MAX))
+                .max_capacity(max_bytes)
+                .build(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ReadMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadMemo").field("heads", &self.heads.entry_count()).field("contents", &self.contents.entry_count()).finish()
+    }
 }
 
 /// Every session of these students (their own resources are judged by all of them), by
@@ -551,9 +595,28 @@ fn obligate_in_place(content: &mut Value, o: &Obligations, consent: Option<&(Str
 impl Parsed {
     /// Parses the decision elements of the resources and finds what each is judged by.
     pub fn new(resources: Vec<StoredResource>) -> Parsed {
-        let parsed: Vec<Value> = resources.iter().map(|r| parse_head(&r.content)).collect();
+        Parsed::with_memo(resources, None)
+    }
+
+    /// As [`Parsed::new`], taking the decision elements from `memo` where it has them, and keeping
+    /// there what is parsed and obligated (partner reads; a bulk export reads each version once).
+    pub fn with_memo(resources: Vec<StoredResource>, memo: Option<ReadMemo>) -> Parsed {
+        let parsed: Vec<Arc<Value>> = resources
+            .iter()
+            .map(|r| match &memo {
+                Some(m) => {
+                    let key = version_key(r);
+                    m.heads.get(&key).unwrap_or_else(|| {
+                        let head = Arc::new(parse_head(&r.content));
+                        m.heads.insert(key, head.clone());
+                        head
+                    })
+                }
+                None => Arc::new(parse_head(&r.content)),
+            })
+            .collect();
         let subjects: Vec<Subject> = resources.iter().zip(&parsed).map(|(r, c)| subject_of(r, c)).collect();
-        Parsed { resources, parsed, subjects }
+        Parsed { resources, parsed, subjects, memo }
     }
 
     /// The sessions and the students the resources are judged by.
@@ -626,6 +689,7 @@ impl Parsed {
             consents: facts.consents,
             patient_sessions: facts.patient_sessions,
         };
+        let memo = self.memo;
         self.resources
             .into_iter()
             .zip(self.parsed)
@@ -637,7 +701,18 @@ impl Parsed {
                 if verdict.permitted
                     && let Some(o) = obligations
                 {
-                    r.content = obligate(&r.content, &o, verdict.consent.as_ref());
+                    r.content = match &memo {
+                        Some(m) => {
+                            let key = (version_key(&r), o, verdict.consent.clone());
+                            let text = m.contents.get(&key).unwrap_or_else(|| {
+                                let text: Arc<str> = Arc::from(obligate(&r.content, &o, verdict.consent.as_ref()));
+                                m.contents.insert(key, text.clone());
+                                text
+                            });
+                            text.to_string()
+                        }
+                        None => obligate(&r.content, &o, verdict.consent.as_ref()),
+                    };
                 }
                 Judged { resource: r, verdict }
             })

@@ -550,7 +550,26 @@ async fn remembered_facts_follow_every_write(backend: Backend) {
     let mut form = consent_form();
     form["source_id"] = json!("CONSENT-MEMO-2");
     app.record_consent(&form).await;
-    assert_eq!(read(other).await, 200);
+    assert_eq!(read(other.clone()).await, 200);
+
+    // The labelled text kept between reads is the one for the read's own obligations: alternate
+    // purposes on one encounter, and each answer carries its own purpose, the same as when it was
+    // first built.
+    let purposes = |r: &Value| -> Vec<String> {
+        r["meta"]["security"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["system"] == "http://terminology.hl7.org/CodeSystem/v3-ActReason")
+            .map(|c| c["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut first: std::collections::HashMap<&str, Value> = std::collections::HashMap::new();
+    for purpose in ["TREAT", "HPAYMT", "TREAT", "HPAYMT"] {
+        let (status, r) = json_of(app.get_as(&format!("/fhir/Encounter/{other}"), &app.partner_token, Some(purpose)).await).await;
+        assert_eq!((status, purposes(&r)), (200, vec![purpose.to_owned()]), "{r}");
+        assert_eq!(first.entry(purpose).or_insert_with(|| r.clone()), &r);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
