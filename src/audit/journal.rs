@@ -25,8 +25,12 @@
 //!   restart (nothing may follow a broken line);
 //! - one process: the journal file is locked exclusively while a gateway uses it.
 //!
-//! The loader reads the file with blocking calls on the runtime's thread: at most about
-//! `MAX_LOAD_BYTES` (4 MiB) a round, just written and so in the OS page cache (~1 ms).
+//! The loader takes the events it loads from memory: each append also keeps its event (already
+//! chained) in a queue mirroring the unloaded lines, so the loader neither reads the file back
+//! nor parses it. The file is read only at start (what a stopped gateway left) and after a failed
+//! load, until the loader has caught up again (the queue is dropped then: the file is the truth);
+//! it is read with blocking calls on the runtime's thread, at most about `MAX_LOAD_BYTES` (4 MiB)
+//! a round, just written and so in the OS page cache (~1 ms).
 //!
 //! PostgreSQL keeps appending in the database (the chain is shared by every instance; see
 //! `Auditor`).
@@ -39,7 +43,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::store::{ChainRow, ChainedEvent, PendingEvent, Store, StoreError, chain_event};
+use crate::store::{ChainRow, ChainedEvent, PendingEvent, Store, chain_event};
 
 /// Most bytes of the journal read and loaded in one transaction.
 const MAX_LOAD_BYTES: u64 = 4 << 20;
@@ -49,6 +53,9 @@ pub const EMPTY_AT_BYTES: u64 = 16 << 20;
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// How long [`Journal::flush`] waits for the loader.
 const FLUSH_WAIT: Duration = Duration::from_secs(30);
+
+/// Most bytes of unloaded events kept in memory (beyond, the loader reads them from the file).
+const MAX_QUEUED_BYTES: u64 = 64 << 20;
 
 /// The journal of a SQLite database file.
 pub fn path_for(database: &Path) -> PathBuf {
@@ -66,6 +73,22 @@ struct State {
     head: (i64, String),
     /// Why the loader cannot write the database (appends are refused meanwhile).
     failed: Option<String>,
+    /// The events of the unloaded lines, in order, with each line's length, while `mirrored`:
+    /// the first is the line at the loader's offset.
+    queue: std::collections::VecDeque<(u64, ChainedEvent)>,
+    /// Bytes of the lines in `queue`.
+    queued: u64,
+    /// Whether `queue` holds every unloaded line (else the loader reads the file).
+    mirrored: bool,
+}
+
+impl State {
+    /// Stops mirroring: the loader reads the unloaded lines from the file.
+    fn unmirror(&mut self) {
+        self.mirrored = false;
+        self.queue.clear();
+        self.queued = 0;
+    }
 }
 
 /// What the loader has done: the last position loaded, and why it is failing, if it is.
@@ -80,6 +103,8 @@ pub struct Journal {
     state: Mutex<State>,
     progress: watch::Sender<Progress>,
     wake: Notify,
+    /// Events loaded from the file rather than from the queue (at start and after a failure).
+    read_back: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Journal {
@@ -235,9 +260,19 @@ impl Journal {
             path: path.clone(),
             database: database.to_path_buf(),
             replace_at,
-            state: Mutex::new(State { file: Some(file), len: whole, head: (0, String::new()), failed: None }),
+            state: Mutex::new(State {
+                file: Some(file),
+                len: whole,
+                head: (0, String::new()),
+                failed: None,
+                queue: std::collections::VecDeque::new(),
+                queued: 0,
+                // What the file holds now is read from it (at start, below, and by the loader).
+                mirrored: whole == 0,
+            }),
             progress: watch::Sender::new((0, None)),
             wake: Notify::new(),
+            read_back: std::sync::atomic::AtomicU64::new(0),
         });
         let mut reader = File::open(&path).map_err(|e| io("opening", &path, e))?;
         let mut offset = 0;
@@ -261,6 +296,12 @@ impl Journal {
         journal.progress.send_replace((head.0, None));
         tokio::spawn(journal.clone().run(store, reader, interval));
         Ok(journal)
+    }
+
+    /// Events the loader has read back from the file rather than taken from memory (tests).
+    #[doc(hidden)]
+    pub fn events_read_back(&self) -> u64 {
+        self.read_back.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>, String> {
@@ -292,6 +333,14 @@ impl Journal {
         }
         st.len += line.len() as u64;
         st.head = head;
+        if st.mirrored {
+            if st.queued + line.len() as u64 > MAX_QUEUED_BYTES {
+                st.unmirror();
+            } else {
+                st.queued += line.len() as u64;
+                st.queue.push_back((line.len() as u64, chained));
+            }
+        }
         Ok(())
     }
 
@@ -391,21 +440,64 @@ impl Journal {
                 if *offset >= self.replace_at {
                     self.replace(reader, offset).await?;
                 }
+                let mut st = self.lock()?;
+                if !st.mirrored && st.len == *offset {
+                    // Caught up: from here on the queue holds every unloaded line again.
+                    st.mirrored = true;
+                }
                 return Ok(());
             }
-            let bytes = read_from(reader, *offset, end).map_err(|e| io("reading", &self.path, e))?;
-            let taken = bytes.len() as u64;
-            let events = parse_lines(&bytes)?;
-            drop(bytes);
+            let (events, taken) = match self.take_queued(end - *offset)? {
+                Some(taken) => taken,
+                None => {
+                    let bytes = read_from(reader, *offset, end).map_err(|e| io("reading", &self.path, e))?;
+                    let events = parse_lines(&bytes)?;
+                    self.read_back.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    (events, bytes.len() as u64)
+                }
+            };
             let last = events.last().map(|e| e.seq);
             let (n, started) = (events.len(), std::time::Instant::now());
-            store.load_audit(events).await.map_err(|e: StoreError| e.to_string())?;
+            if let Err(e) = store.load_audit(events).await {
+                // The events taken are gone from memory: they are read from the file again.
+                self.lock()?.unmirror();
+                return Err(e.to_string());
+            }
             tracing::debug!(events = n, bytes = taken, ms = started.elapsed().as_millis() as u64, "audit journal loaded");
             *offset += taken;
             if let Some(last) = last {
                 self.progress.send_replace((last, None));
             }
         }
+    }
+}
+
+impl Journal {
+    /// The next queued events, at most about [`MAX_LOAD_BYTES`] of lines and no more than `want`
+    /// bytes (what was written when the round began), with their lines' bytes; `None` when the
+    /// queue does not mirror the file (the loader reads it).
+    fn take_queued(&self, want: u64) -> Result<Option<(Vec<ChainedEvent>, u64)>, String> {
+        let mut st = self.lock()?;
+        if !st.mirrored {
+            return Ok(None);
+        }
+        let (mut events, mut taken) = (Vec::new(), 0u64);
+        while let Some((len, _)) = st.queue.front() {
+            let len = *len;
+            if taken + len > want || (taken > 0 && taken + len > MAX_LOAD_BYTES) {
+                break;
+            }
+            let Some((_, e)) = st.queue.pop_front() else { break };
+            taken += len;
+            events.push(e);
+        }
+        st.queued -= taken;
+        if taken == 0 {
+            // Lines unloaded but none queued: the queue lost step with the file (never expected).
+            st.unmirror();
+            return Ok(None);
+        }
+        Ok(Some((events, taken)))
     }
 }
 

@@ -283,4 +283,48 @@ async fn the_audit_journal_is_replaced_while_requests_append() {
     assert_eq!(store.audit_head().await.unwrap().0, 400);
     let rows = store.audit_chain(0, 1000).await.unwrap();
     assert_eq!(rows.len(), 400, "each event once");
+    assert_eq!(journal.events_read_back(), 0, "the loader took every event from memory, not from the file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_load_the_audit_journal_is_read_back_from_its_file() {
+    use wellness_gateway::audit::journal::{EMPTY_AT_BYTES, Journal};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gateway.db");
+    let url = format!("sqlite://{}", db.display());
+    let store = sqlite_store(&url).await;
+    let journal = Journal::open_with(store.clone(), &db, std::time::Duration::from_millis(50), EMPTY_AT_BYTES).await.unwrap();
+    for n in 1..=3 {
+        journal.append(pending_read(n)).unwrap();
+    }
+    journal.flush().await.unwrap();
+    assert_eq!(journal.events_read_back(), 0);
+    // The database refuses the load: the events taken from memory for it are lost there, so
+    // they must come from the file once the database takes them again.
+    crate::helpers::exec_sql(&url, "ALTER TABLE audit_event_patients RENAME TO audit_event_patients_away").await;
+    journal.append(pending_read(4)).unwrap();
+    journal.append(pending_read(5)).unwrap();
+    assert!(journal.flush().await.is_err(), "the load fails");
+    assert!(journal.append(pending_read(6)).is_err(), "fail closed: no disclosure without its audit");
+    crate::helpers::exec_sql(&url, "ALTER TABLE audit_event_patients_away RENAME TO audit_event_patients").await;
+    let mut loaded = false;
+    for _ in 0..200 {
+        if journal.flush().await.is_ok() {
+            loaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(loaded, "the loader recovers once the database takes the events");
+    let read_back = journal.events_read_back();
+    assert!(read_back >= 2, "events 4 and 5 came from the file (once per attempt): {read_back}");
+    // Caught up: memory mirrors the file again.
+    for n in 6..=8 {
+        journal.append(pending_read(n)).unwrap();
+    }
+    journal.flush().await.unwrap();
+    assert_eq!(journal.events_read_back(), read_back);
+    let report = wellness_gateway::audit::verify(&store).await.unwrap();
+    assert_eq!((report.events, report.broken), (8, None));
+    assert_eq!(store.audit_chain(0, 100).await.unwrap().len(), 8, "each event once");
 }
