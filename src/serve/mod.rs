@@ -341,7 +341,7 @@ fn version_key(r: &StoredResource) -> VersionKey {
 }
 
 /// What partner reads derive from a resource version's content, kept between reads: its decision
-/// elements ([`parse_head`]) and its text under each set of obligations ([`obligate`]). Both depend
+/// elements (`parse_head`) and its text under each set of obligations (`obligate`). Both depend
 /// on the stored version alone (and the obligations), never on consent, which is judged afresh
 /// with every read. Bounded by weight (bytes of text kept); cheap to clone (one cache).
 #[derive(Clone)]

@@ -213,7 +213,7 @@ impl Store {
     /// Other types come back without facts (the caller queries them).
     ///
     /// SQLite: one query reads the resource and the facts' generation; the facts come from the
-    /// [`memo`](super::memo) while nothing they were read from has changed, else from two more
+    /// memo (`store::memo`) while nothing they were read from has changed, else from two more
     /// queries (and are kept). PostgreSQL: one query joins the facts to the resource.
     pub async fn fhir_read_with_facts(&self, resource_type: &str, id: &str) -> Result<Option<ReadWithFacts>, StoreError> {
         match (self.db(), &self.memo) {
