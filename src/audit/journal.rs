@@ -28,7 +28,9 @@
 //! The loader takes the events it loads from memory: each append also keeps its event (already
 //! chained) in a queue mirroring the unloaded lines, so the loader neither reads the file back
 //! nor parses it. The file is read only at start (what a stopped gateway left) and after a failed
-//! load, until the loader has caught up again (the queue is dropped then: the file is the truth);
+//! load or a queue grown past 64 MiB: the queue is dropped then (the file is the truth), and the
+//! loader reads the lines written until its next file read, from which on appends are mirrored
+//! again;
 //! it is read with blocking calls on the runtime's thread, at most about `MAX_LOAD_BYTES` (4 MiB)
 //! a round, just written and so in the OS page cache (~1 ms).
 //!
@@ -73,13 +75,16 @@ struct State {
     head: (i64, String),
     /// Why the loader cannot write the database (appends are refused meanwhile).
     failed: Option<String>,
-    /// The events of the unloaded lines, in order, with each line's length, while `mirrored`:
-    /// the first is the line at the loader's offset.
+    /// While `mirrored`: the events of the lines from `mirror_from` on, in order, with each
+    /// line's length.
     queue: std::collections::VecDeque<(u64, ChainedEvent)>,
     /// Bytes of the lines in `queue`.
     queued: u64,
-    /// Whether `queue` holds every unloaded line (else the loader reads the file).
+    /// Whether `queue` holds every line from `mirror_from` on (the loader reads the lines before
+    /// it, and all lines when not mirrored, from the file).
     mirrored: bool,
+    /// Where in the file the queue begins; never before the loader's offset.
+    mirror_from: u64,
 }
 
 impl State {
@@ -88,6 +93,16 @@ impl State {
         self.mirrored = false;
         self.queue.clear();
         self.queued = 0;
+    }
+
+    /// Mirrors the lines appended from now on (the loader reads those before from the file).
+    fn mirror_from_end(&mut self) {
+        if !self.mirrored {
+            self.queue.clear();
+            self.queued = 0;
+            self.mirrored = true;
+            self.mirror_from = self.len;
+        }
     }
 }
 
@@ -267,8 +282,9 @@ impl Journal {
                 failed: None,
                 queue: std::collections::VecDeque::new(),
                 queued: 0,
-                // What the file holds now is read from it (at start, below, and by the loader).
-                mirrored: whole == 0,
+                // What the file holds now is read from it (at start, below).
+                mirrored: true,
+                mirror_from: whole,
             }),
             progress: watch::Sender::new((0, None)),
             wake: Notify::new(),
@@ -288,6 +304,9 @@ impl Journal {
                 f.set_len(0).map_err(|e| io("emptying", &path, e))?;
             }
             st.len = 0;
+            // (Nothing was appended yet: the journal is not handed out before this returns.)
+            st.unmirror();
+            st.mirror_from_end();
             st.head = head.clone();
         }
         if whole > 0 || len > whole {
@@ -440,17 +459,23 @@ impl Journal {
                 if *offset >= self.replace_at {
                     self.replace(reader, offset).await?;
                 }
-                let mut st = self.lock()?;
-                if !st.mirrored && st.len == *offset {
-                    // Caught up: from here on the queue holds every unloaded line again.
-                    st.mirrored = true;
-                }
                 return Ok(());
             }
-            let (events, taken) = match self.take_queued(end - *offset)? {
+            let (events, taken) = match self.take_queued(*offset, end)? {
                 Some(taken) => taken,
                 None => {
-                    let bytes = read_from(reader, *offset, end).map_err(|e| io("reading", &self.path, e))?;
+                    // The lines before the queue's first (all, after a failure: lines appended from
+                    // now on are mirrored again).
+                    let upto = {
+                        let mut st = self.lock()?;
+                        if st.mirror_from < *offset {
+                            // (Never expected: the queue would begin before the loader.)
+                            st.unmirror();
+                        }
+                        st.mirror_from_end();
+                        st.mirror_from.min(end)
+                    };
+                    let bytes = read_from(reader, *offset, upto).map_err(|e| io("reading", &self.path, e))?;
                     let events = parse_lines(&bytes)?;
                     self.read_back.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     (events, bytes.len() as u64)
@@ -473,14 +498,15 @@ impl Journal {
 }
 
 impl Journal {
-    /// The next queued events, at most about [`MAX_LOAD_BYTES`] of lines and no more than `want`
-    /// bytes (what was written when the round began), with their lines' bytes; `None` when the
-    /// queue does not mirror the file (the loader reads it).
-    fn take_queued(&self, want: u64) -> Result<Option<(Vec<ChainedEvent>, u64)>, String> {
+    /// The queued events of the lines from `offset` on, at most about [`MAX_LOAD_BYTES`] of lines
+    /// and none past `end` (what was written when the round began), with their lines' bytes;
+    /// `None` when the line at `offset` is not queued (the loader reads the file).
+    fn take_queued(&self, offset: u64, end: u64) -> Result<Option<(Vec<ChainedEvent>, u64)>, String> {
         let mut st = self.lock()?;
-        if !st.mirrored {
+        if !st.mirrored || st.mirror_from != offset {
             return Ok(None);
         }
+        let want = end.saturating_sub(offset);
         let (mut events, mut taken) = (Vec::new(), 0u64);
         while let Some((len, _)) = st.queue.front() {
             let len = *len;
@@ -492,6 +518,7 @@ impl Journal {
             events.push(e);
         }
         st.queued -= taken;
+        st.mirror_from += taken;
         if taken == 0 {
             // Lines unloaded but none queued: the queue lost step with the file (never expected).
             st.unmirror();
@@ -569,6 +596,8 @@ impl Journal {
         *reader = new_reader;
         st.file = Some(file);
         st.len = tail.len() as u64;
+        // The new file begins with the line at `offset`.
+        st.mirror_from = st.mirror_from.saturating_sub(*offset);
         *offset = 0;
         Ok(())
     }

@@ -233,32 +233,45 @@ impl Store {
                     let consents = session.patient_id.clone().map(|p| (p, consents.to_vec())).into_iter().collect();
                     return Ok(Some((resource, vec![session], consents)));
                 }
-                let (sessions, directives) = self.session_facts(&[resource.id.as_str()]).await?;
-                let mut by_patient: HashMap<String, Vec<Compiled>> = HashMap::new();
-                for d in &directives {
-                    by_patient.entry(d.patient.clone()).or_default().push(d.compile());
+                // Missed: the resource and its facts again in one statement (one snapshot), with
+                // the generation they are current at.
+                let Some(((resource, sessions, by_patient), generation)) =
+                    self.fhir_read_joined(&resource.resource_type, &resource.id).await?
+                else {
+                    return Ok(None);
+                };
+                if let Some(generation) = generation {
+                    let kept: HashMap<String, Arc<[Compiled]>> =
+                        by_patient.iter().map(|(p, l)| (p.clone(), Arc::from(l.as_slice()))).collect();
+                    memo.put(generation, &sessions, &kept);
                 }
-                let kept: HashMap<String, Arc<[Compiled]>> = by_patient.iter().map(|(p, l)| (p.clone(), Arc::from(l.as_slice()))).collect();
-                memo.put(generation, &sessions, &kept);
                 Ok(Some((resource, sessions, by_patient)))
             }
-            _ => self.fhir_read_joined(resource_type, id).await,
+            _ => Ok(self.fhir_read_joined(resource_type, id).await?.map(|(read, _)| read)),
         }
     }
 
-    /// [`Store::fhir_read_with_facts`] in one query joining the facts to the resource.
-    async fn fhir_read_joined(&self, resource_type: &str, id: &str) -> Result<Option<ReadWithFacts>, StoreError> {
-        let sql = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, v.content, \
-             s.id AS session_id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, s.adult_from, c.id AS consent_id, c.directive \
+    /// [`Store::fhir_read_with_facts`] in one query joining the facts to the resource, with (on
+    /// SQLite) the facts generation of the same snapshot.
+    async fn fhir_read_joined(&self, resource_type: &str, id: &str) -> Result<Option<(ReadWithFacts, Option<i64>)>, StoreError> {
+        let generation = match self.db() {
+            Db::Sqlite(_) => ", (SELECT generation FROM facts_generation WHERE id = 1) AS generation",
+            Db::Postgres(_) => "",
+        };
+        let sql = format!(
+            "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, v.content, \
+             s.id AS session_id, s.lea_id, s.site_id, s.service_start, s.patient_id, s.security, s.service_date, s.adult_from, c.id AS consent_id, c.directive{generation} \
              FROM fhir_resources r JOIN fhir_resource_versions v ON v.rid = r.rid AND v.version_id = r.version_id \
              LEFT JOIN sessions s ON s.id = r.id AND r.resource_type IN ('Encounter', 'DocumentReference') AND s.current_version > 0 \
              LEFT JOIN consent_directives c ON c.patient_id = s.patient_id \
-             WHERE r.resource_type = $1 AND r.id = $2";
+             WHERE r.resource_type = $1 AND r.id = $2"
+        );
         let rows: Vec<ReadFactsRow> = with_db!(self.db(), pool => {
-            sqlx::query_as(sql).bind(resource_type).bind(id).fetch_all(pool).await?
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(resource_type).bind(id).fetch_all(pool).await?
         });
         let mut rows = rows.into_iter();
         let Some(first) = rows.next() else { return Ok(None) };
+        let generation = first.generation;
         let mut consents = Vec::new();
         let push = |r: &ReadFactsRow, consents: &mut Vec<Compiled>| -> Result<(), StoreError> {
             if let (Some(_), Some(json)) = (&r.consent_id, &r.directive) {
@@ -297,7 +310,7 @@ impl Store {
                 adult_from: first.adult_from,
             });
         }
-        Ok(Some((resource, sessions, by_patient)))
+        Ok(Some(((resource, sessions, by_patient), generation)))
     }
 
     /// The sessions whose `column` is one of `keys`, and their students' consents (two queries:
@@ -422,4 +435,7 @@ struct ReadFactsRow {
     adult_from: Option<String>,
     consent_id: Option<String>,
     directive: Option<String>,
+    /// SQLite: the facts generation (the column is absent on PostgreSQL).
+    #[sqlx(default)]
+    generation: Option<i64>,
 }

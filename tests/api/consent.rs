@@ -529,6 +529,29 @@ async fn a_guardians_consent_lapses_when_the_student_turns_18() {
 /// connection, another process). Both backends must answer alike.
 async fn remembered_facts_follow_every_write(backend: Backend) {
     let Some(app) = spawn_app_with(backend, with_second_fqhc).await else { return };
+    if backend == Backend::Sqlite {
+        // Every writer of the facts bumps the generation: a migration that rebuilt `sessions` or
+        // `consent_directives` would drop these triggers silently.
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+        let triggers: Vec<String> = sqlx::query_scalar(
+            "SELECT tbl_name || ':' || name FROM sqlite_master WHERE type = 'trigger' AND sql LIKE '%facts_generation%' ORDER BY 1",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        assert_eq!(
+            triggers,
+            [
+                "consent_directives:consent_directives_delete",
+                "consent_directives:consent_directives_insert",
+                "consent_directives:consent_directives_update",
+                "sessions:sessions_facts_delete",
+                "sessions:sessions_facts_insert",
+                "sessions:sessions_facts_update"
+            ]
+        );
+    }
     let enc = app.submit(&session_with_id("MEMO-1")).await;
     let other = app.submit(&session_with_id("MEMO-2")).await;
     let read = |id: String| {
