@@ -30,8 +30,7 @@
 //! nor parses it. The file is read only at start (what a stopped gateway left) and after a failed
 //! load or a queue grown past 64 MiB: the queue is dropped then (the file is the truth), and the
 //! loader reads the lines written until its next file read, from which on appends are mirrored
-//! again;
-//! it is read with blocking calls on the runtime's thread, at most about `MAX_LOAD_BYTES` (4 MiB)
+//! again. The file is read with blocking calls on the runtime's thread, at most about `MAX_LOAD_BYTES` (4 MiB)
 //! a round, just written and so in the OS page cache (~1 ms).
 //!
 //! PostgreSQL keeps appending in the database (the chain is shared by every instance; see

@@ -604,14 +604,7 @@ impl Parsed {
         let parsed: Vec<Arc<Value>> = resources
             .iter()
             .map(|r| match &memo {
-                Some(m) => {
-                    let key = version_key(r);
-                    m.heads.get(&key).unwrap_or_else(|| {
-                        let head = Arc::new(parse_head(&r.content));
-                        m.heads.insert(key, head.clone());
-                        head
-                    })
-                }
+                Some(m) => m.heads.get_with(version_key(r), || Arc::new(parse_head(&r.content))),
                 None => Arc::new(parse_head(&r.content)),
             })
             .collect();
@@ -702,15 +695,12 @@ impl Parsed {
                     && let Some(o) = obligations
                 {
                     r.content = match &memo {
-                        Some(m) => {
-                            let key = (version_key(&r), o, verdict.consent.clone());
-                            let text = m.contents.get(&key).unwrap_or_else(|| {
-                                let text: Arc<str> = Arc::from(obligate(&r.content, &o, verdict.consent.as_ref()));
-                                m.contents.insert(key, text.clone());
-                                text
-                            });
-                            text.to_string()
-                        }
+                        Some(m) => m
+                            .contents
+                            .get_with((version_key(&r), o, verdict.consent.clone()), || {
+                                Arc::from(obligate(&r.content, &o, verdict.consent.as_ref()))
+                            })
+                            .to_string(),
                         None => obligate(&r.content, &o, verdict.consent.as_ref()),
                     };
                 }

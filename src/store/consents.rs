@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use super::fhir::FhirWrite;
 use super::{Db, Store, StoreError, with_db};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use crate::consent::{Compiled, Directive};
 use crate::fhir::resource::PreparedResource;
@@ -213,8 +212,8 @@ impl Store {
     /// Other types come back without facts (the caller queries them).
     ///
     /// SQLite: one query reads the resource and the facts' generation; the facts come from the
-    /// memo (`store::memo`) while nothing they were read from has changed, else from two more
-    /// queries (and are kept). PostgreSQL: one query joins the facts to the resource.
+    /// memo (`store::memo`) while nothing they were read from has changed, else from a second
+    /// query joining them to the resource (and are kept). PostgreSQL: that joined query alone.
     pub async fn fhir_read_with_facts(&self, resource_type: &str, id: &str) -> Result<Option<ReadWithFacts>, StoreError> {
         match (self.db(), &self.memo) {
             (Db::Sqlite(pool), Some(memo)) => {
@@ -241,9 +240,7 @@ impl Store {
                     return Ok(None);
                 };
                 if let Some(generation) = generation {
-                    let kept: HashMap<String, Arc<[Compiled]>> =
-                        by_patient.iter().map(|(p, l)| (p.clone(), Arc::from(l.as_slice()))).collect();
-                    memo.put(generation, &sessions, &kept);
+                    memo.put(generation, &sessions, &by_patient);
                 }
                 Ok(Some((resource, sessions, by_patient)))
             }

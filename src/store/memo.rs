@@ -9,9 +9,8 @@
 //! read after any change misses, reads the facts again and keeps them under the new generation.
 //! That holds for writes from any process (an import run beside the server) and any connection.
 //!
-//! Facts read after the generation was read are at least as new as that generation, so keeping
-//! them under it never serves older facts than the database held at the read (a consent revoked
-//! meanwhile may take effect a read early, never late).
+//! A miss reads the facts and the generation in one statement (one snapshot), so what is kept
+//! under a generation is exactly the database's state at it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,9 +73,9 @@ impl FactsMemo {
         Some(((*s).clone(), consents))
     }
 
-    /// Keeps facts read after `generation` was read: `sessions` and, by student, every consent of
-    /// each of their students (a student missing from `consents` has none).
-    pub fn put(&self, generation: i64, sessions: &[SessionFacts], consents: &HashMap<String, Arc<[Compiled]>>) {
+    /// Keeps facts read at `generation` (or after it was read): `sessions` and, by student, every
+    /// consent of each of their students (a student missing from `consents` has none).
+    pub fn put(&self, generation: i64, sessions: &[SessionFacts], consents: &HashMap<String, Vec<Compiled>>) {
         let mut inner = self.lock();
         if !inner.at(generation) {
             return;
@@ -87,7 +86,7 @@ impl FactsMemo {
         }
         for s in sessions {
             if let Some(p) = &s.patient_id {
-                let list = consents.get(p).cloned().unwrap_or_else(|| Arc::from(Vec::new()));
+                let list = consents.get(p).map_or_else(|| Arc::from(Vec::new()), |l| Arc::from(l.as_slice()));
                 inner.consents.insert(p.clone(), list);
             }
             inner.sessions.insert(s.id.clone(), Arc::new(s.clone()));
